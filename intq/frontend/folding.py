@@ -1,0 +1,216 @@
+"""Fold constants and shape arithmetic out of an ONNX graph, before any op check.
+
+Exporters compute shapes and pads at run time (Shape, Gather, Slice, Unsqueeze, Concat,
+Cast, ConstantOfShape, Reshape chains). Two rules make that arithmetic disappear:
+
+* a node whose inputs are all constant is evaluated once, whatever its op type, with
+  onnx's own reference evaluator;
+* `Shape` of a tensor whose shape is known except for the batch dimension becomes a
+  *symbolic* vector whose batch entry is `BATCH`. A few index ops (Gather, Slice, Squeeze,
+  Unsqueeze, Concat, Cast, Identity, Reshape) propagate such vectors, and a Reshape whose
+  target is one gets a constant target where BATCH becomes 0 ("copy the input's batch"):
+  the `x.view(x.size(0), -1)` idiom then compiles for any batch size.
+
+Anything the rules cannot resolve is left in place and reported by the op check.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import IntqError
+from .load import onnx_opset
+
+
+class _Batch:
+    """The dynamic batch size inside a symbolic shape vector."""
+
+    def __repr__(self):
+        return "N"
+
+
+BATCH = _Batch()
+
+
+@dataclass
+class OnnxView:
+    """An ONNX graph after folding: remaining nodes, constants, known shapes."""
+
+    nodes: list
+    consts: dict
+    shapes: dict
+    dtypes: dict
+    inputs: list
+    outputs: list
+    opset: int
+    name: str = "graph"
+    folded: int = 0
+    symbolic: dict = field(default_factory=dict)
+
+
+def _shape_of(value_info):
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+
+
+def attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def fold_onnx_constants(proto: onnx.ModelProto) -> OnnxView:
+    g = proto.graph
+    opset = onnx_opset(proto)
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    shapes, dtypes = {}, {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        shapes[vi.name] = _shape_of(vi)
+        dtypes[vi.name] = vi.type.tensor_type.elem_type
+    inputs = [vi.name for vi in g.input if vi.name not in consts]
+    view = OnnxView([], consts, shapes, dtypes, inputs, [o.name for o in g.output], opset,
+                    name=g.name or "graph")
+    syms: dict[str, np.ndarray] = view.symbolic
+    for node in g.node:
+        ins = [i for i in node.input if i]
+        if all(i in consts for i in ins) and not _has_subgraph(node):
+            _evaluate(node, consts, opset)
+            view.folded += 1
+            continue
+        if node.op_type == "Shape":
+            vec = _shape_vector(node, shapes.get(node.input[0]))
+            if vec is not None:
+                _store(node.output[0], vec, consts, syms)
+                view.folded += 1
+                continue
+        if ins and all(i in consts or i in syms for i in ins) and any(i in syms for i in ins):
+            out = _symbolic(node, consts, syms, opset)
+            if out is not None:
+                _store(node.output[0], out, consts, syms)
+                view.folded += 1
+                continue
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in syms:
+            node = _resolve_reshape(node, syms[node.input[1]], shapes.get(node.input[0]), consts)
+        view.nodes.append(node)
+    return view
+
+
+def _has_subgraph(node) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute)
+
+
+def _evaluate(node, consts, opset):
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {i: consts[i] for i in node.input if i}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sess = ReferenceEvaluator(node, opsets={"": opset})
+            outs = sess.run(None, feeds)
+    except Exception as e:
+        raise IntqError(f"cannot evaluate constant node {node.name or node.op_type} "
+                        f"({node.op_type}): {e}") from None
+    for name, value in zip(node.output, outs):
+        if name:
+            consts[name] = np.asarray(value)
+
+
+def _store(name, vec, consts, syms):
+    if any(v is BATCH for v in np.asarray(vec, dtype=object).ravel()):
+        syms[name] = np.asarray(vec, dtype=object)
+    else:
+        consts[name] = np.asarray(vec, dtype=np.int64) if np.asarray(vec).dtype == object \
+            else np.asarray(vec)
+
+
+def _shape_vector(node, shape):
+    """Shape's output as a vector, with BATCH for a dynamic first dimension, or None."""
+    if shape is None or any(d is None for d in shape[1:]):
+        return None
+    vec = np.array([BATCH if d is None else d for d in shape], dtype=object)
+    start, end = attr(node, "start", 0), attr(node, "end", None)
+    return vec[start:end]
+
+
+def _ints(x):
+    return [int(v) for v in np.asarray(x).ravel()]
+
+
+def _symbolic(node, consts, syms, opset):
+    """Evaluate an index op on vectors that may contain BATCH; None if not one we know."""
+    def val(i):
+        return syms[i] if i in syms else np.asarray(consts[i]).astype(object)
+
+    op, ins = node.op_type, list(node.input)
+    try:
+        if op in ("Identity", "Cast"):
+            return val(ins[0])
+        if op == "Gather":
+            return np.take(val(ins[0]), np.asarray(consts[ins[1]]).astype(np.int64),
+                           axis=attr(node, "axis", 0))
+        if op == "Concat":
+            return np.concatenate([np.atleast_1d(val(i)) for i in ins], axis=attr(node, "axis", 0))
+        if op in ("Unsqueeze", "Squeeze"):
+            axes = attr(node, "axes") if opset < 13 or len(ins) < 2 else _ints(consts[ins[1]])
+            x = val(ins[0])
+            if op == "Unsqueeze":
+                for a in sorted(a % (x.ndim + len(axes)) for a in axes):
+                    x = np.expand_dims(x, a)
+                return x
+            return np.squeeze(x, axis=None if not axes else tuple(axes))
+        if op == "Slice" and val(ins[0]).ndim == 1:
+            x = val(ins[0])
+            if opset < 10:
+                starts, ends = attr(node, "starts"), attr(node, "ends")
+                steps = [1]
+            else:
+                starts, ends = _ints(consts[ins[1]]), _ints(consts[ins[2]])
+                steps = _ints(consts[ins[4]]) if len(ins) > 4 and ins[4] else [1]
+            return x[slice(starts[0], ends[0], steps[0])]
+        if op == "Reshape" and ins[1] in consts:
+            return val(ins[0]).reshape(_ints(consts[ins[1]]))
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return None
+
+
+def _resolve_reshape(node, target, data_shape, consts):
+    """Give a Reshape with a symbolic target a constant one.
+
+    BATCH becomes 0 ("copy the input's batch") where that is what it means; otherwise the
+    target's -1 is computed from the static non-batch dimensions and BATCH becomes -1.
+    """
+    target = list(target.ravel())
+    allowzero = attr(node, "allowzero", 0)
+    if target.count(BATCH) != 1 or data_shape is None or None in data_shape[1:]:
+        return node  # unresolved: the importer reports it
+    i = target.index(BATCH)
+    if i == 0 and data_shape[0] is None and not allowzero:
+        out = [0] + [int(t) for t in target[1:]]
+    else:
+        features = int(np.prod(data_shape[1:]))
+        known = [int(t) for t in target if t is not BATCH]
+        if any(t == 0 for t in known):
+            return node
+        if -1 in known:
+            rest = int(np.prod([t for t in known if t != -1]))
+            if rest == 0 or features % rest:
+                return node
+            known[known.index(-1)] = features // rest
+        out = [int(t) for t in known]
+        out.insert(i, -1)
+    name = f"{node.output[0]}__target"
+    consts[name] = np.array(out, dtype=np.int64)
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = name
+    return new

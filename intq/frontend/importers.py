@@ -1,0 +1,298 @@
+"""One importer per ONNX op: turns a (folded) ONNX node into IR nodes.
+
+Each importer reads ONNX attributes under their ONNX names, resolves opset differences
+(attributes that became inputs, auto_pad) and emits canonical IR ops from `intq.ops`.
+`import_onnx` first checks every node has an importer and reports all that do not.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..errors import IntqError, UnsupportedOpsError
+from ..ir import Graph
+from .folding import OnnxView, attr, fold_onnx_constants
+from .load import load_onnx
+
+IMPORTERS = {}
+
+
+def importer(*op_types):
+    def register(fn):
+        for op in op_types:
+            IMPORTERS[op] = fn
+        return fn
+    return register
+
+
+class Context:
+    """What an importer may use: constants, ONNX-inferred shapes, the IR under construction."""
+
+    def __init__(self, view: OnnxView, graph: Graph):
+        self.view, self.graph, self.opset = view, graph, view.opset
+
+    def const(self, name, what="input"):
+        if name not in self.graph.constants:
+            raise IntqError(f"{what} {name!r} must be a constant")
+        return self.graph.constants[name]
+
+    def optional_const(self, node, index):
+        if len(node.input) > index and node.input[index]:
+            return self.const(node.input[index])
+        return None
+
+    def spatial(self, name):
+        shape = self.view.shapes.get(name)
+        if shape is None or len(shape) != 4 or None in shape[2:]:
+            raise IntqError(f"tensor {name!r} needs a known 4-D shape, got {shape}")
+        return shape[2:]
+
+    def emit(self, node, op, inputs, attrs=None, outputs=None):
+        return self.graph.add_node(op, inputs, outputs or [node.output[0]], attrs,
+                                   name=node.name or op)
+
+
+def _unused_extra_outputs(ctx, node, keep=1):
+    """Training-only outputs (BN statistics, dropout masks, pool indices) must be unused."""
+    for out in node.output[keep:]:
+        if out and any(out in n.input for n in ctx.view.nodes) or out in ctx.view.outputs:
+            raise IntqError(f"node {node.name}: output {out!r} of {node.op_type} is only "
+                            f"defined in training mode and cannot be used")
+
+
+def _window_attrs(ctx, node, kernel):
+    """strides, dilations and explicit pads (t, l, b, r), auto_pad resolved."""
+    strides = tuple(attr(node, "strides", [1, 1]))
+    dilations = tuple(attr(node, "dilations", [1, 1]))
+    if len(kernel) != 2:
+        raise IntqError(f"node {node.name}: only 2-D {node.op_type} is supported")
+    auto_pad = attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("NOTSET", ""):
+        pads = tuple(attr(node, "pads", [0, 0, 0, 0]))
+    elif auto_pad == "VALID":
+        pads = (0, 0, 0, 0)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for n, k, s, d in zip(ctx.spatial(node.input[0]), kernel, strides, dilations):
+            out = -(-n // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else big)
+            end.append(big if auto_pad == "SAME_UPPER" else small)
+        pads = (begin[0], begin[1], end[0], end[1])
+    else:
+        raise IntqError(f"node {node.name}: unknown auto_pad {auto_pad}")
+    if any(p < 0 for p in pads):
+        raise IntqError(f"node {node.name}: negative pads {pads}")
+    return {"strides": strides, "pads": pads, "dilations": dilations}
+
+
+@importer("Conv")
+def conv(ctx, node):
+    w = ctx.const(node.input[1], "Conv weight")
+    kernel = tuple(attr(node, "kernel_shape", w.shape[2:]))
+    attrs = _window_attrs(ctx, node, kernel)
+    attrs["groups"] = attr(node, "group", 1)
+    inputs = [node.input[0], node.input[1]]
+    if len(node.input) > 2 and node.input[2]:
+        ctx.const(node.input[2], "Conv bias")
+        inputs.append(node.input[2])
+    ctx.emit(node, "Conv", inputs, attrs)
+
+
+@importer("BatchNormalization")
+def batchnorm(ctx, node):
+    for name in node.input[1:5]:
+        ctx.const(name, "BatchNormalization parameter")
+    if attr(node, "training_mode", 0):
+        raise IntqError(f"node {node.name}: BatchNormalization in training mode")
+    _unused_extra_outputs(ctx, node)
+    ctx.emit(node, "BatchNormalization", list(node.input[:5]),
+             {"epsilon": float(attr(node, "epsilon", 1e-5))})
+
+
+@importer("Relu")
+def relu(ctx, node):
+    ctx.emit(node, "Relu", [node.input[0]])
+
+
+@importer("Clip")
+def clip(ctx, node):
+    if ctx.opset < 11:
+        lo, hi = attr(node, "min", None), attr(node, "max", None)
+    else:
+        lo, hi = ctx.optional_const(node, 1), ctx.optional_const(node, 2)
+    # ONNX's "no bound" defaults are +-FLT_MAX; keep them as None (unbounded).
+    lo = None if lo is None or float(lo) <= -3.4e38 else float(lo)
+    hi = None if hi is None or float(hi) >= 3.4e38 else float(hi)
+    ctx.emit(node, "Clip", [node.input[0]], {"min": lo, "max": hi})
+
+
+@importer("Add", "Sum")
+def add(ctx, node):
+    ctx.emit(node, "Add", list(node.input))
+
+
+@importer("Concat")
+def concat(ctx, node):
+    ctx.emit(node, "Concat", list(node.input), {"axis": attr(node, "axis")})
+
+
+@importer("MaxPool")
+def maxpool(ctx, node):
+    _unused_extra_outputs(ctx, node)
+    if attr(node, "storage_order", 0):
+        raise IntqError(f"node {node.name}: MaxPool storage_order=1 is not supported")
+    kernel = tuple(attr(node, "kernel_shape"))
+    attrs = _window_attrs(ctx, node, kernel)
+    attrs.update(kernel_shape=kernel, ceil_mode=int(attr(node, "ceil_mode", 0)))
+    ctx.emit(node, "MaxPool", [node.input[0]], attrs)
+
+
+@importer("AveragePool")
+def avgpool(ctx, node):
+    kernel = tuple(attr(node, "kernel_shape"))
+    attrs = _window_attrs(ctx, node, kernel)
+    if attrs.pop("dilations") != (1, 1):
+        raise IntqError(f"node {node.name}: dilated AveragePool is not supported")
+    attrs.update(kernel_shape=kernel, ceil_mode=int(attr(node, "ceil_mode", 0)),
+                 count_include_pad=int(attr(node, "count_include_pad", 0)))
+    ctx.emit(node, "AveragePool", [node.input[0]], attrs)
+
+
+@importer("GlobalAveragePool")
+def global_avgpool(ctx, node):
+    ctx.emit(node, "GlobalAveragePool", [node.input[0]], {"keepdims": 1})
+
+
+@importer("ReduceMean")
+def reduce_mean(ctx, node):
+    shape = ctx.view.shapes.get(node.input[0])
+    rank = len(shape) if shape else 4
+    if ctx.opset >= 18:
+        axes = ctx.optional_const(node, 1)
+    else:
+        axes = attr(node, "axes", None)
+    axes = sorted(int(a) % rank for a in np.ravel(axes)) if axes is not None else None
+    if rank != 4 or axes != [2, 3]:
+        raise IntqError(f"node {node.name}: ReduceMean is supported over H and W of a 4-D "
+                        f"tensor only (axes {axes}, rank {rank})")
+    ctx.emit(node, "GlobalAveragePool", [node.input[0]],
+             {"keepdims": int(attr(node, "keepdims", 1))})
+
+
+@importer("Flatten")
+def flatten(ctx, node):
+    ctx.emit(node, "Flatten", [node.input[0]], {"axis": attr(node, "axis", 1)})
+
+
+@importer("Reshape")
+def reshape(ctx, node):
+    if node.input[1] in ctx.view.symbolic:
+        raise IntqError(f"node {node.name}: Reshape target depends on the batch size in a "
+                        f"way intq cannot resolve")
+    target = [int(v) for v in ctx.const(node.input[1], "Reshape shape")]
+    if attr(node, "allowzero", 0) and 0 in target:
+        raise IntqError(f"node {node.name}: Reshape with allowzero and a zero dimension")
+    ctx.emit(node, "Reshape", [node.input[0]], {"shape": target})
+
+
+@importer("Gemm")
+def gemm(ctx, node):
+    ctx.emit(node, "Gemm", list(node.input),
+             {"alpha": float(attr(node, "alpha", 1.0)), "beta": float(attr(node, "beta", 1.0)),
+              "transA": attr(node, "transA", 0), "transB": attr(node, "transB", 0)})
+
+
+@importer("MatMul")
+def matmul(ctx, node):
+    ctx.emit(node, "MatMul", list(node.input))
+
+
+@importer("Pad")
+def pad(ctx, node):
+    mode = attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if ctx.opset < 11:
+        pads, value = attr(node, "pads"), attr(node, "value", 0.0)
+        axes = None
+    else:
+        pads = ctx.const(node.input[1], "Pad pads")
+        value = ctx.optional_const(node, 2)
+        axes = ctx.optional_const(node, 3)
+    pads = [int(p) for p in np.ravel(pads)]
+    value = 0.0 if value is None else float(np.ravel(value)[0]) if np.size(value) else 0.0
+    if mode != "constant" or value != 0.0:
+        raise IntqError(f"node {node.name}: only constant zero padding is supported "
+                        f"(mode {mode}, value {value})")
+    rank = 4
+    if axes is not None:
+        full = [0] * (2 * rank)
+        axes = [int(a) % rank for a in np.ravel(axes)]
+        for j, a in enumerate(axes):
+            full[a], full[a + rank] = pads[j], pads[j + len(axes)]
+        pads = full
+    if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        raise IntqError(f"node {node.name}: Pad must add non-negative padding to H and W of "
+                        f"a 4-D tensor only, got pads {pads}")
+    ctx.emit(node, "Pad", [node.input[0]], {"pads": (pads[2], pads[3], pads[6], pads[7])})
+
+
+@importer("Identity")
+def identity(ctx, node):
+    ctx.emit(node, "Identity", [node.input[0]])
+
+
+@importer("Dropout")
+def dropout(ctx, node):
+    _unused_extra_outputs(ctx, node)
+    if attr(node, "is_test", 1) == 0 and ctx.opset < 7:
+        raise IntqError(f"node {node.name}: Dropout in training mode")
+    ctx.emit(node, "Dropout", [node.input[0]])
+
+
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+def import_onnx(model) -> Graph:
+    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph."""
+    proto = load_onnx(model)
+    view = fold_onnx_constants(proto)
+    unsupported: dict[str, list[str]] = {}
+    for node in view.nodes:
+        if node.op_type not in IMPORTERS or node.domain not in ("", "ai.onnx"):
+            unsupported.setdefault(node.op_type, []).append(node.name or "<unnamed>")
+    if unsupported:
+        raise UnsupportedOpsError(unsupported)
+
+    graph = Graph(view.name)
+    graph.metadata.update(opset=view.opset, producer=proto.producer_name,
+                          folded_onnx_nodes=view.folded)
+    for name in view.inputs:
+        shape = view.shapes.get(name)
+        if view.dtypes.get(name) not in _FLOAT_TYPES:
+            raise IntqError(f"input {name!r} must be a float tensor")
+        if shape is None or len(shape) != 4 or None in shape[1:]:
+            raise IntqError(f"input {name!r} must be NCHW with static C, H, W; got {shape}")
+        graph.add_input(name, shape)
+    used = {i for n in view.nodes for i in n.input} | set(view.outputs)
+    for name, value in view.consts.items():
+        if name in used:
+            value = np.asarray(value)
+            if value.dtype.kind == "f":
+                value = value.astype(np.float32)
+            graph.constants[name] = value
+            graph.add_constant  # (names are already unique in ONNX)
+            from ..ir import Value
+            graph.values[name] = Value(name, tuple(value.shape), value.dtype.name)
+    ctx = Context(view, graph)
+    for node in view.nodes:
+        IMPORTERS[node.op_type](ctx, node)
+    graph.outputs = list(view.outputs)
+    for out in graph.outputs:
+        if out in graph.constants or out in graph.inputs:
+            raise IntqError(f"graph output {out!r} is not computed by any node")
+    graph.infer_shapes()
+    return graph

@@ -1,0 +1,35 @@
+"""Op registry: one small module per IR op, each defining what the op means.
+
+An op spec (a subclass of `OpSpec`) gives the op's shape rule (`infer`, which also
+validates inputs), its float semantics in numpy (`run`, used by the float executor and by
+constant folding) and its cost (`macs`, `params`). Adding an op means adding a module here
+and registering it below, plus an importer in `intq.frontend.importers` if ONNX has it.
+"""
+from __future__ import annotations
+
+from ..errors import IntqError
+from .base import OpSpec
+from . import activation, conv, batchnorm, elementwise, pool, shape_ops, linear, pad
+
+_REGISTRY: dict[str, type[OpSpec]] = {}
+
+
+def register(spec: type[OpSpec]) -> type[OpSpec]:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+for _module in (activation, conv, batchnorm, elementwise, pool, shape_ops, linear, pad):
+    for _spec in _module.SPECS:
+        register(_spec)
+
+
+def get_op(name: str) -> type[OpSpec]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise IntqError(f"no op spec for {name!r}") from None
+
+
+def known_ops() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,48 @@
+"""Add (n-ary, numpy broadcasting, optional fused clamp) and Concat.
+
+ONNX Sum imports as an n-ary Add. Residual adds and Inception concats are what the integer
+lowering later rescales branch by branch (HAWQ-V3 eq. 7 and 18).
+"""
+from functools import reduce
+
+from ..errors import IntqError
+from .base import OpSpec, apply_activation, broadcast_shapes
+
+
+class Add(OpSpec):
+    name = "Add"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return [(broadcast_shapes(*[v.shape for v in ins]), ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, *xs):
+        y = reduce(lambda a, b: a + b, xs)
+        return (apply_activation(y.astype(xs[0].dtype, copy=False), attrs),)
+
+
+class Concat(OpSpec):
+    name = "Concat"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        rank = len(ins[0].shape)
+        axis = node.attrs["axis"] % rank
+        if axis == 0:
+            raise IntqError("concatenation along the batch axis is not supported")
+        out = list(ins[0].shape)
+        for v in ins[1:]:
+            if len(v.shape) != rank or any(a != b for i, (a, b) in enumerate(zip(v.shape, out))
+                                           if i != axis):
+                raise IntqError(f"concat inputs {[v.shape for v in ins]} disagree off axis {axis}")
+            out[axis] += v.shape[axis]
+        return [(tuple(out), ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, *xs):
+        import numpy as np
+        return (np.concatenate(xs, axis=attrs["axis"]),)
+
+
+SPECS = [Add, Concat]

@@ -1,0 +1,43 @@
+"""Graph passes on the float IR, one small module each, run in the order of `PIPELINE`.
+
+Each pass takes a Graph, rewrites it in place and returns it; each must leave the function
+the graph computes unchanged (tests check this against the float executor). After the
+pipeline no BatchNormalization, Identity, Dropout, Gemm or MatMul remains, ReLU/ReLU6 sit on
+their producers as clamps, and the classifier reads a Flatten or a keepdims=0 pool.
+"""
+from __future__ import annotations
+
+from .constant_fold import constant_fold
+from .dead_nodes import remove_dead_nodes
+from .remove_identity import remove_identity
+from .canonicalize_linear import canonicalize_linear
+from .fold_batchnorm import fold_batchnorm
+from .fold_pad import fold_pad
+from .fuse_activation import fuse_activation
+from .canonicalize_flatten import canonicalize_flatten
+
+PIPELINE = [
+    constant_fold,
+    remove_identity,
+    remove_dead_nodes,
+    canonicalize_linear,
+    fold_batchnorm,
+    fold_pad,
+    fuse_activation,
+    canonicalize_flatten,
+    remove_dead_nodes,
+]
+
+
+def run_passes(graph, passes=None):
+    """Run `passes` (default: the whole PIPELINE) in order; shapes are re-checked after each."""
+    for p in passes or PIPELINE:
+        graph = p(graph)
+        graph.toposort()
+        graph.infer_shapes()
+    return graph
+
+
+__all__ = ["PIPELINE", "run_passes", "constant_fold", "remove_dead_nodes", "remove_identity",
+           "canonicalize_linear", "fold_batchnorm", "fold_pad", "fuse_activation",
+           "canonicalize_flatten"]
