@@ -1,0 +1,87 @@
+"""Shared test helpers: build ONNX graphs by hand, export torch modules, compare with onnxruntime."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+sys.path.insert(0, str(ROOT))  # `import models.zoo`
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=13):
+    """An ONNX model from helper nodes; inputs/outputs are (name, shape) pairs."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        [numpy_helper.from_array(np.asarray(v), name=k) for k, v in dict(initializers).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    # Outputs given without a shape get the inferred one (old IR versions require it).
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for out, inf in zip(model.graph.output, inferred.graph.output):
+        out.CopyFrom(inf)
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_run(model, x):
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+def rel_err(y, ref) -> float:
+    return float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def export_torch(module, x, dynamo=False, opset=13, dynamic_batch=False, keep_bn=True):
+    """Export a torch module to an in-memory ModelProto with either exporter."""
+    import torch
+
+    module = module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            kw = {"optimize": not keep_bn, "verbose": False}
+            if dynamic_batch:
+                kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+            prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset, **kw)
+            return prog.model_proto
+        f = io.BytesIO()
+        kw = {}
+        if keep_bn:
+            kw = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
+        if dynamic_batch:
+            kw["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
+        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["output"], **kw)
+        return onnx.load_from_string(f.getvalue())
+
+
+def bundled_onnx_files():
+    return sorted(MODELS.glob("*.onnx"))
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    path = MODELS / "digits_test.npz"
+    if not path.exists():
+        pytest.skip("models/digits_test.npz not built")
+    d = np.load(path)
+    return d["x"], d["y"]
