@@ -84,6 +84,12 @@ def fold_onnx_constants(proto: onnx.ModelProto) -> OnnxView:
             _evaluate(node, consts, opset)
             view.folded += 1
             continue
+        if node.op_type == "CastLike" and node.input[0] in consts and dtypes.get(node.input[1]):
+            # Only the second input's element type matters, and that is static.
+            target = helper.tensor_dtype_to_np_dtype(dtypes[node.input[1]])
+            consts[node.output[0]] = np.asarray(consts[node.input[0]]).astype(target)
+            view.folded += 1
+            continue
         if node.op_type == "Shape":
             vec = _shape_vector(node, shapes.get(node.input[0]))
             if vec is not None:
@@ -108,20 +114,24 @@ def _has_subgraph(node) -> bool:
 
 
 def _evaluate(node, consts, opset):
+    """Run one node on constant inputs with onnx's reference evaluator at the model's opset."""
     from onnx.reference import ReferenceEvaluator
 
     feeds = {i: consts[i] for i in node.input if i}
+    inputs = [helper.make_tensor_value_info(
+        i, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v)) for i, v in feeds.items()]
+    outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
+    model = helper.make_model(helper.make_graph([node], "fold", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", opset)])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sess = ReferenceEvaluator(node, opsets={"": opset})
-            outs = sess.run(None, feeds)
+            outs = ReferenceEvaluator(model).run(None, feeds)
     except Exception as e:
         raise IntqError(f"cannot evaluate constant node {node.name or node.op_type} "
                         f"({node.op_type}): {e}") from None
-    for name, value in zip(node.output, outs):
-        if name:
-            consts[name] = np.asarray(value)
+    for name, value in zip([o for o in node.output if o], outs):
+        consts[name] = np.asarray(value)
 
 
 def _store(name, vec, consts, syms):
