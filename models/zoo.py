@@ -1,0 +1,599 @@
+"""PyTorch definitions of the reference CNNs that intq is tested against.
+
+Two groups:
+
+* ``SMALL_MODELS``: three tiny nets for the 1x16x16 digits task (see
+  ``models.digits``).  They are trained and shipped as ONNX so the compiler has
+  real weights, real accuracy numbers and every structural idiom of the big
+  families (BN after every conv, identity and projection shortcuts, channel
+  concatenation, depthwise convs, ReLU6, linear bottlenecks, three different
+  global-pool/flatten spellings) at a size that runs in seconds.
+* ``FULL_SIZE``: from-scratch re-implementations of the torchvision layouts
+  (same module names, so torchvision state_dicts load) for shape, cost and
+  export checks at ImageNet resolution.  torchvision itself is not a dependency.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.digits import preprocess  # noqa: F401  (re-exported for convenience)
+
+__all__ = [
+    "DigitsResNet", "DigitsInception", "DigitsMobileNetV2", "SMALL_MODELS",
+    "resnet18", "resnet50", "inception_v3", "mobilenet_v2", "FULL_SIZE",
+    "count_params", "count_macs", "preprocess",
+]
+
+
+# ----------------------------------------------------------------------------
+# Shared building blocks
+# ----------------------------------------------------------------------------
+
+def conv_bn(cin, cout, k, stride=1, padding=None, groups=1, eps=1e-5):
+    """Conv (no bias) followed by BatchNorm2d, the unit every net here is built from."""
+    if padding is None:
+        padding = (k - 1) // 2 if isinstance(k, int) else tuple((i - 1) // 2 for i in k)
+    # bias=False: the following BN has its own shift, and the compiler is expected
+    # to fold BN into the conv, so a conv bias would only be a redundant parameter.
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False),
+        nn.BatchNorm2d(cout, eps=eps),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv+BN, identity or 1x1 projection shortcut, ReLU after the add."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, **_):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        # ReLU after the add (v1 post-activation): the add itself sees signed
+        # inputs, which is what makes residual requantization non-trivial.
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck 1x1-3x3-1x1; ``stride_on`` picks which conv carries the stride."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, stride_on="3x3"):
+        super().__init__()
+        if stride_on not in ("1x1", "3x3"):
+            raise ValueError(f"stride_on must be '1x1' or '3x3', got {stride_on!r}")
+        # Same parameters either way; only the spatial size seen by the 3x3 changes,
+        # which is the whole 3.86 vs 4.09 GMAC difference between ResNet v1 and v1.5.
+        s1, s3 = (stride, 1) if stride_on == "1x1" else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, s1, 0, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, s3, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, 1, 0, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, depthwise 3x3, linear 1x1 project, residual if shapes allow."""
+
+    def __init__(self, inp, oup, stride, expand_ratio):
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.stride = stride
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = []
+        if expand_ratio != 1:
+            # torchvision drops the expansion conv when t == 1; kept identical so the
+            # depthwise-right-after-stem pattern is covered too.
+            layers.append(ConvBNReLU6(inp, hidden, 1))
+        layers += [
+            ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+            # No activation after the projection: the "linear bottleneck", so the
+            # residual add receives signed values.
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = oup
+
+    def forward(self, x):
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class ConvBNReLU6(nn.Sequential):
+    """Conv + BN + ReLU6 with torchvision's Conv2dNormActivation child layout (0, 1, 2)."""
+
+    def __init__(self, cin, cout, k=3, stride=1, groups=1):
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class BasicConv2d(nn.Module):
+    """Inception conv unit: conv (no bias) + BN + ReLU, with torchvision's eps=1e-3."""
+
+    def __init__(self, cin, cout, eps=0.001, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kwargs)
+        # eps=1e-3 (not the 1e-5 default) is what torchvision/TF Inception use; the
+        # BN folder must read the attribute rather than assume the default.
+        self.bn = nn.BatchNorm2d(cout, eps=eps)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+# ----------------------------------------------------------------------------
+# Small digits nets (1x16x16 in, 10 classes)
+# ----------------------------------------------------------------------------
+
+def _make_res_stage(inplanes, planes, stride):
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+        )
+    return BasicBlock(inplanes, planes, stride, downsample)
+
+
+class DigitsResNet(nn.Module):
+    """Tiny ResNet (stem + 3 basic blocks, two of them stride-2 with projection shortcuts) for digits."""
+
+    def __init__(self, num_classes=10, width=16):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(1, w, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = _make_res_stage(w, w, 1)          # identity shortcut, 16x16
+        self.layer2 = _make_res_stage(w, 2 * w, 2)      # 1x1/s2 conv+BN shortcut, 8x8
+        self.layer3 = _make_res_stage(2 * w, 4 * w, 2)  # 1x1/s2 conv+BN shortcut, 4x4
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.avgpool(x)
+        # The classic pre-torch.flatten idiom: the legacy exporter turns it into a
+        # Shape->Gather->Unsqueeze->Concat->Reshape chain under a dynamic batch,
+        # which the frontend has to recognise as a flatten.
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+class InceptionModule(nn.Module):
+    """Inception-A style module: 1x1, 1x1->3x3, 1x1->3x3->3x3 and avgpool->1x1 branches, concatenated."""
+
+    def __init__(self, cin, c1, c3r, c3, c33r, c33, cpool):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, c1, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(cin, c3r, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(c3r, c3, kernel_size=3, padding=1)
+        self.branch3x3dbl_1 = BasicConv2d(cin, c33r, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(c33r, c33, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(c33, c33, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(cin, cpool, kernel_size=1)
+        self.out_channels = c1 + c3 + c33 + cpool
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b33 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        # count_include_pad=True (the F.avg_pool2d default, as in torchvision): border
+        # outputs divide by 9 including the zero padding, so an integer kernel cannot
+        # just average the valid taps.
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        # Branches end in independently calibrated ReLUs; concatenation forces them
+        # onto one shared output scale.
+        return torch.cat([b1, b3, b33, bp], 1)
+
+
+class DigitsInception(nn.Module):
+    """Tiny Inception net (stem, max pool, two Inception modules) for digits."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = BasicConv2d(1, 32, kernel_size=3, padding=1)
+        self.maxpool = nn.MaxPool2d(2)  # 16x16 -> 8x8
+        self.mixed_1 = InceptionModule(32, 16, 16, 24, 8, 12, 12)              # -> 64 ch
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, padding=1)                   # 8x8 -> 4x4
+        self.mixed_2 = InceptionModule(64, 32, 32, 48, 16, 24, 24)             # -> 128 ch
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(self.mixed_2.out_channels, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.stem(x))
+        x = self.maxpool2(self.mixed_1(x))
+        x = self.mixed_2(x)
+        x = self.avgpool(x)
+        # torch.flatten exports as a single Flatten node (unlike .view in DigitsResNet).
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+class DigitsMobileNetV2(nn.Module):
+    """Tiny MobileNetV2 (inverted residuals, ReLU6, linear bottlenecks) for digits."""
+
+    # (expand ratio t, out channels c, repeats n, first stride s), as in the paper.
+    SETTING = [(1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2)]
+
+    def __init__(self, num_classes=10, last_channel=128):
+        super().__init__()
+        layers = [ConvBNReLU6(1, 16, 3, 1)]
+        cin = 16
+        for t, c, n, s in self.SETTING:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(ConvBNReLU6(cin, last_channel, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last_channel, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        # Third global-pool spelling: exports as ReduceMean over axes (2, 3).
+        x = x.mean((2, 3))
+        return self.classifier(x)
+
+
+SMALL_MODELS: dict[str, type[nn.Module]] = {
+    "resnet": DigitsResNet,
+    "inception": DigitsInception,
+    "mobilenet": DigitsMobileNetV2,
+}
+
+
+# ----------------------------------------------------------------------------
+# Full-size torchvision-compatible architectures
+# ----------------------------------------------------------------------------
+
+class ResNet(nn.Module):
+    """torchvision-layout ResNet (module names match torchvision.models.resnet)."""
+
+    def __init__(self, block, layers, num_classes=1000, stride_on="3x3"):
+        super().__init__()
+        self.inplanes = 64
+        self._stride_on = stride_on
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample, stride_on=self._stride_on)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, stride_on=self._stride_on) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+def resnet18(num_classes=1000):
+    """ResNet-18, torchvision layout (11,689,512 parameters)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
+
+
+def resnet50(num_classes=1000, stride_on="3x3"):
+    """ResNet-50 (25,557,032 parameters); stride_on="3x3" is torchvision v1.5, "1x1" the original v1."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, stride_on=stride_on)
+
+
+def _make_divisible(v, divisor=8, min_value=None):
+    # torchvision's channel rounding; needed for the widths (and parameter count) to match.
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+class MobileNetV2(nn.Module):
+    """torchvision-layout MobileNetV2 (module names match torchvision.models.mobilenetv2)."""
+
+    SETTING = [
+        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    ]
+
+    def __init__(self, num_classes=1000, width_mult=1.0, round_nearest=8, dropout=0.2):
+        super().__init__()
+        input_channel = _make_divisible(32 * width_mult, round_nearest)
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult), round_nearest)
+        features = [ConvBNReLU6(3, input_channel, 3, 2)]
+        for t, c, n, s in self.SETTING:
+            oc = _make_divisible(c * width_mult, round_nearest)
+            for i in range(n):
+                features.append(InvertedResidual(input_channel, oc, s if i == 0 else 1, t))
+                input_channel = oc
+        features.append(ConvBNReLU6(input_channel, self.last_channel, 1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # fan_in, not torchvision's fan_out: fan_out shrinks the variance by the
+                # expansion ratio at every 1x1 expand conv, and with random weights and
+                # unit BN statistics the logits collapse to ~1e-9, useless for range
+                # calibration experiments.  Shapes (all that must match) are unaffected.
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = F.adaptive_avg_pool2d(x, (1, 1))
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def mobilenet_v2(num_classes=1000):
+    """MobileNetV2 1.0, torchvision layout (3,504,872 parameters, ~0.30 GMACs at 224)."""
+    return MobileNetV2(num_classes)
+
+
+class InceptionA(nn.Module):
+    """Inception-v3 35x35 module (torchvision InceptionA)."""
+
+    def __init__(self, cin, pool_features):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(cin, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b5, b3, bp], 1)
+
+
+class InceptionB(nn.Module):
+    """Inception-v3 35->17 grid reduction (torchvision InceptionB)."""
+
+    def __init__(self, cin):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3(x)
+        bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        bp = F.max_pool2d(x, kernel_size=3, stride=2)
+        return torch.cat([b3, bd, bp], 1)
+
+
+class InceptionC(nn.Module):
+    """Inception-v3 17x17 module with factorised 1x7/7x1 convs (torchvision InceptionC)."""
+
+    def __init__(self, cin, channels_7x7):
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(cin, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(cin, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = self.branch7x7dbl_1(x)
+        for m in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            bd = m(bd)
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b7, bd, bp], 1)
+
+
+class InceptionD(nn.Module):
+    """Inception-v3 17->8 grid reduction (torchvision InceptionD)."""
+
+    def __init__(self, cin):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_1(x)
+        for m in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            b7 = m(b7)
+        bp = F.max_pool2d(x, kernel_size=3, stride=2)
+        return torch.cat([b3, b7, bp], 1)
+
+
+class InceptionE(nn.Module):
+    """Inception-v3 8x8 module with split 1x3/3x1 branches (torchvision InceptionE)."""
+
+    def __init__(self, cin):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(cin, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(cin, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        return torch.cat([b1, b3, bd, bp], 1)
+
+
+class Inception3(nn.Module):
+    """torchvision-layout Inception-v3 with aux_logits=False and transform_input=False."""
+
+    def __init__(self, num_classes=1000, dropout=0.5):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        # AuxLogits omitted: it only exists in training mode outputs and would add
+        # 3,326,696 parameters that no inference graph uses.
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280)
+        self.Mixed_7c = InceptionE(2048)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(2048, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # He init rather than torchvision's trunc_normal(std=0.1): with random
+                # weights and unit BN running stats, std=0.1 lets activations grow by
+                # orders of magnitude over 90+ convs, which makes random-weight exports
+                # useless for calibration/range experiments.
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
+                     "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2",
+                     "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
+            x = getattr(self, name)(x)
+        x = self.dropout(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def inception_v3(num_classes=1000):
+    """Inception-v3, torchvision layout without aux logits (23,834,568 parameters, input 299)."""
+    return Inception3(num_classes)
+
+
+FULL_SIZE: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "resnet18": (resnet18, 224),
+    "resnet50": (resnet50, 224),  # torchvision v1.5 (stride on the 3x3)
+    "resnet50_v1": (partial(resnet50, stride_on="1x1"), 224),  # original / pytorchcv form
+    "inception_v3": (inception_v3, 299),
+    "mobilenet_v2": (mobilenet_v2, 224),
+}
+
+
+# ----------------------------------------------------------------------------
+# Small accounting helpers
+# ----------------------------------------------------------------------------
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters (BN running statistics excluded, as torchvision reports)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-accumulates of all Conv2d and Linear layers for one forward pass at input_shape."""
+    total = 0
+
+    def conv_hook(m, inp, out):
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def fc_hook(m, inp, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(fc_hook))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(*input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
