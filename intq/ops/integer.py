@@ -1,0 +1,241 @@
+"""The integer ops that lowering emits; each `run` here is the reference semantics (the
+spec that the Numba kernels and the torch twin must equal), computed in int64 numpy.
+
+After `QuantizeInput` (the one float step, at the graph input) everything is integer
+multiply, add, shift, compare and clamp. Every rescale is `intq.dyadic.requantize`,
+with its (b, c) multipliers stored as int64 constants, per channel where the scale is.
+Integer tensors travel as int64 arrays; the IR dtype ("uint4", "int16", ...) is their range.
+"""
+import numpy as np
+
+from ..dyadic import requantize
+from ..errors import IntqError
+from .base import OpSpec, require_rank
+from .conv import Conv
+from .elementwise import Concat
+from .linear import Linear
+from .pad import Pad
+from .pool import _pool_infer
+from .window import conv2d, windows
+
+INTEGER_DTYPES = {f"{s}int{b}" for s in ("", "u") for b in (4, 8, 16, 32)} | {"int64"}
+
+
+def dtype_range(dtype: str):
+    bits = int(dtype.lstrip("uint"))
+    if dtype.startswith("u"):
+        return 0, (1 << bits) - 1
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def per_channel(a, ndim, axis=1):
+    """Broadcast a per-channel (C,) array along `axis` of an ndim-D tensor; scalars pass."""
+    a = np.asarray(a, dtype=np.int64)
+    if a.ndim == 0 or a.size == 1:
+        return a.reshape(())
+    shape = [1] * ndim
+    shape[axis] = a.size
+    return a.reshape(shape)
+
+
+def _same_shape_out(node, ins):
+    return [(ins[0].shape, node.attrs["dtype"])]
+
+
+class QuantizeInput(OpSpec):
+    """q = clamp(floor(x / scale + 1/2) + zero_point, lo, hi): the graph's only float op."""
+
+    name = "QuantizeInput"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x):
+        q = np.floor(x.astype(np.float64) / attrs["scale"] + 0.5) + attrs["zero_point"]
+        return (np.clip(q, attrs["lo"], attrs["hi"]).astype(np.int64),)
+
+
+class IntConv(OpSpec):
+    """INT32 accumulator of a convolution: sum(x * w) + bias, x padded with its zero point.
+
+    The zero point's correction (zero_point * sum(w) per output channel) is already folded
+    into the bias by lowering, so padding with the zero point keeps the result exact.
+    """
+
+    name = "IntConv"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        (shape, _), = Conv.infer(node, ins, graph)
+        return [(shape, "int32")]
+
+    @staticmethod
+    def run(attrs, x, w, b):
+        acc = conv2d(x, w, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["groups"],
+                     pad_value=attrs["x_zero_point"], acc_dtype=np.int64)
+        return (acc + b.reshape(1, -1, 1, 1),)
+
+    macs = staticmethod(Conv.macs)
+    params = staticmethod(Conv.params)
+
+
+class IntLinear(OpSpec):
+    """INT32 accumulator of x W^T + bias (zero-point correction folded into the bias)."""
+
+    name = "IntLinear"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        (shape, _), = Linear.infer(node, ins, graph)
+        return [(shape, "int32")]
+
+    @staticmethod
+    def run(attrs, x, w, b):
+        return (x.astype(np.int64) @ w.astype(np.int64).T + b,)
+
+    macs = staticmethod(Linear.macs)
+    params = staticmethod(Linear.params)
+
+
+class Requantize(OpSpec):
+    """y = clamp(DN_b,c(x - in_zero_point) + out_zero_point, lo, hi); b, c per channel."""
+
+    name = "Requantize"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x, b, c):
+        nd = x.ndim
+        return (requantize(x - attrs["in_zero_point"], per_channel(b, nd), per_channel(c, nd),
+                           attrs["lo"], attrs["hi"], attrs["out_zero_point"]),)
+
+
+def _branch_split(node_inputs, k):
+    return node_inputs[:k], node_inputs[k:2 * k], node_inputs[2 * k:3 * k]
+
+
+class IntAdd(OpSpec):
+    """Residual add, HAWQ-V3 eq. 7: y = clamp(sum_i DN_i(x_i - z_i) + z_out, lo, hi).
+
+    Inputs are the k branches, then their k multipliers b_i, then their k shifts c_i; each
+    branch is rounded by its own multiplier before the sum.
+    """
+
+    name = "IntAdd"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        k = node.attrs["n"]
+        shapes = {v.shape for v in ins[:k]}
+        if len(shapes) != 1:
+            raise IntqError(f"integer add needs equal shapes, got {shapes}")
+        return [(ins[0].shape, node.attrs["dtype"])]
+
+    @staticmethod
+    def run(attrs, *args):
+        k = attrs["n"]
+        xs, bs, cs = _branch_split(args, k)
+        big = np.iinfo(np.int64)
+        total = 0
+        for x, b, c, z in zip(xs, bs, cs, attrs["zero_points"]):
+            total = total + requantize(x - z, per_channel(b, x.ndim), per_channel(c, x.ndim),
+                                       big.min, big.max)
+        return (np.clip(total + attrs["out_zero_point"], attrs["lo"], attrs["hi"]),)
+
+
+class IntConcat(OpSpec):
+    """Concat, HAWQ-V3 eq. 18: each branch rescaled by its own DN to the output scale."""
+
+    name = "IntConcat"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        k = node.attrs["n"]
+        (shape, _), = Concat.infer(node, ins[:k], graph)
+        return [(shape, node.attrs["dtype"])]
+
+    @staticmethod
+    def run(attrs, *args):
+        k = attrs["n"]
+        xs, bs, cs = _branch_split(args, k)
+        parts = [requantize(x - z, per_channel(b, x.ndim), per_channel(c, x.ndim),
+                            attrs["lo"], attrs["hi"], attrs["out_zero_point"])
+                 for x, b, c, z in zip(xs, bs, cs, attrs["zero_points"])]
+        return (np.concatenate(parts, axis=attrs["axis"]),)
+
+
+class IntAvgPool(OpSpec):
+    """Average pool: an INT32 window sum of (x - z_in), then one DN whose multiplier already
+    contains 1/count (per output position when padding is excluded from the count)."""
+
+    name = "IntAvgPool"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        (shape, _), = _pool_infer(node, ins[:1])
+        return [(shape, node.attrs["dtype"])]
+
+    @staticmethod
+    def run(attrs, x, b, c):
+        v = windows(x - attrs["in_zero_point"], attrs["kernel_shape"], attrs["strides"],
+                    attrs["pads"], (1, 1), attrs.get("ceil_mode", 0), pad_value=0)
+        return (requantize(v.sum(axis=(4, 5)), b, c, attrs["lo"], attrs["hi"],
+                           attrs["out_zero_point"]),)
+
+
+class IntGlobalAvgPool(OpSpec):
+    """Global average pool: INT32 sum over H x W of (x - z_in), then one DN including 1/HW."""
+
+    name = "IntGlobalAvgPool"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        require_rank(ins[0], 4)
+        n, c = ins[0].shape[:2]
+        return [((n, c, 1, 1) if node.attrs.get("keepdims", 1) else (n, c), node.attrs["dtype"])]
+
+    @staticmethod
+    def run(attrs, x, b, c):
+        s = (x - attrs["in_zero_point"]).sum(axis=(2, 3), keepdims=bool(attrs.get("keepdims", 1)))
+        return (requantize(s, b, c, attrs["lo"], attrs["hi"], attrs["out_zero_point"]),)
+
+
+class IntClamp(OpSpec):
+    """An unfused ReLU/Clip on integers: clamp(x, lo, hi) (lo is the zero point for ReLU)."""
+
+    name = "IntClamp"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return [(ins[0].shape, ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, x):
+        return (np.clip(x, attrs["lo"], attrs["hi"]),)
+
+
+class IntPad(OpSpec):
+    """An unfused Pad on integers: pads with the tensor's zero point (a real zero)."""
+
+    name = "IntPad"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        (shape, _), = Pad.infer(node, ins, graph)
+        return [(shape, ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, x):
+        t, l, b, r = attrs["pads"]
+        return (np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=attrs["value"]),)
+
+
+SPECS = [QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
+         IntGlobalAvgPool, IntClamp, IntPad]
+# Ops shared with the float graph that run unchanged on integers.
+SHARED_WITH_FLOAT = {"MaxPool", "Flatten", "Reshape"}

@@ -1,0 +1,70 @@
+"""Activation ranges from calibration data: min-max, percentile and MSE.
+
+The float graph runs over the calibration images in batches; per tensor we keep the running
+min and max and a bounded random sample of values (for the percentile and MSE methods).
+`Calibration.range(name, bits, method)` then picks the float range one tensor is quantized
+over; MSE needs the bit width, so ranges are chosen during lowering, not here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IntqError
+from ..float_executor import run_float
+
+SAMPLE = 100_000
+
+
+class Calibration:
+    """Per-tensor statistics of a float graph over calibration data."""
+
+    def __init__(self, graph, data: np.ndarray, batch: int = 64, seed: int = 0):
+        data = np.asarray(data)
+        if data.dtype.kind not in "fiu":
+            raise IntqError(f"calibration data must be numeric, got {data.dtype}")
+        if data.ndim != 4 or len(data) == 0:
+            raise IntqError(f"calibration data must be a non-empty NCHW array, got shape {data.shape}")
+        if not np.isfinite(data).all():
+            raise IntqError("calibration data contains NaN or infinity")
+        rng = np.random.default_rng(seed)
+        self.lo, self.hi, self.samples = {}, {}, {}
+        self.count = len(data)
+        keep = max(1, SAMPLE // max(1, -(-len(data) // batch)))
+        for start in range(0, len(data), batch):
+            env = run_float(graph, data[start:start + batch].astype(np.float32), trace=True)
+            for name, value in env.items():
+                if name in graph.constants or value.dtype.kind != "f":
+                    continue
+                self.lo[name] = min(self.lo.get(name, np.inf), float(value.min()))
+                self.hi[name] = max(self.hi.get(name, -np.inf), float(value.max()))
+                flat = value.ravel()
+                pick = flat if flat.size <= keep else flat[rng.integers(0, flat.size, keep)]
+                self.samples.setdefault(name, []).append(pick)
+        self.samples = {k: np.concatenate(v) for k, v in self.samples.items()}
+
+    def range(self, name: str, bits: int, method: str, percentile: float = 99.99):
+        lo, hi = self.lo[name], self.hi[name]
+        if method == "minmax":
+            return lo, hi
+        x = self.samples[name]
+        if method == "percentile":
+            plo, phi = np.percentile(x, [100 - percentile, percentile])
+            return (min(float(plo), 0.0) if lo < 0 else 0.0), float(phi)
+        return self._mse_range(x, lo, hi, bits)
+
+    @staticmethod
+    def _mse_range(x, lo, hi, bits):
+        """The [lo, hi] * alpha (alpha in (0.3, 1]) with the least quantization MSE on x."""
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        levels = (1 << bits) - 1
+        best, best_err = (lo, hi), np.inf
+        for alpha in np.linspace(0.3, 1.0, 50):
+            a, b = lo * alpha, hi * alpha
+            if b - a <= 0:
+                continue
+            s = (b - a) / levels
+            q = np.clip(np.floor((x - a) / s + 0.5), 0, levels) * s + a
+            err = float(((q - x) ** 2).mean())
+            if err < best_err:
+                best, best_err = (a, b), err
+        return best

@@ -1,0 +1,291 @@
+"""Lower a folded float graph to an integer-only graph (HAWQ-V3 §3.1-3.3, App. D-F).
+
+Where each activation lives:
+* A tensor read only by Conv/Linear layers of one bit width is stored at that width
+  (unsigned, 4 or 8 bits): its producer requantizes straight into it. This is how a
+  transition block "quantizes its input once and feeds both 1x1 convolutions from it".
+* Any other tensor (the residual stream, pool outputs, Inception block inputs) is stored
+  wide and signed (`residual_bits`, 16 by default); each Conv that reads it requantizes
+  its own copy to its bit width (one `Requantize` per tensor and width, shared).
+* A Conv/Linear whose only reader is an Add or Concat hands over its INT32 accumulator;
+  the Add/Concat rescales it with a per-channel DN (eq. 7 and 18), so that path is rounded
+  exactly once.
+* MaxPool, Flatten, Reshape, unfused ReLU/Clip and Pad keep their input's parameters.
+Graph outputs are stored signed at `output_bits` with their scale in the metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dyadic import dyadic_multiplier, dyadic_multipliers
+from ..errors import IntqError
+from ..ir import Graph
+from ..ops import get_op
+from ..ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS
+from ..ops.pool import AveragePool
+from .scheme import QParams, QuantConfig, activation_qparams, quantize_weights
+
+PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad"}
+LAYERS = ("Conv", "Linear")
+INT32_MAX = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """An INT32 accumulator: real = scales[channel] * q (zero point 0)."""
+
+    scales: np.ndarray
+    dtype: str = "int32"
+
+
+class Lowering:
+    def __init__(self, fg: Graph, calib, cfg: QuantConfig):
+        self.fg, self.calib, self.cfg = fg, calib, cfg
+        self.ig = Graph(fg.name)
+        self.env: dict[str, tuple[str, object]] = {}
+        self.cache: dict[tuple[str, int], tuple[str, QParams]] = {}
+        layers = [n for n in fg.nodes if n.op in LAYERS]
+        if not layers:
+            raise IntqError("model has no Conv or Linear layer to quantize")
+        ends = {layers[0].name, layers[-1].name}
+        self.bits = {n.name: cfg.layer_bits(n.name, n.name in ends) for n in layers}
+        unknown = sorted(set(cfg.bits) - set(self.bits))
+        if unknown:
+            raise IntqError(f"bit widths given for unknown layers: {', '.join(unknown)}; "
+                            f"layers are: {', '.join(self.bits)}")
+        self.layer_info: list[dict] = []
+        self.qparams: dict[str, dict] = {}
+
+    # -- decisions ---------------------------------------------------------------
+    def readers(self, t):
+        """The nodes that consume t, looking through parameter-preserving ops."""
+        out = []
+        for n in self.fg.consumers(t):
+            if n.op in PASS_THROUGH:
+                out += self.readers(n.output)
+                if n.output in self.fg.outputs:
+                    out.append(None)
+            else:
+                out.append(n)
+        return out
+
+    def storage(self, t) -> tuple[int, bool]:
+        """(bits, narrow) of the tensor t is stored at."""
+        readers = self.readers(t)
+        if t in self.fg.outputs or None in readers:
+            return self.cfg.output_bits, False
+        widths = {self.bits[n.name] for n in readers if n.op in LAYERS}
+        if readers and all(n.op in LAYERS for n in readers) and len(widths) == 1:
+            return widths.pop(), True
+        return self.cfg.residual_bits, False
+
+    def act_qparams(self, t, bits, narrow) -> QParams:
+        lo, hi = self.calib.range(t, bits, self.cfg.calib_method, self.cfg.percentile)
+        return activation_qparams(lo, hi, bits, self.cfg.profile, narrow)
+
+    def stored_qparams(self, t) -> QParams:
+        bits, narrow = self.storage(t)
+        return self.act_qparams(t, bits, narrow)
+
+    def accumulates_into_join(self, node) -> bool:
+        users = self.fg.consumers(node.output)
+        return (len(users) == 1 and self.fg.use_count(node.output) == 1
+                and users[0].op in ("Add", "Concat")
+                and node.attrs.get("act_min") is None and node.attrs.get("act_max") is None)
+
+    # -- emission helpers --------------------------------------------------------
+    def const(self, name, array):
+        return self.ig.add_constant(name, np.asarray(array))
+
+    def multipliers(self, name, scales):
+        b, c = dyadic_multipliers(np.asarray(scales, dtype=np.float64), self.cfg.multiplier_bits)
+        return self.const(f"{name}.b", b.astype(np.int64)), self.const(f"{name}.c", c.astype(np.int64))
+
+    def bind(self, t, name, q):
+        self.env[t] = (name, q)
+        self.qparams[name] = q.to_dict() if isinstance(q, QParams) else {
+            "accumulator": True, "scales": [float(s) for s in np.ravel(q.scales)]}
+
+    def requantize(self, src, q_in, dst, q_out: QParams, lo=None, hi=None):
+        scales = q_in.scales if isinstance(q_in, Accumulator) else q_in.scale
+        b, c = self.multipliers(dst, np.asarray(scales) / q_out.scale)
+        self.ig.add_node("Requantize", [src, b, c], [dst], {
+            "in_zero_point": 0 if isinstance(q_in, Accumulator) else q_in.zero_point,
+            "out_zero_point": q_out.zero_point, "lo": q_out.qmin if lo is None else lo,
+            "hi": q_out.qmax if hi is None else hi, "dtype": q_out.dtype}, name=f"{dst}.requant")
+
+    def narrow_input(self, t, bits) -> tuple[str, QParams]:
+        name, q = self.env[t]
+        if isinstance(q, QParams) and q.bits == bits and not q.signed:
+            return name, q
+        if (t, bits) not in self.cache:
+            target = self.act_qparams(t, bits, narrow=True)
+            dst = self.ig.unique_name(f"{t}.q{bits}")
+            self.requantize(name, q, dst, target)
+            self.qparams[dst] = target.to_dict()
+            self.cache[(t, bits)] = (dst, target)
+        return self.cache[(t, bits)]
+
+    # -- ops ---------------------------------------------------------------------
+    def lower_layer(self, node):
+        bits = self.bits[node.name]
+        x, qx = self.narrow_input(node.inputs[0], bits)
+        w = self.fg.constants[node.inputs[1]]
+        m = w.shape[0]
+        bias = (self.fg.constants[node.inputs[2]].astype(np.float64)
+                if len(node.inputs) > 2 and node.inputs[2] else np.zeros(m))
+        wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip)
+        acc_scales = qx.scale * sw
+        bias_q = np.floor(bias / acc_scales + 0.5).astype(np.int64)
+        flat = wq.reshape(m, -1).astype(np.int64)
+        # Padding reads the zero point, so the correction is one constant per channel.
+        bias_total = bias_q - qx.zero_point * flat.sum(axis=1)
+        bound = np.abs(flat).sum(axis=1) * max(abs(qx.qmin), abs(qx.qmax)) + np.abs(bias_total)
+        if bound.max() > INT32_MAX:
+            ch = int(bound.argmax())
+            raise IntqError(f"layer {node.name}: accumulator may overflow INT32 (bound "
+                            f"{int(bound[ch])} > {INT32_MAX} at output channel {ch}); use fewer "
+                            f"input bits or smaller weights")
+        wname = self.const(f"{node.name}.weight_q", wq)
+        self.ig.values[wname].dtype = f"int{bits}"
+        bname = self.const(f"{node.name}.bias_q", bias_total.astype(np.int32))
+        acc = f"{node.output}.acc"
+        attrs = {"x_zero_point": qx.zero_point}
+        if node.op == "Conv":
+            attrs.update({k: list(node.attrs[k]) for k in ("strides", "pads", "dilations")},
+                         groups=node.attrs["groups"])
+        op = "IntConv" if node.op == "Conv" else "IntLinear"
+        self.ig.add_node(op, [x, wname, bname], [acc], attrs, name=node.name)
+        self.layer_info.append({"name": node.name, "op": node.op, "w_bits": bits, "a_bits": bits,
+                                "weight_scale_max": float(sw.max())})
+        accq = Accumulator(acc_scales)
+        self.bind(acc, acc, accq)
+        if self.accumulates_into_join(node):
+            self.env[node.output] = (acc, accq)
+            return
+        q_out = self.stored_qparams(node.output)
+        lo, hi = q_out.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
+        self.requantize(acc, accq, node.output, q_out, lo, hi)
+        self.bind(node.output, node.output, q_out)
+
+    def lower_join(self, node):
+        ins = [self.env[t] for t in node.inputs if t]
+        if any(t in self.fg.constants for t in node.inputs):
+            raise IntqError(f"node {node.name}: {node.op} with a constant operand has no integer form")
+        q_out = self.stored_qparams(node.output)
+        bs, cs, zps = [], [], []
+        for i, (name, q) in enumerate(ins):
+            scales = q.scales if isinstance(q, Accumulator) else q.scale
+            b, c = self.multipliers(f"{node.output}.in{i}", np.asarray(scales) / q_out.scale)
+            bs.append(b), cs.append(c)
+            zps.append(0 if isinstance(q, Accumulator) else q.zero_point)
+        lo, hi = q_out.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
+        attrs = {"n": len(ins), "zero_points": zps, "out_zero_point": q_out.zero_point,
+                 "lo": lo, "hi": hi, "dtype": q_out.dtype}
+        op = "IntAdd"
+        if node.op == "Concat":
+            op, attrs["axis"] = "IntConcat", node.attrs["axis"]
+        self.ig.add_node(op, [n for n, _ in ins] + bs + cs, [node.output], attrs, name=node.name)
+        self.bind(node.output, node.output, q_out)
+
+    def lower_pool(self, node):
+        x, q = self.env[node.inputs[0]]
+        q_out = self.stored_qparams(node.output)
+        attrs = {"in_zero_point": q.zero_point, "out_zero_point": q_out.zero_point,
+                 "lo": q_out.qmin, "hi": q_out.qmax, "dtype": q_out.dtype}
+        if node.op == "GlobalAveragePool":
+            h, w = self.fg.values[node.inputs[0]].shape[2:]
+            b, c = dyadic_multiplier(q.scale / (h * w * q_out.scale), self.cfg.multiplier_bits)
+            attrs.update(keepdims=node.attrs.get("keepdims", 1))
+            op = "IntGlobalAvgPool"
+            bname, cname = self.const(f"{node.output}.b", np.int64(b)), self.const(f"{node.output}.c", np.int64(c))
+        else:
+            count = AveragePool.divisor(node.attrs, self.fg.values[node.inputs[0]].shape[2:])
+            bname, cname = self.multipliers(node.output, q.scale / (count * q_out.scale))
+            attrs.update({k: list(node.attrs[k]) for k in ("kernel_shape", "strides", "pads")},
+                         ceil_mode=node.attrs.get("ceil_mode", 0))
+            op = "IntAvgPool"
+        self.ig.add_node(op, [x, bname, cname], [node.output], attrs, name=node.name)
+        self.bind(node.output, node.output, q_out)
+
+    def lower_pass_through(self, node):
+        x, q = self.env[node.inputs[0]]
+        attrs = dict(node.attrs)
+        op = node.op
+        if node.op in ("Relu", "Clip"):
+            lo, hi = (q.clamp_bounds(0.0, None) if node.op == "Relu"
+                      else q.clamp_bounds(node.attrs.get("min"), node.attrs.get("max")))
+            op, attrs = "IntClamp", {"lo": lo, "hi": hi}
+        elif node.op == "Pad":
+            op, attrs = "IntPad", {"pads": list(node.attrs["pads"]), "value": q.zero_point}
+        elif node.op == "MaxPool":
+            attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
+        self.ig.add_node(op, [x], [node.output], attrs, name=node.name)
+        self.bind(node.output, node.output, q)
+
+    def run(self) -> Graph:
+        fg, ig = self.fg, self.ig
+        for t in fg.inputs:
+            ig.add_input(t, fg.values[t].shape, "float32")
+            q = self.stored_qparams(t)
+            name = f"{t}.q"
+            ig.add_node("QuantizeInput", [t], [name], {"scale": q.scale, "zero_point": q.zero_point,
+                        "lo": q.qmin, "hi": q.qmax, "dtype": q.dtype}, name="quantize_input")
+            self.bind(t, name, q)
+        for node in fg.nodes:
+            if node.op in LAYERS:
+                self.lower_layer(node)
+            elif node.op in ("Add", "Concat"):
+                self.lower_join(node)
+            elif node.op in ("AveragePool", "GlobalAveragePool"):
+                self.lower_pool(node)
+            elif node.op in PASS_THROUGH:
+                self.lower_pass_through(node)
+            else:
+                raise IntqError(f"node {node.name}: no integer lowering for {node.op}")
+        ig.outputs = []
+        for t in fg.outputs:
+            name, q = self.env[t]
+            if isinstance(q, Accumulator):
+                raise IntqError(f"graph output {t} is an accumulator")  # cannot happen: see storage()
+            ig.outputs.append(name)
+        ig.infer_shapes()
+        ig.metadata.update(
+            format="intq-integer-graph", config=self.cfg.to_dict(), layers=self.layer_info,
+            qparams=self.qparams, outputs={o: self.qparams[o] for o in ig.outputs},
+            input={t: self.qparams[self.env[t][0]] for t in fg.inputs})
+        validate_integer_graph(ig)
+        return ig
+
+
+def lower_to_integer(fg: Graph, calib, cfg: QuantConfig) -> Graph:
+    return Lowering(fg, calib, cfg).run()
+
+
+_INTEGER_OPS = {s.name for s in INTEGER_SPECS} | SHARED_WITH_FLOAT
+
+
+def validate_integer_graph(ig: Graph) -> None:
+    """Reject any float tensor, float constant or float op after the graph input."""
+    problems = []
+    for node in ig.nodes:
+        if node.op not in _INTEGER_OPS:
+            problems.append(f"node {node.name} has non-integer op {node.op}")
+        if node.op == "QuantizeInput" and node.inputs[0] not in ig.inputs:
+            problems.append(f"node {node.name} quantizes a tensor that is not a graph input")
+        if node.op != "QuantizeInput":
+            for k, v in node.attrs.items():
+                if isinstance(v, float) or (isinstance(v, (list, tuple)) and any(isinstance(e, float) for e in v)):
+                    problems.append(f"node {node.name} has float attribute {k}")
+        for t in node.inputs + node.outputs:
+            if t in ig.inputs:
+                continue
+            if ig.values[t].dtype not in INTEGER_DTYPES:
+                problems.append(f"tensor {t} has dtype {ig.values[t].dtype}")
+    for name, arr in ig.constants.items():
+        if arr.dtype.kind not in "iu":
+            problems.append(f"constant {name} has dtype {arr.dtype}")
+    if problems:
+        raise IntqError("integer graph is not integer-only: " + "; ".join(problems[:5]))
