@@ -18,6 +18,162 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _config(args):
+    from .quant.scheme import QuantConfig
+
+    default, table = QuantConfig.parse_bits(args.bits)
+    return QuantConfig(profile=args.profile, default_bits=default, bits=table,
+                       calib_method=args.calib_method, residual_bits=args.residual_bits,
+                       weight_clip=args.weight_clip)
+
+
+def _top1(ig, fg, x, y, batch=64, progress=True):
+    """Integer and float logits over x in batches, with a progress bar on long runs."""
+    import numpy as np
+
+    from .float_executor import run_float
+    from .reference import dequantize, run_integer
+
+    oq = ig.metadata["outputs"][ig.outputs[0]]
+    outs_i, outs_f = [], []
+    show = progress and len(x) > batch and sys.stderr.isatty()
+    for start in range(0, len(x), batch):
+        xb = x[start:start + batch]
+        outs_i.append(dequantize(run_integer(ig, xb)[0], oq))
+        if fg is not None:
+            outs_f.append(run_float(fg, xb)[0])
+        if show:
+            done = min(len(x), start + batch)
+            bar = "#" * (30 * done // len(x))
+            print(f"\r[{bar:<30}] {done}/{len(x)}", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
+    li = np.concatenate(outs_i)
+    lf = np.concatenate(outs_f) if outs_f else None
+    return li, lf
+
+
+def _eval_metrics(li, lf, y):
+    import numpy as np
+
+    res = {"images": int(len(li))}
+    if y is not None:
+        res["int_top1"] = float((li.argmax(1) == y).mean())
+        if lf is not None:
+            res["float_top1"] = float((lf.argmax(1) == y).mean())
+    if lf is not None:
+        res["top1_agreement"] = float((li.argmax(1) == lf.argmax(1)).mean())
+        num = (li * lf).sum(1)
+        den = np.linalg.norm(li, axis=1) * np.linalg.norm(lf, axis=1)
+        res["cosine_mean"] = float(np.mean(num / np.maximum(den, 1e-30)))
+        res["cosine_min"] = float(np.min(num / np.maximum(den, 1e-30)))
+    return res
+
+
+def cmd_compile(args) -> int:
+    from .artifact import save_artifact
+    from .pipeline import compile_model, load_npz_images
+
+    x, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
+    ig, fg, info = compile_model(args.model, x, _config(args))
+    info["source"] = str(args.model)
+    if args.eval_data:
+        xe, ye = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
+        li, lf = _top1(ig, fg, xe, ye)
+        info["accuracy"] = dict(_eval_metrics(li, lf, ye), data=str(args.eval_data))
+    save_artifact(args.output, ig, fg, info)
+    layers = ig.metadata["layers"]
+    widths = sorted({l["w_bits"] for l in layers})
+    print(f"wrote {args.output}: {len(layers)} layers at {'/'.join(map(str, widths))} bits, "
+          f"profile {args.profile}, calibrated on {len(x)} images "
+          f"({info['calibration']['seconds']:.1f} s)")
+    if "accuracy" in info:
+        a = info["accuracy"]
+        print(f"top-1 int {a.get('int_top1', float('nan')):.4f} float {a.get('float_top1', float('nan')):.4f}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .artifact import load_artifact
+    from .errors import IntqError
+    from .reference import dequantize, run_integer
+
+    art = load_artifact(args.model)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except FileNotFoundError:
+        raise IntqError(f"{args.input}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise IntqError(f"{args.input}: not a readable .npy file ({e})") from None
+    if x.dtype.kind not in "fiu":
+        raise IntqError(f"{args.input}: input must be numeric, got {x.dtype}")
+    q = run_integer(art.integer, x.astype(np.float32))[0]
+    oq = art.integer.metadata["outputs"][art.integer.outputs[0]]
+    out = q.astype(np.int32) if args.int else dequantize(q, oq)
+    _atomic_save_npy(args.output, out)
+    if args.int:
+        print(f"integer logits {out.shape}: real = {oq['scale']:.9g} * (q - {oq['zero_point']})")
+    else:
+        print(f"wrote {args.output}: logits {out.shape}")
+    return 0
+
+
+def _atomic_save_npy(path, array):
+    import os
+    import tempfile
+
+    import numpy as np
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".intq-", suffix=".npy", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cmd_eval(args) -> int:
+    from .artifact import load_artifact
+    from .errors import IntqError
+    from .pipeline import float_graph, load_npz_images
+
+    art = load_artifact(args.model)
+    fg = float_graph(args.float) if args.float else art.float
+    x, y = load_npz_images(args.data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
+    if y is None:
+        raise IntqError(f"eval data {args.data}: no labels (key y or y_eval)")
+    li, lf = _top1(art.integer, fg, x, y)
+    res = _eval_metrics(li, lf, y)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"images          {res['images']}")
+        print(f"int top-1       {res['int_top1']:.4f}")
+        if "float_top1" in res:
+            print(f"float top-1     {res['float_top1']:.4f}")
+            print(f"top-1 agreement {res['top1_agreement']:.4f}")
+            print(f"logit cosine    {res['cosine_mean']:.6f} (min {res['cosine_min']:.6f})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .artifact import load_artifact
+    from .report import cost_table, format_report, quantization_card
+
+    art = load_artifact(args.model)
+    table, card = cost_table(art.integer), quantization_card(art.integer, art.info)
+    if args.json:
+        print(json.dumps({**table, "card": card}, indent=2))
+    else:
+        print(format_report(table, card))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="intq", description="Integer-only inference compiler for CNNs.")
     p.add_argument("--version", action="version", version=f"intq {__version__}")
@@ -27,6 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="ONNX file")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("compile", help="quantize an ONNX model to an integer-only .intq artifact")
+    s.add_argument("model", help="ONNX file")
+    s.add_argument("-o", "--output", required=True, help="output .intq file")
+    s.add_argument("--calib", required=True, help=".npz with float32 images under x (or x_calib)")
+    s.add_argument("--bits", default="8", help="8, 4, or a JSON file mapping layer names to 4/8 "
+                   "(first conv and last linear stay at 8 unless the file says otherwise)")
+    s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
+    s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
+    s.add_argument("--weight-clip", default="max", choices=["max", "mse"])
+    s.add_argument("--eval-data", help=".npz with x/y: record float and integer top-1 in the card")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("run", help="run an .intq model on an .npy input")
+    s.add_argument("model")
+    s.add_argument("input", help=".npy float32 NCHW images")
+    s.add_argument("-o", "--output", required=True, help="output .npy")
+    s.add_argument("--int", action="store_true", help="write the integer logits (scale printed)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("eval", help="top-1 of the integer model and of its float model")
+    s.add_argument("model")
+    s.add_argument("--data", required=True, help=".npz with x/y (or x_eval/y_eval)")
+    s.add_argument("--float", help="ONNX file for the float side (default: the one in the artifact)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("report", help="per-layer bits, size, BOPS and the quantization card")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_report)
     return p
 
 

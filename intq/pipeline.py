@@ -9,3 +9,62 @@ from .passes import run_passes
 def float_graph(model) -> Graph:
     """Import an ONNX model (path or ModelProto) and run the whole float pass pipeline."""
     return run_passes(import_onnx(model))
+
+
+def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data"):
+    """(images float32 NCHW, labels or None) from an .npz file, with one-line errors."""
+    import os
+    import zipfile
+
+    import numpy as np
+
+    from .errors import IntqError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise IntqError(f"{what} {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = next((k for k in keys if k in z.files), None)
+            if key is None:
+                raise IntqError(f"{what} {path}: no array named {' or '.join(keys)} "
+                                f"(found: {', '.join(z.files) or 'none'})")
+            x = np.asarray(z[key])
+            lkey = next((k for k in label_keys if k in z.files), None)
+            y = np.asarray(z[lkey]) if lkey else None
+    except IntqError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise IntqError(f"{what} {path}: not a readable .npz file ({e})") from None
+    if x.dtype.kind not in "fiu":
+        raise IntqError(f"{what} {path}: images must be numeric, got {x.dtype}")
+    if x.ndim != 4:
+        raise IntqError(f"{what} {path}: images must be NCHW (4-D), got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise IntqError(f"{what} {path}: images contain NaN or infinity")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise IntqError(f"{what} {path}: labels must be one per image, got shape {y.shape}")
+    return x.astype(np.float32), y
+
+
+def compile_model(model, calib_images, config):
+    """ONNX model + calibration images + QuantConfig -> (integer graph, float graph, info)."""
+    import time
+
+    from .errors import IntqError
+    from .quant.calibrate import Calibration
+    from .quant.lower import lower_to_integer
+
+    fg = float_graph(model)
+    want = fg.values[fg.inputs[0]].shape
+    if tuple(calib_images.shape[1:]) != tuple(want[1:]):
+        raise IntqError(f"calibration images have shape {calib_images.shape[1:]} per sample, "
+                        f"the model expects {tuple(want[1:])}")
+    if want[0] is not None and len(calib_images) % want[0]:
+        raise IntqError(f"the model has a fixed batch of {want[0]}; give a multiple of it")
+    t0 = time.perf_counter()
+    calib = Calibration(fg, calib_images, batch=want[0] or 64)
+    ig = lower_to_integer(fg, calib, config)
+    info = {"calibration": {"images": int(len(calib_images)), "method": config.calib_method,
+                            "seconds": round(time.perf_counter() - t0, 3)}}
+    return ig, fg, info

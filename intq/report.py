@@ -1,0 +1,78 @@
+"""`intq report`: per-layer bits, parameters, MACs and BOPS of an integer graph, the model
+size and BOPS totals (HAWQ-V3's units: MB = 2^20 bytes, BOPS = b_w * b_a * MACs), and the
+quantization card of "Quantization cards" Table 1 (what a quantized result must declare)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import get_op
+
+
+def _bits(dtype: str) -> int:
+    return int(dtype.lstrip("uint"))
+
+
+def cost_table(ig) -> dict:
+    rows = []
+    for node in ig.nodes:
+        if node.op not in ("IntConv", "IntLinear"):
+            continue
+        w = ig.values[node.inputs[1]]
+        b = ig.values[node.inputs[2]]
+        wb, ab = _bits(w.dtype), _bits(ig.values[node.inputs[0]].dtype)
+        macs = get_op(node.op).macs(node, ig)
+        n_w, n_b = int(np.prod(w.shape)), int(np.prod(b.shape))
+        rows.append({"name": node.name, "op": "Conv" if node.op == "IntConv" else "Linear",
+                     "w_bits": wb, "a_bits": ab, "params": n_w + n_b, "macs": macs,
+                     "bops": wb * ab * macs, "bytes": n_w * wb / 8 + n_b * 4})
+    size = sum(r["bytes"] for r in rows)
+    return {"layers": rows,
+            "totals": {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows),
+                       "size_mb": size / 2**20, "bops_g": sum(r["bops"] for r in rows) / 1e9,
+                       "fp32_size_mb": sum(r["params"] for r in rows) * 4 / 2**20}}
+
+
+def quantization_card(ig, info: dict) -> dict:
+    cfg = ig.metadata.get("config", {})
+    layers = [r for r in cost_table(ig)["layers"]]
+    widths = sorted({(r["w_bits"], r["a_bits"]) for r in layers})
+    acc = info.get("accuracy", {})
+    profile = cfg.get("profile", "hawq")
+    return {
+        "method": ("HAWQ-V3-style integer-only PTQ: static ranges, dyadic requantization"
+                   if profile == "hawq" else "power-of-two-scale integer-only PTQ (pure shifts)"),
+        "profile": profile,
+        "weights": ("symmetric, per output channel" if profile == "hawq" else
+                    "symmetric, per tensor, power-of-two scale")
+                   + f", {cfg.get('weight_clip', 'max')} clipping",
+        "activations": "static, per tensor; unsigned after ReLU, asymmetric otherwise"
+                       if profile == "hawq" else "static, per tensor, symmetric, power-of-two scale",
+        "quantized_operations": "all: conv, linear, residual add, concat, pooling, input; "
+                                "integer-only after the input (no float, no division)",
+        "residual_stream_bits": cfg.get("residual_bits"),
+        "mixed_precision": len(widths) > 1,
+        "bit_widths": [f"W{w}A{a}" for w, a in widths],
+        "first_last_layer_bits": [layers[0]["w_bits"], layers[-1]["w_bits"]] if layers else None,
+        "calibration": info.get("calibration"),
+        "baseline_top1": acc.get("float_top1"),
+        "quantized_top1": acc.get("int_top1"),
+        "evaluation_data": acc.get("data"),
+    }
+
+
+def format_report(table: dict, card: dict) -> str:
+    head = ["layer", "op", "W", "A", "params", "MACs", "BOPS"]
+    body = [[r["name"], r["op"], str(r["w_bits"]), str(r["a_bits"]), f"{r['params']:,}",
+             f"{r['macs']:,}", f"{r['bops']:,}"] for r in table["layers"]]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    t = table["totals"]
+    lines = [fmt(head)] + [fmt(r) for r in body] + [
+        "",
+        f"size_mb {t['size_mb']:.2f} (weights at their bits + INT32 biases, MB = 2^20 bytes; "
+        f"FP32 {t['fp32_size_mb']:.2f})",
+        f"bops_g  {t['bops_g']:.2f} (b_w * b_a * MACs; MACs {t['macs'] / 1e9:.3f} G)",
+        "", "quantization card:"]
+    for k, v in card.items():
+        lines.append(f"  {k}: {'unknown (run intq eval / compile --eval-data)' if v is None else v}")
+    return "\n".join(lines)
