@@ -85,3 +85,24 @@ def digits_test():
         pytest.skip("models/digits_test.npz not built")
     d = np.load(path)
     return d["x"], d["y"]
+
+
+@pytest.fixture(scope="session")
+def full_size_graphs():
+    """Full-size nets exported once per session at their native resolution."""
+    import torch
+    from models import zoo
+
+    from intq.pipeline import float_graph
+
+    graphs = {}
+    for name, (ctor, res) in zoo.FULL_SIZE.items():
+        torch.manual_seed(0)
+        model = ctor().eval()
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.randn(1, 3, res, res),), f, dynamo=False, opset_version=13)
+        graphs[name] = (float_graph(onnx.load_from_string(f.getvalue())),
+                        zoo.count_macs(model, (1, 3, res, res)), zoo.count_params(model))
+    return graphs

@@ -61,25 +61,6 @@ PUBLISHED_GMACS = {"resnet18": 1.814, "resnet50": 4.089, "resnet50_v1": 3.858,
                    "inception_v3": 5.713, "mobilenet_v2": 0.3008}
 
 
-@pytest.fixture(scope="session")
-def full_size_graphs():
-    """Full-size nets exported once per session at their native resolution."""
-    import torch
-    from models import zoo
-
-    graphs = {}
-    for name, (ctor, res) in zoo.FULL_SIZE.items():
-        torch.manual_seed(0)
-        model = ctor().eval()
-        f = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.randn(1, 3, res, res),), f, dynamo=False, opset_version=13)
-        graphs[name] = (float_graph(onnx.load_from_string(f.getvalue())),
-                        zoo.count_macs(model, (1, 3, res, res)), zoo.count_params(model))
-    return graphs
-
-
 @pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
 def test_full_size_architecture_imports_with_right_macs(full_size_graphs, name):
     graph, torch_macs, torch_params = full_size_graphs[name]

@@ -1,0 +1,276 @@
+"""Integer lowering end to end: integer-only graphs, accuracy against the float model,
+the overflow guard, artifact round trips and corruption, bad calibration data, and the
+size/BOPS report against HAWQ-V3 Table 1."""
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from conftest import MODELS, make_model
+from intq.artifact import load_artifact, save_artifact
+from intq.errors import IntqError
+from intq.float_executor import run_float
+from intq.ops.integer import INTEGER_DTYPES
+from intq.pipeline import compile_model, float_graph
+from intq.quant.calibrate import Calibration
+from intq.quant.lower import lower_to_integer, validate_integer_graph
+from intq.quant.scheme import QuantConfig
+from intq.reference import dequantize, run_integer
+from intq.report import cost_table
+
+SMALL = ["resnet", "inception", "mobilenet"]
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return np.load(MODELS / "digits_calib.npz")["x"]
+
+
+@pytest.fixture(scope="module")
+def compiled(calib):
+    """Every bundled small model (legacy export) compiled at 8 and at 4 bits."""
+    out = {}
+    for name in SMALL:
+        for bits in (8, 4):
+            out[name, bits] = compile_model(MODELS / f"{name}.onnx", calib, QuantConfig(default_bits=bits))
+    return out
+
+
+def cosine(a, b):
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_integer_only_after_the_input(compiled, name, bits):
+    ig, _, _ = compiled[name, bits]
+    validate_integer_graph(ig)
+    assert [n.op for n in ig.nodes if n.op == "QuantizeInput"] == ["QuantizeInput"]
+    for t, v in ig.values.items():
+        assert t in ig.inputs or v.dtype in INTEGER_DTYPES, t
+    for node in ig.nodes[1:]:
+        for k, v in node.attrs.items():
+            assert not isinstance(v, float), (node.name, k)
+    assert all(a.dtype.kind in "iu" for a in ig.constants.values())
+
+
+def test_validator_rejects_a_float_op(compiled):
+    ig = compiled["resnet", 8][0].copy()
+    ig.nodes[3].op = "Conv"
+    with pytest.raises(IntqError, match="not integer-only"):
+        validate_integer_graph(ig)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_int8_logits_agree_with_float(compiled, name, digits_test):
+    x, y = digits_test
+    ig, fg, _ = compiled[name, 8]
+    li = dequantize(run_integer(ig, x)[0], ig.metadata["outputs"][ig.outputs[0]])
+    lf = run_float(fg, x)[0]
+    per_image = (li * lf).sum(1) / np.linalg.norm(li, axis=1) / np.linalg.norm(lf, axis=1)
+    assert per_image.min() > 0.99
+    assert abs((li.argmax(1) == y).mean() - (lf.argmax(1) == y).mean()) <= 0.005
+
+
+def test_dynamo_export_compiles_to_the_same_integers(compiled, calib, digits_test):
+    x, _ = digits_test
+    ig_legacy = compiled["resnet", 8][0]
+    ig_dynamo, _, _ = compile_model(MODELS / "resnet.dynamo.onnx", calib, QuantConfig())
+    a, b = run_integer(ig_legacy, x[:50])[0], run_integer(ig_dynamo, x[:50])[0]
+    assert (a == b).mean() > 0.95   # same net, two exporters: float rounding may differ slightly
+
+
+def test_any_batch_size(compiled, digits_test):
+    x, _ = digits_test
+    ig = compiled["mobilenet", 4][0]
+    whole = run_integer(ig, x[:9])[0]
+    parts = np.concatenate([run_integer(ig, x[:1])[0], run_integer(ig, x[1:9])[0]])
+    assert np.array_equal(whole, parts)
+
+
+def overflow_model():
+    k = 80 * 1000
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    return make_model(nodes, [("x", [1, 1, 80, 1000])], [("y", None)],
+                      {"W": np.ones((2, k), np.float32)})
+
+
+def test_overflow_guard_fires():
+    # 80,000 inputs at 255 times weights at 127: the accumulator can reach 2.6e9 > 2^31.
+    model = overflow_model()
+    x = np.random.default_rng(0).uniform(0, 1, (2, 1, 80, 1000)).astype(np.float32)
+    with pytest.raises(IntqError, match=r"layer .*accumulator may overflow INT32"):
+        compile_model(model, x, QuantConfig(default_bits=8))
+
+
+def test_overflow_guard_quiet_when_safe():
+    # Same layer at 4 bits: 80,000 * 15 * 7 = 8.4e6, far from the limit.
+    model = overflow_model()
+    x = np.random.default_rng(0).uniform(0, 1, (2, 1, 80, 1000)).astype(np.float32)
+    compile_model(model, x, QuantConfig(default_bits=4, keep_first_last_8=False))
+
+
+def test_save_load_run_same_bytes(tmp_path, compiled, digits_test):
+    x, _ = digits_test
+    for key in [("resnet", 4), ("inception", 8)]:
+        ig, fg, info = compiled[key]
+        path = tmp_path / "m.intq"
+        save_artifact(path, ig, fg, info)
+        art = load_artifact(path)
+        assert np.array_equal(run_integer(ig, x)[0], run_integer(art.integer, x)[0])
+        assert np.array_equal(run_float(fg, x)[0], run_float(art.float, x)[0])
+        for name, arr in ig.constants.items():
+            assert np.array_equal(arr, art.integer.constants[name]), name
+
+
+def test_int4_weights_are_packed(tmp_path, compiled):
+    ig, fg, info = compiled["resnet", 4]
+    save_artifact(tmp_path / "m.intq", ig, fg, info)
+    manifest = json.loads(zipfile.ZipFile(tmp_path / "m.intq").read("manifest.json"))
+    consts = manifest["integer_graph"]["constants"]
+    packed = [c for c in consts.values() if c["packed_int4"]]
+    assert packed and all(c["dtype"] == "int4" for c in packed)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "intq", *map(str, args)], capture_output=True, text=True)
+
+
+def assert_user_error(proc, fragment=""):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert fragment in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def artifact_file(tmp_path_factory, compiled):
+    path = tmp_path_factory.mktemp("a") / "resnet.intq"
+    save_artifact(path, *compiled["resnet", 8])
+    return path
+
+
+def test_corrupt_artifacts(tmp_path, artifact_file):
+    data = artifact_file.read_bytes()
+    cases = {"truncated": data[: len(data) // 2], "random": np.random.default_rng(0).bytes(5000),
+             "empty": b""}
+    for name, blob in cases.items():
+        p = tmp_path / f"{name}.intq"
+        p.write_bytes(blob)
+        assert_user_error(run_cli("report", p), str(p))
+    # A flipped byte inside an array fails its checksum.
+    p = tmp_path / "flipped.intq"
+    with zipfile.ZipFile(artifact_file) as src, zipfile.ZipFile(p, "w") as dst:
+        for item in src.infolist():
+            blob = src.read(item.filename)
+            if item.filename.endswith("00003.npy"):
+                blob = blob[:-1] + bytes([blob[-1] ^ 1])
+            dst.writestr(item, blob)
+    assert_user_error(run_cli("report", p), "checksum")
+    # An artifact from another format version.
+    p = tmp_path / "future.intq"
+    with zipfile.ZipFile(artifact_file) as src, zipfile.ZipFile(p, "w") as dst:
+        for item in src.infolist():
+            blob = src.read(item.filename)
+            if item.filename == "manifest.json":
+                m = json.loads(blob)
+                m["version"] = 99
+                blob = json.dumps(m).encode()
+            dst.writestr(item, blob)
+    assert_user_error(run_cli("eval", p, "--data", MODELS / "digits_test.npz"), "version 99")
+    # A zip that is not an artifact.
+    p = tmp_path / "other.intq"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("hello.txt", "hi")
+    assert_user_error(run_cli("run", p, "x.npy", "-o", tmp_path / "o.npy"), "not an intq artifact")
+
+
+def test_bad_calibration_data(tmp_path):
+    model = MODELS / "resnet.onnx"
+    out = tmp_path / "m.intq"
+    x = np.load(MODELS / "digits_calib.npz")["x"]
+    bad = {"nan": {"x": np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x)},
+           "shape": {"x": x[:, :, :8, :8]}, "rank": {"x": x[:, 0]}, "key": {"images": x}}
+    expect = {"nan": "NaN", "shape": "expects", "rank": "4-D", "key": "no array named"}
+    for name, arrays in bad.items():
+        p = tmp_path / f"{name}.npz"
+        np.savez(p, **arrays)
+        assert_user_error(run_cli("compile", model, "-o", out, "--calib", p), expect[name])
+        assert not out.exists()
+    p = tmp_path / "broken.npz"
+    p.write_bytes(b"not a zip")
+    assert_user_error(run_cli("compile", model, "-o", out, "--calib", p), "npz")
+    assert not out.exists()
+    assert not list(tmp_path.glob(".intq-*"))
+
+
+def test_bits_file_mixed_precision_and_unknown_layer(tmp_path, calib):
+    fg = float_graph(MODELS / "resnet.onnx")
+    layers = [n.name for n in fg.nodes if n.op in ("Conv", "Linear")]
+    table = {layers[0]: 4, layers[1]: 8, layers[2]: 4}
+    ig, _, _ = compile_model(MODELS / "resnet.onnx", calib, QuantConfig(bits=table))
+    got = {r["name"]: r["w_bits"] for r in cost_table(ig)["layers"]}
+    assert all(got[k] == v for k, v in table.items())
+    with pytest.raises(IntqError, match="unknown layers: nope"):
+        compile_model(MODELS / "resnet.onnx", calib, QuantConfig(bits={"nope": 4}))
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse"])
+def test_calibration_methods(calib, digits_test, method):
+    x, y = digits_test
+    ig, fg, _ = compile_model(MODELS / "inception.onnx", calib,
+                              QuantConfig(default_bits=4, calib_method=method))
+    li = run_integer(ig, x)[0]
+    assert (li.argmax(1) == y).mean() > 0.9
+
+
+def test_pot_profile_uses_pure_shifts(calib, digits_test):
+    x, y = digits_test
+    ig, fg, _ = compile_model(MODELS / "resnet.onnx", calib, QuantConfig(profile="pot"))
+    bs = np.concatenate([ig.constants[n].ravel() for n in ig.constants if n.endswith(".b")])
+    assert set(np.unique(bs)) <= {0} | {1 << k for k in range(31)}
+    assert (run_integer(ig, x)[0].argmax(1) == y).mean() > 0.9
+
+
+def test_cli_compile_run_eval_report(tmp_path):
+    out = tmp_path / "m.intq"
+    proc = run_cli("compile", MODELS / "mobilenet.onnx", "-o", out, "--calib",
+                   MODELS / "digits_calib.npz", "--bits", "4")
+    assert proc.returncode == 0, proc.stderr
+    x = np.load(MODELS / "digits_test.npz")["x"][:5]
+    np.save(tmp_path / "x.npy", x)
+    assert run_cli("run", out, tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--int").returncode == 0
+    art = load_artifact(out)
+    assert np.array_equal(np.load(tmp_path / "y.npy"), run_integer(art.integer, x)[0])
+    proc = run_cli("eval", out, "--data", MODELS / "digits_test.npz", "--json")
+    res = json.loads(proc.stdout)
+    assert res["images"] == 360 and 0.9 < res["int_top1"] <= 1
+    proc = run_cli("report", out, "--json")
+    rep = json.loads(proc.stdout)
+    assert rep["card"]["mixed_precision"] and rep["totals"]["size_mb"] > 0
+
+
+# HAWQ-V3 Table 1: (size MB, GBOPS) at INT8 and at INT4 with first and last layers at 8.
+HAWQ_TABLE1 = {"resnet18": {8: (11.1, 116), 4: (5.8, 34)},
+               "resnet50_v1": {8: (24.5, 247), 4: (13.1, 67)}}
+# One cell misses 2%: ResNet18 INT4 BOPS counts to 34.71 G (conv1 0.118 G MACs x 64 + fc
+# 0.0005 G x 64 + the rest 1.6955 G x 16); Table 1 prints 34. The same count gives the
+# table's other three BOPS to 0.7% (116.1, 246.9, 67.5), so the convention is the same and
+# the printed 34 is the outlier. We keep our exact count and allow 2.5% for that cell only.
+TOLERANCE = {("resnet18", 4, "bops"): 0.025}
+
+
+@pytest.mark.parametrize("name", sorted(HAWQ_TABLE1))
+def test_report_reproduces_hawq_table1(full_size_graphs, name):
+    fg = full_size_graphs[name][0]
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
+    cal = Calibration(fg, x)
+    for bits, (size, bops) in HAWQ_TABLE1[name].items():
+        totals = cost_table(lower_to_integer(fg, cal, QuantConfig(default_bits=bits)))["totals"]
+        assert abs(totals["size_mb"] - size) / size < TOLERANCE.get((name, bits, "size"), 0.02)
+        assert abs(totals["bops_g"] - bops) / bops < TOLERANCE.get((name, bits, "bops"), 0.02)
