@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dyadic import dyadic_multiplier, dyadic_multipliers
+from ..dyadic import dyadic_multipliers
 from ..errors import IntqError
 from ..ir import Graph
 from ..ops import get_op
@@ -100,7 +100,19 @@ class Lowering:
         return self.ig.add_constant(name, np.asarray(array))
 
     def multipliers(self, name, scales):
-        b, c = dyadic_multipliers(np.asarray(scales, dtype=np.float64), self.cfg.multiplier_bits)
+        scales = np.asarray(scales, dtype=np.float64)
+        if self.cfg.profile == "pot":
+            # Pure shifts: 2^k as b = 1, c = -k, or (k > 0) as b = 2^k, c = 0. Rescales that
+            # are not powers of two (an average pool's 1/9) round to the nearest in log2.
+            k = np.round(np.log2(np.maximum(scales, 1e-300))).astype(np.int64)
+            if k.max() > 30:
+                raise IntqError(f"{name}: rescale factor {scales.max()} is too large")
+            k = np.maximum(k, -62)
+            b = np.where(k > 0, np.left_shift(1, np.maximum(k, 0)), 1)
+            c = np.where(k > 0, 0, -k)
+            b, c = np.where(scales > 0, b, 0), np.where(scales > 0, c, 0)
+        else:
+            b, c = dyadic_multipliers(scales, self.cfg.multiplier_bits)
         return self.const(f"{name}.b", b.astype(np.int64)), self.const(f"{name}.c", c.astype(np.int64))
 
     def bind(self, t, name, q):
@@ -197,10 +209,9 @@ class Lowering:
                  "lo": q_out.qmin, "hi": q_out.qmax, "dtype": q_out.dtype}
         if node.op == "GlobalAveragePool":
             h, w = self.fg.values[node.inputs[0]].shape[2:]
-            b, c = dyadic_multiplier(q.scale / (h * w * q_out.scale), self.cfg.multiplier_bits)
             attrs.update(keepdims=node.attrs.get("keepdims", 1))
             op = "IntGlobalAvgPool"
-            bname, cname = self.const(f"{node.output}.b", np.int64(b)), self.const(f"{node.output}.c", np.int64(c))
+            bname, cname = self.multipliers(node.output, q.scale / (h * w * q_out.scale))
         else:
             count = AveragePool.divisor(node.attrs, self.fg.values[node.inputs[0]].shape[2:])
             bname, cname = self.multipliers(node.output, q.scale / (count * q_out.scale))
