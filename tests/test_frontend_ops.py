@@ -100,9 +100,9 @@ CASES = {
     "pad_then_avgpool": (lambda o: ([helper.make_node("Pad", ["x", "pads"], ["p"]),
                                      helper.make_node("AveragePool", ["p"], ["y"], kernel_shape=[3, 3])],
                                     {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}), [13]),
-    "identity_dropout": (lambda o: conv_then(o, helper.make_node("Dropout", ["c"], ["d"])) if False else (
-        [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Dropout", ["i"], ["d"]),
-         conv_node("d", "y", "W")], {"W": w(4, 4, 3, 3)}), [9, 13]),
+    "identity_dropout": (lambda o: ([helper.make_node("Identity", ["x"], ["i"]),
+                                     helper.make_node("Dropout", ["i"], ["d"]),
+                                     conv_node("d", "y", "W")], {"W": w(4, 4, 3, 3)}), [9, 13]),
     "constant_node": (lambda o: ([helper.make_node("Constant", [], ["W"], value=helper.make_tensor(
         "W", 1, [4, 4, 1, 1], w(4, 4, 1, 1).ravel())), conv_node("x", "y", "W")], {}), [9, 13]),
 }

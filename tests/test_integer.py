@@ -23,6 +23,7 @@ from intq.reference import dequantize, run_integer
 from intq.report import cost_table
 
 SMALL = ["resnet", "inception", "mobilenet"]
+BUNDLED = SMALL + [f"{n}.dynamo" for n in SMALL]   # both exporters
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,10 @@ def calib():
 
 @pytest.fixture(scope="module")
 def compiled(calib):
-    """Every bundled small model (legacy export) compiled at 8 and at 4 bits."""
+    """Every bundled ONNX file compiled at 8 bits, the legacy exports also at 4 bits."""
     out = {}
-    for name in SMALL:
-        for bits in (8, 4):
+    for name in BUNDLED:
+        for bits in (8, 4) if name in SMALL else (8,):
             out[name, bits] = compile_model(MODELS / f"{name}.onnx", calib, QuantConfig(default_bits=bits))
     return out
 
@@ -44,10 +45,9 @@ def cosine(a, b):
     return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("name", SMALL)
-@pytest.mark.parametrize("bits", [8, 4])
-def test_integer_only_after_the_input(compiled, name, bits):
-    ig, _, _ = compiled[name, bits]
+@pytest.mark.parametrize("key", [(n, 8) for n in BUNDLED] + [(n, 4) for n in SMALL], ids=str)
+def test_integer_only_after_the_input(compiled, key):
+    ig, _, _ = compiled[key]
     validate_integer_graph(ig)
     assert [n.op for n in ig.nodes if n.op == "QuantizeInput"] == ["QuantizeInput"]
     for t, v in ig.values.items():
@@ -65,7 +65,7 @@ def test_validator_rejects_a_float_op(compiled):
         validate_integer_graph(ig)
 
 
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", BUNDLED)
 def test_int8_logits_agree_with_float(compiled, name, digits_test):
     x, y = digits_test
     ig, fg, _ = compiled[name, 8]
@@ -79,7 +79,7 @@ def test_int8_logits_agree_with_float(compiled, name, digits_test):
 def test_dynamo_export_compiles_to_the_same_integers(compiled, calib, digits_test):
     x, _ = digits_test
     ig_legacy = compiled["resnet", 8][0]
-    ig_dynamo, _, _ = compile_model(MODELS / "resnet.dynamo.onnx", calib, QuantConfig())
+    ig_dynamo = compiled["resnet.dynamo", 8][0]
     a, b = run_integer(ig_legacy, x[:50])[0], run_integer(ig_dynamo, x[:50])[0]
     assert (a == b).mean() > 0.95   # same net, two exporters: float rounding may differ slightly
 

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import IntqError, UnsupportedOpsError
-from ..ir import Graph
+from ..ir import Graph, Value
 from .folding import OnnxView, attr, fold_onnx_constants
 from .load import load_onnx
 
@@ -283,9 +283,8 @@ def import_onnx(model) -> Graph:
             value = np.asarray(value)
             if value.dtype.kind == "f":
                 value = value.astype(np.float32)
+            # ONNX names are unique already: keep them, so node inputs need no renaming.
             graph.constants[name] = value
-            graph.add_constant  # (names are already unique in ONNX)
-            from ..ir import Value
             graph.values[name] = Value(name, tuple(value.shape), value.dtype.name)
     ctx = Context(view, graph)
     for node in view.nodes:
