@@ -48,6 +48,6 @@ def format_table(table: dict) -> str:
     lines = [f"graph {table['graph']}: input {ins} -> output {outs}", fmt(head),
              fmt(["-" * w for w in widths])]
     lines += [fmt(r) for r in body[:-1]] + [fmt(["-" * w for w in widths]), fmt(body[-1])]
-    gmacs = t["macs"] / 1e9
-    lines.append(f"{gmacs:.3f} GMACs and {t['params'] / 1e6:.3f} M parameters per sample")
+    lines.append(f"{t['macs'] / 1e6:,.2f} M MACs ({t['macs'] / 1e9:.3f} G) and "
+                 f"{t['params'] / 1e6:.3f} M parameters per sample")
     return "\n".join(lines)

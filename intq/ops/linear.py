@@ -6,6 +6,15 @@ from ..errors import IntqError
 from .base import OpSpec, apply_activation, require_rank
 
 
+def _weight_macs(node, graph):
+    """One MAC per weight element and sample, whichever way round the weight is stored."""
+    return int(np.prod(graph.values[node.inputs[1]].shape))
+
+
+def _weight_and_bias_params(node, graph):
+    return sum(int(np.prod(graph.values[i].shape)) for i in node.inputs[1:] if i)
+
+
 class Linear(OpSpec):
     """x (N, K), weight (M, K), bias (M,)."""
 
@@ -27,13 +36,8 @@ class Linear(OpSpec):
             y = y + b
         return (apply_activation(y.astype(x.dtype, copy=False), attrs),)
 
-    @staticmethod
-    def macs(node, graph):
-        return int(np.prod(graph.values[node.inputs[1]].shape))
-
-    @staticmethod
-    def params(node, graph):
-        return sum(int(np.prod(graph.values[i].shape)) for i in node.inputs[1:] if i)
+    macs = staticmethod(_weight_macs)
+    params = staticmethod(_weight_and_bias_params)
 
 
 class Gemm(OpSpec):
@@ -63,13 +67,8 @@ class Gemm(OpSpec):
             y = y + attrs.get("beta", 1.0) * c
         return (y.astype(a.dtype),)
 
-    @staticmethod
-    def macs(node, graph):
-        return int(np.prod(graph.values[node.inputs[1]].shape))
-
-    @staticmethod
-    def params(node, graph):
-        return sum(int(np.prod(graph.values[i].shape)) for i in node.inputs[1:] if i)
+    macs = staticmethod(_weight_macs)
+    params = staticmethod(_weight_and_bias_params)
 
 
 class MatMul(OpSpec):
@@ -86,13 +85,8 @@ class MatMul(OpSpec):
     def run(attrs, a, b):
         return ((a @ b).astype(a.dtype),)
 
-    @staticmethod
-    def macs(node, graph):
-        return int(np.prod(graph.values[node.inputs[1]].shape))
-
-    @staticmethod
-    def params(node, graph):
-        return int(np.prod(graph.values[node.inputs[1]].shape))
+    macs = staticmethod(_weight_macs)
+    params = staticmethod(_weight_and_bias_params)
 
 
 SPECS = [Linear, Gemm, MatMul]
