@@ -44,7 +44,7 @@ def test_bundled_model_matches_onnxruntime(path, digits_test):
     assert (logits.argmax(1) == y).mean() > 0.95
 
 
-@pytest.mark.parametrize("path", bundled_onnx_files()[:2], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", bundled_onnx_files(), ids=lambda p: p.name)
 def test_inspect_cli_on_bundled_model(path):
     proc = subprocess.run([sys.executable, "-m", "intq", "inspect", str(path), "--json"],
                           capture_output=True, text=True)
