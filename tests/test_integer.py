@@ -274,3 +274,34 @@ def test_report_reproduces_hawq_table1(full_size_graphs, name):
         totals = cost_table(lower_to_integer(fg, cal, QuantConfig(default_bits=bits)))["totals"]
         assert abs(totals["size_mb"] - size) / size < TOLERANCE.get((name, bits, "size"), 0.02)
         assert abs(totals["bops_g"] - bops) / bops < TOLERANCE.get((name, bits, "bops"), 0.02)
+
+
+@pytest.mark.parametrize("residual_bits", [8, 32])
+@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
+def test_residual_stream_widths(calib, digits_test, name, residual_bits):
+    x, _ = digits_test
+    ig, fg, _ = compile_model(MODELS / f"{name}.onnx", calib, QuantConfig(residual_bits=residual_bits))
+    validate_integer_graph(ig)
+    wide = {v.dtype for v in ig.values.values() if v.dtype.endswith(str(residual_bits))}
+    assert wide, "no tensor at the residual width"
+    li = dequantize(run_integer(ig, x)[0], ig.metadata["outputs"][ig.outputs[0]])
+    assert cosine(li, run_float(fg, x)[0]) > 0.99
+
+
+@pytest.mark.parametrize("bits,narrow", [(4, True), (8, True), (8, False), (16, False), (32, False)])
+def test_activation_qparams_rules(bits, narrow):
+    from intq.quant.scheme import activation_qparams
+
+    relu = activation_qparams(0.0, 3.0, bits, "hawq", narrow)
+    if bits < 32:
+        assert not relu.signed and relu.zero_point == 0 and relu.qmax * relu.scale == pytest.approx(3.0)
+    else:
+        assert relu.signed and relu.zero_point == 0
+    asym = activation_qparams(-1.0, 3.0, bits, "hawq", narrow)
+    assert asym.signed == (not narrow)
+    assert asym.qmin < asym.zero_point < asym.qmax
+    # 0.0 is exactly representable, and both ends of the range are covered.
+    assert asym.scale * (asym.qmin - asym.zero_point) <= -1.0 + asym.scale
+    assert asym.scale * (asym.qmax - asym.zero_point) >= 3.0 - asym.scale
+    if bits == 32:
+        assert asym.zero_point == 0

@@ -202,8 +202,25 @@ class Lowering:
         self.ig.add_node(op, [n for n, _ in ins] + bs + cs, [node.output], attrs, name=node.name)
         self.bind(node.output, node.output, q_out)
 
-    def lower_pool(self, node):
+    def pool_input(self, node):
+        """The pool's input, requantized to 16 bits first if its INT32 window sum could
+        overflow (a 32-bit residual stream): pooling accumulates in INT32."""
         x, q = self.env[node.inputs[0]]
+        h, w = self.fg.values[node.inputs[0]].shape[2:]
+        count = h * w if node.op == "GlobalAveragePool" else int(np.prod(node.attrs["kernel_shape"]))
+        if count * max(q.zero_point - q.qmin, q.qmax - q.zero_point) <= INT32_MAX:
+            return x, q
+        key = (node.inputs[0], -16)
+        if key not in self.cache:
+            target = self.act_qparams(node.inputs[0], 16, narrow=False)
+            dst = self.ig.unique_name(f"{node.inputs[0]}.w16")
+            self.requantize(x, q, dst, target)
+            self.qparams[dst] = target.to_dict()
+            self.cache[key] = (dst, target)
+        return self.cache[key]
+
+    def lower_pool(self, node):
+        x, q = self.pool_input(node)
         q_out = self.stored_qparams(node.output)
         attrs = {"in_zero_point": q.zero_point, "out_zero_point": q_out.zero_point,
                  "lo": q_out.qmin, "hi": q_out.qmax, "dtype": q_out.dtype}

@@ -124,29 +124,30 @@ def _pow2_ceil(x: float) -> float:
 def activation_qparams(lo: float, hi: float, bits: int, profile: str, narrow: bool) -> QParams:
     """QParams for a tensor whose calibrated float range is [lo, hi].
 
-    Narrow tensors (the 4/8-bit inputs of Conv/Linear) are unsigned: zero point 0 when the
-    range is non-negative (after ReLU), asymmetric otherwise. Wide tensors (residual stream,
-    pools, logits) are signed. The range always includes 0 so zero padding is exact.
+    A non-negative range (after ReLU/ReLU6) is unsigned with zero point 0. Otherwise narrow
+    tensors (the 4/8-bit inputs of Conv/Linear) are unsigned asymmetric and wide tensors
+    (residual stream, pools, logits) signed asymmetric. 32-bit tensors are signed and
+    symmetric (zero point 0), so every difference q - zero_point stays inside INT32. The
+    range always includes 0, so zero padding is exact.
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise IntqError("calibration produced a non-finite activation range")
-    signed = not narrow
     levels = (1 << bits) - 1
-    if profile == "pot":
-        if lo >= 0 and not signed:
-            scale = _pow2_ceil(max(hi, 1e-12) / levels)
-        else:
-            signed = True
-            scale = _pow2_ceil(max(-lo, hi, 1e-12) / ((1 << (bits - 1)) - 1))
-        return QParams(bits, signed, scale, 0)
+    symmetric = profile == "pot" or bits == 32
     if hi - lo <= 1e-12:
-        return QParams(bits, signed, 1.0, 0 if not signed else 0)
-    if lo >= 0 and not signed:
-        return QParams(bits, False, hi / levels, 0)
+        return QParams(bits, not narrow, 1.0, 0)
+    if lo >= 0 and bits < 32:
+        scale = hi / levels
+        return QParams(bits, False, _pow2_ceil(scale) if profile == "pot" else scale, 0)
+    if symmetric:
+        scale = max(-lo, hi) / ((1 << (bits - 1)) - 1)
+        return QParams(bits, True, _pow2_ceil(scale) if profile == "pot" else scale, 0)
+    signed = not narrow
     scale = (hi - lo) / levels
     qmin = -(1 << (bits - 1)) if signed else 0
-    zp = int(np.clip(qmin - round(lo / scale), qmin, qmin + levels))
+    # Keep the zero point strictly inside the range: q - zero_point then fits bits + 1.
+    zp = int(np.clip(qmin - round(lo / scale), qmin + 1, qmin + levels - 1))
     return QParams(bits, signed, scale, zp)
 
 
