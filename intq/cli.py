@@ -35,13 +35,20 @@ def _top1(ig, fg, x, y, batch=64, progress=True):
     from .reference import dequantize, run_integer
 
     oq = ig.metadata["outputs"][ig.outputs[0]]
+    fixed = ig.values[ig.inputs[0]].shape[0]
+    # A model exported with a fixed batch runs in batches of exactly that size; the last
+    # one is padded with copies of the first image and the padding dropped again.
+    batch = fixed or batch
     outs_i, outs_f = [], []
     show = progress and len(x) > batch and sys.stderr.isatty()
     for start in range(0, len(x), batch):
         xb = x[start:start + batch]
-        outs_i.append(dequantize(run_integer(ig, xb)[0], oq))
+        n = len(xb)
+        if fixed and n < fixed:
+            xb = np.concatenate([xb, np.repeat(xb[:1], fixed - n, axis=0)])
+        outs_i.append(dequantize(run_integer(ig, xb)[0], oq)[:n])
         if fg is not None:
-            outs_f.append(run_float(fg, xb)[0])
+            outs_f.append(run_float(fg, xb)[0][:n])
         if show:
             done = min(len(x), start + batch)
             bar = "#" * (30 * done // len(x))
@@ -77,6 +84,7 @@ def cmd_compile(args) -> int:
     x, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
     ig, fg, info = compile_model(args.model, x, _config(args))
     info["source"] = str(args.model)
+    info["calibration"]["data"] = str(args.calib)
     if args.eval_data:
         xe, ye = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
         li, lf = _top1(ig, fg, xe, ye)

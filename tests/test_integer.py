@@ -305,3 +305,25 @@ def test_activation_qparams_rules(bits, narrow):
     assert asym.scale * (asym.qmax - asym.zero_point) >= 3.0 - asym.scale
     if bits == 32:
         assert asym.zero_point == 0
+
+
+def test_fixed_batch_model_compiles_and_evaluates(tmp_path):
+    """A model exported with batch 4 calibrates and evaluates in batches of 4 (360 = 90 x 4,
+    and 10 images leave a padded last batch)."""
+    import torch
+    from conftest import export_torch
+    from models.zoo import DigitsMobileNetV2
+
+    net = DigitsMobileNetV2()
+    net.load_state_dict(torch.load(MODELS / "mobilenet.pt"))
+    path = tmp_path / "fixed.onnx"
+    path.write_bytes(export_torch(net, torch.zeros(4, 1, 16, 16)).SerializeToString())
+    out = tmp_path / "fixed.intq"
+    assert run_cli("compile", path, "-o", out, "--calib", MODELS / "digits_calib.npz").returncode == 0
+    d = np.load(MODELS / "digits_test.npz")
+    np.savez(tmp_path / "ten.npz", x=d["x"][:10], y=d["y"][:10])
+    proc = run_cli("eval", out, "--data", tmp_path / "ten.npz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["images"] == 10
+    card = json.loads(run_cli("report", out, "--json").stdout)["card"]
+    assert card["calibration"]["data"].endswith("digits_calib.npz")
