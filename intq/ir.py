@@ -168,25 +168,6 @@ class Graph:
                 raise IntqError(f"graph has a cycle or a missing tensor at nodes: {names}")
         self.nodes = ordered
 
-    # -- shapes -------------------------------------------------------------------
-    def infer_shapes(self) -> None:
-        """Recompute every node output's shape and dtype from the op specs, in order.
-
-        This is also the IR's validator: an op spec raises IntqError on inputs it
-        cannot accept, naming the node.
-        """
-        from .ops import get_op
-
-        for node in self.nodes:
-            spec = get_op(node.op)
-            ins = [self.values[i] if i else None for i in node.inputs]
-            try:
-                outs = spec.infer(node, ins, self)
-            except IntqError as e:
-                raise IntqError(f"node {node.name} ({node.op}): {e}") from None
-            for name, (shape, dtype) in zip(node.outputs, outs):
-                self.values[name] = Value(name, tuple(shape), dtype)
-
     def summary(self) -> str:
         lines = [f"graph {self.name}: inputs {self.inputs} outputs {self.outputs}"]
         for n in self.nodes:

@@ -49,6 +49,7 @@ def bn_params(c, prefix="bn"):
 def test_constant_fold_evaluates_constant_subgraphs():
     # Built directly in the IR: the frontend would already have folded this in ONNX.
     from intq.ir import Graph
+    from intq.ops import infer_shapes
 
     g = Graph()
     g.add_input("x", (None, 4, 8, 8))
@@ -57,7 +58,7 @@ def test_constant_fold_evaluates_constant_subgraphs():
     g.add_node("Conv", ["x", "Wr"], ["y"], {"strides": (1, 1), "pads": (0, 0, 0, 0),
                                             "dilations": (1, 1), "groups": 1})
     g.outputs = ["y"]
-    g.infer_shapes()
+    infer_shapes(g)
     g = apply(g, constant_fold)
     assert ops(g) == ["Conv"] and (g.constants[g.nodes[0].inputs[1]] >= 0).all()
 

@@ -12,6 +12,7 @@ from onnx import TensorProto
 
 from ..errors import IntqError, UnsupportedOpsError
 from ..ir import Graph, Value
+from ..ops import infer_shapes
 from .folding import OnnxView, attr, fold_onnx_constants
 from .load import load_onnx
 
@@ -293,5 +294,5 @@ def import_onnx(model) -> Graph:
     for out in graph.outputs:
         if out in graph.constants or out in graph.inputs:
             raise IntqError(f"graph output {out!r} is not computed by any node")
-    graph.infer_shapes()
+    infer_shapes(graph)
     return graph

@@ -33,3 +33,22 @@ def get_op(name: str) -> type[OpSpec]:
 
 def known_ops() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def infer_shapes(graph) -> None:
+    """Recompute every node output's shape and dtype from the op specs, in graph order.
+
+    This is also the IR's validator: a spec raises IntqError on inputs it cannot accept,
+    and the message names the node.
+    """
+    from ..ir import Value
+
+    for node in graph.nodes:
+        spec = get_op(node.op)
+        ins = [graph.values[i] if i else None for i in node.inputs]
+        try:
+            outs = spec.infer(node, ins, graph)
+        except IntqError as e:
+            raise IntqError(f"node {node.name} ({node.op}): {e}") from None
+        for name, (shape, dtype) in zip(node.outputs, outs):
+            graph.values[name] = Value(name, tuple(shape), dtype)

@@ -7,6 +7,7 @@ their producers as clamps, and the classifier reads a Flatten or a keepdims=0 po
 """
 from __future__ import annotations
 
+from ..ops import infer_shapes
 from .constant_fold import constant_fold
 from .dead_nodes import remove_dead_nodes
 from .remove_identity import remove_identity
@@ -34,7 +35,7 @@ def run_passes(graph, passes=None):
     for p in passes or PIPELINE:
         graph = p(graph)
         graph.toposort()
-        graph.infer_shapes()
+        infer_shapes(graph)
     return graph
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..dyadic import dyadic_multipliers
 from ..errors import IntqError
 from ..ir import Graph
-from ..ops import get_op
+from ..ops import get_op, infer_shapes
 from ..ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS
 from ..ops.pool import AveragePool
 from .scheme import QParams, QuantConfig, activation_qparams, quantize_weights
@@ -279,7 +279,7 @@ class Lowering:
             if isinstance(q, Accumulator):
                 raise IntqError(f"graph output {t} is an accumulator")  # cannot happen: see storage()
             ig.outputs.append(name)
-        ig.infer_shapes()
+        infer_shapes(ig)
         ig.metadata.update(
             format="intq-integer-graph", config=self.cfg.to_dict(), layers=self.layer_info,
             qparams=self.qparams, outputs={o: self.qparams[o] for o in ig.outputs},

@@ -1,0 +1,55 @@
+"""Data flows one way: ONNX -> frontend -> passes -> quantization -> executors. The core
+never imports torch or pulp (they are for the twin and the ILP, which read the graph), and
+no stage imports a later one."""
+import ast
+from pathlib import Path
+
+import intq
+
+PKG = Path(intq.__file__).parent
+
+# Each stage may import only from stages listed before it (and itself).
+# `pipeline` chains the stages, so it comes after all of them.
+ORDER = ["errors", "ir", "dyadic", "packing", "ops", "frontend", "passes", "float_executor",
+         "quant", "reference", "artifact", "pipeline", "analysis", "report", "cli"]
+
+
+def stage(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def imports(path: Path):
+    tree = ast.parse(path.read_text())
+    mod = "intq." + ".".join(path.relative_to(PKG).with_suffix("").parts)
+    pkg = mod.rsplit(".", 1)[0] if path.name != "__init__.py" else mod
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")
+                base = base[: len(base) - node.level + 1]
+                yield ".".join(base + ([node.module] if node.module else []))
+            else:
+                yield node.module
+
+
+def test_core_never_imports_torch_or_pulp():
+    for path in PKG.rglob("*.py"):
+        for name in imports(path):
+            assert not name.split(".")[0] in ("torch", "pulp", "onnxruntime"), (path, name)
+
+
+def test_no_stage_imports_a_later_one():
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).with_suffix("").parts
+        own = rel[0] if rel[0] != "__init__" else None
+        if own in (None, "__main__", "kernels"):
+            continue
+        for name in imports(path):
+            if not name.startswith("intq.") or name == "intq":
+                continue
+            target = stage(name)
+            if target in ORDER and own in ORDER:
+                assert ORDER.index(target) <= ORDER.index(own), f"{path}: imports {name}"
