@@ -45,6 +45,20 @@ def test_bundled_model_matches_onnxruntime(path, digits_test):
 
 
 @pytest.mark.parametrize("path", bundled_onnx_files(), ids=lambda p: p.name)
+def test_bundled_model_matches_onnxruntime_after_every_pass(path, digits_test):
+    from intq.frontend import import_onnx
+    from intq.passes import PIPELINE, run_passes
+
+    x = digits_test[0][:16]
+    ref = ort_run(path, x)[0]
+    graph = import_onnx(path)
+    assert rel_err(run_float(graph, x)[0], ref) < 1e-4, "before any pass"
+    for p in PIPELINE:
+        graph = run_passes(graph, [p])
+        assert rel_err(run_float(graph, x)[0], ref) < 1e-4, f"after {p.__name__}"
+
+
+@pytest.mark.parametrize("path", bundled_onnx_files(), ids=lambda p: p.name)
 def test_inspect_cli_on_bundled_model(path):
     proc = subprocess.run([sys.executable, "-m", "intq", "inspect", str(path), "--json"],
                           capture_output=True, text=True)
