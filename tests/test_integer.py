@@ -327,3 +327,30 @@ def test_fixed_batch_model_compiles_and_evaluates(tmp_path):
     assert json.loads(proc.stdout)["images"] == 10
     card = json.loads(run_cli("report", out, "--json").stdout)["card"]
     assert card["calibration"]["data"].endswith("digits_calib.npz")
+
+
+@pytest.mark.parametrize("name,res", [("inception_v3", 107), ("mobilenet_v2", 96), ("resnet50_v1", 96)])
+def test_full_size_architectures_lower_and_run(name, res):
+    """InceptionV3 (pools with count_include_pad, four-way concats), MobileNetV2 (linear
+    bottlenecks, ReLU6) and ResNet50 lower to integer-only graphs that track the float
+    model. Random weights and inputs, so the bar is agreement, not accuracy."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+    from models import zoo
+
+    torch.manual_seed(0)
+    model = zoo.FULL_SIZE[name][0]().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, res, res),), f, dynamo=False, opset_version=13,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    fg = float_graph(onnx.load_from_string(f.getvalue()))
+    x = np.random.default_rng(0).standard_normal((4, 3, res, res)).astype(np.float32)
+    ig = lower_to_integer(fg, Calibration(fg, x), QuantConfig(default_bits=8))
+    validate_integer_graph(ig)
+    li = dequantize(run_integer(ig, x[:2])[0], ig.metadata["outputs"][ig.outputs[0]])
+    assert cosine(li, run_float(fg, x[:2])[0]) > 0.98
