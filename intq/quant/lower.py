@@ -128,17 +128,22 @@ class Lowering:
             "out_zero_point": q_out.zero_point, "lo": q_out.qmin if lo is None else lo,
             "hi": q_out.qmax if hi is None else hi, "dtype": q_out.dtype}, name=f"{dst}.requant")
 
+    def requantized_copy(self, t, suffix, target_fn) -> tuple[str, QParams]:
+        """t requantized to target_fn()'s parameters, made once and shared by every reader."""
+        if (t, suffix) not in self.cache:
+            name, q = self.env[t]
+            target = target_fn()
+            dst = self.ig.unique_name(f"{t}.{suffix}")
+            self.requantize(name, q, dst, target)
+            self.qparams[dst] = target.to_dict()
+            self.cache[(t, suffix)] = (dst, target)
+        return self.cache[(t, suffix)]
+
     def narrow_input(self, t, bits) -> tuple[str, QParams]:
         name, q = self.env[t]
         if isinstance(q, QParams) and q.bits == bits and not q.signed:
             return name, q
-        if (t, bits) not in self.cache:
-            target = self.act_qparams(t, bits, narrow=True)
-            dst = self.ig.unique_name(f"{t}.q{bits}")
-            self.requantize(name, q, dst, target)
-            self.qparams[dst] = target.to_dict()
-            self.cache[(t, bits)] = (dst, target)
-        return self.cache[(t, bits)]
+        return self.requantized_copy(t, f"q{bits}", lambda: self.act_qparams(t, bits, narrow=True))
 
     # -- ops ---------------------------------------------------------------------
     def lower_layer(self, node):
@@ -210,14 +215,8 @@ class Lowering:
         count = h * w if node.op == "GlobalAveragePool" else int(np.prod(node.attrs["kernel_shape"]))
         if count * max(q.zero_point - q.qmin, q.qmax - q.zero_point) <= INT32_MAX:
             return x, q
-        key = (node.inputs[0], -16)
-        if key not in self.cache:
-            target = self.act_qparams(node.inputs[0], 16, narrow=False)
-            dst = self.ig.unique_name(f"{node.inputs[0]}.w16")
-            self.requantize(x, q, dst, target)
-            self.qparams[dst] = target.to_dict()
-            self.cache[key] = (dst, target)
-        return self.cache[key]
+        t = node.inputs[0]
+        return self.requantized_copy(t, "w16", lambda: self.act_qparams(t, 16, narrow=False))
 
     def lower_pool(self, node):
         x, q = self.pool_input(node)
