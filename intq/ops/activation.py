@@ -4,15 +4,13 @@ Both are fused into their producer by `passes.fuse_activation` where possible.
 """
 import numpy as np
 
-from .base import OpSpec
+from .base import OpSpec, same_shape
 
 
 class Relu(OpSpec):
     name = "Relu"
 
-    @staticmethod
-    def infer(node, ins, graph):
-        return [(ins[0].shape, ins[0].dtype)]
+    infer = staticmethod(same_shape)
 
     @staticmethod
     def run(attrs, x):
@@ -24,9 +22,7 @@ class Clip(OpSpec):
 
     name = "Clip"
 
-    @staticmethod
-    def infer(node, ins, graph):
-        return [(ins[0].shape, ins[0].dtype)]
+    infer = staticmethod(same_shape)
 
     @staticmethod
     def run(attrs, x):

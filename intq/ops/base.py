@@ -32,6 +32,11 @@ class OpSpec:
         return 0
 
 
+def same_shape(node, ins, graph):
+    """The shape rule of elementwise ops: output shape and dtype are the first input's."""
+    return [(ins[0].shape, ins[0].dtype)]
+
+
 def require_rank(value, rank: int, what: str = "input") -> None:
     if value is None or len(value.shape) != rank:
         got = None if value is None else len(value.shape)

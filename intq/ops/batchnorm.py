@@ -2,15 +2,13 @@
 `passes.fold_batchnorm` folds it into the Conv or Linear before it."""
 import numpy as np
 
-from .base import OpSpec
+from .base import OpSpec, same_shape
 
 
 class BatchNormalization(OpSpec):
     name = "BatchNormalization"
 
-    @staticmethod
-    def infer(node, ins, graph):
-        return [(ins[0].shape, ins[0].dtype)]
+    infer = staticmethod(same_shape)
 
     @staticmethod
     def run(attrs, x, scale, bias, mean, var):

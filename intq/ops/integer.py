@@ -10,7 +10,7 @@ import numpy as np
 
 from ..dyadic import requantize
 from ..errors import IntqError
-from .base import OpSpec, require_rank
+from .base import OpSpec, require_rank, same_shape
 from .conv import Conv
 from .elementwise import Concat
 from .linear import Linear
@@ -210,9 +210,7 @@ class IntClamp(OpSpec):
 
     name = "IntClamp"
 
-    @staticmethod
-    def infer(node, ins, graph):
-        return [(ins[0].shape, ins[0].dtype)]
+    infer = staticmethod(same_shape)
 
     @staticmethod
     def run(attrs, x):

@@ -6,7 +6,7 @@ dynamic batch (None) may only be carried by a 0 or absorbed by a -1.
 import numpy as np
 
 from ..errors import IntqError
-from .base import OpSpec, numel
+from .base import OpSpec, numel, same_shape
 
 
 class Flatten(OpSpec):
@@ -65,9 +65,7 @@ class Reshape(OpSpec):
 class Identity(OpSpec):
     name = "Identity"
 
-    @staticmethod
-    def infer(node, ins, graph):
-        return [(ins[0].shape, ins[0].dtype)]
+    infer = staticmethod(same_shape)
 
     @staticmethod
     def run(attrs, x):
