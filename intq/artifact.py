@@ -83,7 +83,10 @@ def save_artifact(path, int_graph: Graph, float_graph: Graph | None = None, info
         manifest["checksums"][key] = hashlib.sha256(blobs[key]).hexdigest()
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".intq-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".intq-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise IntqError(f"{path}: cannot write: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("manifest.json", json.dumps(manifest, default=_json_default))

@@ -18,6 +18,22 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _check_output(path) -> None:
+    """Fail before any work if `path` cannot be written (no folder, or it is a folder)."""
+    import os
+
+    from .errors import IntqError
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IntqError(f"{path}: is a directory")
+    if not os.path.isdir(folder):
+        raise IntqError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise IntqError(f"{path}: folder {folder} is not writable")
+
+
 def _config(args):
     from .quant.scheme import QuantConfig
 
@@ -81,6 +97,7 @@ def cmd_compile(args) -> int:
     from .artifact import save_artifact
     from .pipeline import compile_model, load_npz_images
 
+    _check_output(args.output)
     x, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
     ig, fg, info = compile_model(args.model, x, _config(args))
     info["source"] = str(args.model)
@@ -108,6 +125,7 @@ def cmd_run(args) -> int:
     from .errors import IntqError
     from .reference import dequantize, run_integer
 
+    _check_output(args.output)
     art = load_artifact(args.model)
     try:
         x = np.load(args.input, allow_pickle=False)
@@ -135,7 +153,11 @@ def _atomic_save_npy(path, array):
     import numpy as np
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".intq-", suffix=".npy", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".intq-", suffix=".npy", dir=directory)
+    except OSError as e:
+        from .errors import IntqError
+        raise IntqError(f"{path}: cannot write: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)

@@ -354,3 +354,13 @@ def test_full_size_architectures_lower_and_run(name, res):
     validate_integer_graph(ig)
     li = dequantize(run_integer(ig, x[:2])[0], ig.metadata["outputs"][ig.outputs[0]])
     assert cosine(li, run_float(fg, x[:2])[0]) > 0.98
+
+
+def test_unwritable_outputs_fail_before_any_work(tmp_path, artifact_file):
+    missing = tmp_path / "no" / "such" / "m.intq"
+    assert_user_error(run_cli("compile", MODELS / "resnet.onnx", "-o", missing, "--calib",
+                              MODELS / "digits_calib.npz"), "does not exist")
+    assert_user_error(run_cli("compile", MODELS / "resnet.onnx", "-o", tmp_path, "--calib",
+                              MODELS / "digits_calib.npz"), "is a directory")
+    np.save(tmp_path / "x.npy", np.load(MODELS / "digits_test.npz")["x"][:2])
+    assert_user_error(run_cli("run", artifact_file, tmp_path / "x.npy", "-o", missing), "does not exist")
