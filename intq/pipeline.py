@@ -60,10 +60,8 @@ def compile_model(model, calib_images, config):
     if tuple(calib_images.shape[1:]) != tuple(want[1:]):
         raise IntqError(f"calibration images have shape {calib_images.shape[1:]} per sample, "
                         f"the model expects {tuple(want[1:])}")
-    if want[0] is not None and len(calib_images) % want[0]:
-        raise IntqError(f"the model has a fixed batch of {want[0]}; give a multiple of it")
     t0 = time.perf_counter()
-    calib = Calibration(fg, calib_images, batch=want[0] or 64)
+    calib = Calibration(fg, calib_images)
     ig = lower_to_integer(fg, calib, config)
     info = {"calibration": {"images": int(len(calib_images)), "method": config.calib_method,
                             "seconds": round(time.perf_counter() - t0, 3)}}

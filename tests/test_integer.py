@@ -331,6 +331,28 @@ def test_fixed_batch_model_compiles_and_evaluates(tmp_path):
     assert card["calibration"]["data"].endswith("digits_calib.npz")
 
 
+def test_fixed_batch_calibration_takes_any_count_and_ignores_padding():
+    """Ten images through a batch-4 model: the padded last batch (copies of image 8) must
+    neither drop images 8 and 9 nor count its padding. Image 9 is made the brightest, so
+    dropping it lowers the max; the counts show the padding is not sampled."""
+    import torch
+    from conftest import export_torch
+    from models.zoo import DigitsResNet
+
+    net = DigitsResNet()
+    net.load_state_dict(torch.load(MODELS / "resnet.pt"))
+    fixed = float_graph(export_torch(net, torch.zeros(4, 1, 16, 16)))
+    dynamic = float_graph(export_torch(net, torch.zeros(4, 1, 16, 16), dynamic_batch=True))
+    x = np.load(MODELS / "digits_calib.npz")["x"][:10].copy()
+    x[9] *= 3
+    a, b = Calibration(fixed, x), Calibration(dynamic, x)
+    ia, ib = fixed.inputs[0], dynamic.inputs[0]
+    assert a.hi[ia] == b.hi[ib] == x.max() and a.lo[ia] == b.lo[ib] == x.min()
+    assert a.samples[ia].size == b.samples[ib].size == x.size
+    oa, ob = fixed.outputs[0], dynamic.outputs[0]
+    assert np.isclose(a.hi[oa], b.hi[ob], rtol=1e-5) and np.isclose(a.lo[oa], b.lo[ob], rtol=1e-5)
+
+
 @pytest.mark.parametrize("name,res", [("inception_v3", 107), ("mobilenet_v2", 96), ("resnet50_v1", 96)])
 def test_full_size_architectures_lower_and_run(name, res):
     """InceptionV3 (pools with count_include_pad, four-way concats), MobileNetV2 (linear

@@ -19,6 +19,9 @@ class Calibration:
     """Per-tensor statistics of a float graph over calibration data."""
 
     def __init__(self, graph, data: np.ndarray, batch: int = 64, seed: int = 0):
+        """A model exported with a fixed batch runs in batches of exactly that size: the last
+        one is padded with copies of its first image, and the padding is left out of every
+        statistic, so any number of images calibrates it."""
         data = np.asarray(data)
         if data.dtype.kind not in "fiu":
             raise IntqError(f"calibration data must be numeric, got {data.dtype}")
@@ -26,15 +29,23 @@ class Calibration:
             raise IntqError(f"calibration data must be a non-empty NCHW array, got shape {data.shape}")
         if not np.isfinite(data).all():
             raise IntqError("calibration data contains NaN or infinity")
+        fixed = graph.values[graph.inputs[0]].shape[0]
+        batch = fixed or batch
         rng = np.random.default_rng(seed)
         self.lo, self.hi, self.samples = {}, {}, {}
         self.count = len(data)
         keep = max(1, SAMPLE // max(1, -(-len(data) // batch)))
         for start in range(0, len(data), batch):
-            env = run_float(graph, data[start:start + batch].astype(np.float32), trace=True)
+            xb = data[start:start + batch].astype(np.float32)
+            n = len(xb)
+            if fixed and n < fixed:
+                xb = np.concatenate([xb, np.repeat(xb[:1], fixed - n, axis=0)])
+            env = run_float(graph, xb, trace=True)
             for name, value in env.items():
                 if name in graph.constants or value.dtype.kind != "f":
                     continue
+                if n < len(xb) and value.ndim and value.shape[0] == len(xb):
+                    value = value[:n]
                 self.lo[name] = min(self.lo.get(name, np.inf), float(value.min()))
                 self.hi[name] = max(self.hi.get(name, -np.inf), float(value.max()))
                 flat = value.ravel()
