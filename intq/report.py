@@ -74,5 +74,5 @@ def format_report(table: dict, card: dict) -> str:
         f"bops_g  {t['bops_g']:.2f} (b_w * b_a * MACs; MACs {t['macs'] / 1e9:.3f} G)",
         "", "quantization card:"]
     for k, v in card.items():
-        lines.append(f"  {k}: {'unknown (run intq eval / compile --eval-data)' if v is None else v}")
+        lines.append(f"  {k}: {'unknown (compile with --eval-data to record it)' if v is None else v}")
     return "\n".join(lines)
