@@ -32,6 +32,19 @@ def cost_table(ig) -> dict:
                        "fp32_size_mb": sum(r["params"] for r in rows) * 4 / 2**20}}
 
 
+def feature_maps(ig) -> dict:
+    """Bytes of every activation tensor for one image at its integer width (the graph input
+    as the float32 the caller hands in): the card's "average or maximum feature map size"."""
+    sizes = []
+    for node in ig.nodes:
+        for name in node.outputs:
+            v = ig.values[name]
+            elems = int(np.prod([d for d in v.shape[1:]]))
+            sizes.append(elems * _bits(v.dtype) / 8 if v.dtype != "float32" else elems * 4)
+    return {"max_bytes": int(max(sizes, default=0)),
+            "mean_bytes": int(round(float(np.mean(sizes)))) if sizes else 0}
+
+
 def quantization_card(ig, info: dict) -> dict:
     cfg = ig.metadata.get("config", {})
     layers = [r for r in cost_table(ig)["layers"]]
@@ -39,8 +52,9 @@ def quantization_card(ig, info: dict) -> dict:
     acc = info.get("accuracy", {})
     profile = cfg.get("profile", "hawq")
     return {
-        "method": ("HAWQ-V3-style integer-only PTQ: static ranges, dyadic requantization"
-                   if profile == "hawq" else "power-of-two-scale integer-only PTQ (pure shifts)"),
+        "method": ("HAWQ-V3-style integer-only PTQ: uniform, static ranges, dyadic requantization"
+                   if profile == "hawq" else
+                   "power-of-two-scale integer-only PTQ: uniform, static ranges, pure shifts"),
         "profile": profile,
         "weights": ("symmetric, per output channel" if profile == "hawq" else
                     "symmetric, per tensor, power-of-two scale")
@@ -53,9 +67,13 @@ def quantization_card(ig, info: dict) -> dict:
         "mixed_precision": len(widths) > 1,
         "bit_widths": [f"W{w}A{a}" for w, a in widths],
         "first_last_layer_bits": [layers[0]["w_bits"], layers[-1]["w_bits"]] if layers else None,
+        "feature_map_bytes": feature_maps(ig),
         "calibration": info.get("calibration"),
+        "calibration_data_type": "the calibration file's images, unlabeled (labels are never read); no training",
         "baseline_top1": acc.get("float_top1"),
         "quantized_top1": acc.get("int_top1"),
+        "top1_drop": (round(acc["float_top1"] - acc["int_top1"], 6)
+                      if "float_top1" in acc and "int_top1" in acc else None),
         "evaluation_data": acc.get("data"),
     }
 

@@ -255,6 +255,21 @@ def test_cli_compile_run_eval_report(tmp_path):
     assert rep["card"]["mixed_precision"] and rep["totals"]["size_mb"] > 0
 
 
+def test_quantization_card_declares_feature_maps_and_accuracy_drop():
+    """The largest feature map of the digits ResNet is a full-resolution INT32 accumulator:
+    16 channels x 16 x 16 x 4 bytes. The drop is baseline minus quantized top-1."""
+    from intq.report import quantization_card
+
+    x = np.load(MODELS / "digits_calib.npz")["x"]
+    ig, _, info = compile_model(MODELS / "resnet.onnx", x, QuantConfig(default_bits=8))
+    card = quantization_card(ig, {**info, "accuracy": {"float_top1": 0.99, "int_top1": 0.98}})
+    assert card["feature_map_bytes"]["max_bytes"] == 16 * 16 * 16 * 4
+    assert 0 < card["feature_map_bytes"]["mean_bytes"] < card["feature_map_bytes"]["max_bytes"]
+    assert card["top1_drop"] == pytest.approx(0.01)
+    assert "uniform" in card["method"] and card["first_last_layer_bits"] == [8, 8]
+    assert quantization_card(ig, info)["top1_drop"] is None
+
+
 # HAWQ-V3 Table 1: (size MB, GBOPS) at INT8 and at INT4 with first and last layers at 8.
 HAWQ_TABLE1 = {"resnet18": {8: (11.1, 116), 4: (5.8, 34)},
                "resnet50_v1": {8: (24.5, 247), 4: (13.1, 67)}}
