@@ -47,26 +47,19 @@ def _top1(ig, fg, x, y, batch=64, progress=True):
     """Integer and float logits over x in batches, with a progress bar on long runs."""
     import numpy as np
 
-    from .float_executor import run_float
+    from .float_executor import batches, run_float
     from .reference import dequantize, run_integer
 
     oq = ig.metadata["outputs"][ig.outputs[0]]
-    fixed = ig.values[ig.inputs[0]].shape[0]
-    # A model exported with a fixed batch runs in batches of exactly that size; the last
-    # one is padded with copies of the first image and the padding dropped again.
-    batch = fixed or batch
     outs_i, outs_f = [], []
+    done = 0
     show = progress and len(x) > batch and sys.stderr.isatty()
-    for start in range(0, len(x), batch):
-        xb = x[start:start + batch]
-        n = len(xb)
-        if fixed and n < fixed:
-            xb = np.concatenate([xb, np.repeat(xb[:1], fixed - n, axis=0)])
+    for xb, n in batches(ig, x, batch):
         outs_i.append(dequantize(run_integer(ig, xb)[0], oq)[:n])
         if fg is not None:
             outs_f.append(run_float(fg, xb)[0][:n])
+        done += n
         if show:
-            done = min(len(x), start + batch)
             bar = "#" * (30 * done // len(x))
             print(f"\r[{bar:<30}] {done}/{len(x)}", end="", file=sys.stderr, flush=True)
     if show:

@@ -24,6 +24,22 @@ def check_feed(graph: Graph, name: str, x) -> np.ndarray:
     return x
 
 
+def batches(graph: Graph, x: np.ndarray, batch: int = 64):
+    """Yield (images, n) slices of x to feed `graph`, n of them real.
+
+    A graph exported with a fixed batch takes exactly that many images per run: the last
+    slice is padded with copies of its first image, and callers drop rows n and beyond.
+    """
+    fixed = graph.values[graph.inputs[0]].shape[0]
+    batch = fixed or batch
+    for start in range(0, len(x), batch):
+        xb = x[start:start + batch]
+        n = len(xb)
+        if fixed and n < fixed:
+            xb = np.concatenate([xb, np.repeat(xb[:1], fixed - n, axis=0)])
+        yield xb, n
+
+
 def run_float(graph: Graph, feeds, trace: bool = False):
     """Outputs (list, in graph order) for `feeds` (an array, or a dict by input name).
 

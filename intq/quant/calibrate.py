@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import IntqError
-from ..float_executor import run_float
+from ..float_executor import batches, run_float
 
 SAMPLE = 100_000
 
@@ -29,17 +29,12 @@ class Calibration:
             raise IntqError(f"calibration data must be a non-empty NCHW array, got shape {data.shape}")
         if not np.isfinite(data).all():
             raise IntqError("calibration data contains NaN or infinity")
-        fixed = graph.values[graph.inputs[0]].shape[0]
-        batch = fixed or batch
         rng = np.random.default_rng(seed)
         self.lo, self.hi, self.samples = {}, {}, {}
         self.count = len(data)
-        keep = max(1, SAMPLE // max(1, -(-len(data) // batch)))
-        for start in range(0, len(data), batch):
-            xb = data[start:start + batch].astype(np.float32)
-            n = len(xb)
-            if fixed and n < fixed:
-                xb = np.concatenate([xb, np.repeat(xb[:1], fixed - n, axis=0)])
+        runs = list(batches(graph, data.astype(np.float32, copy=False), batch))
+        keep = max(1, SAMPLE // len(runs))
+        for xb, n in runs:
             env = run_float(graph, xb, trace=True)
             for name, value in env.items():
                 if name in graph.constants or value.dtype.kind != "f":
