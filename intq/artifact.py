@@ -9,6 +9,7 @@ renames it, so a failed save never leaves a half-written artifact.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -81,6 +82,16 @@ def save_artifact(path, int_graph: Graph, float_graph: Graph | None = None, info
         np.save(buf, arr, allow_pickle=False)
         blobs[key] = buf.getvalue()
         manifest["checksums"][key] = hashlib.sha256(blobs[key]).hexdigest()
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", json.dumps(manifest, default=_json_default))
+        for key, blob in blobs.items():
+            z.writestr(f"arrays/{key}.npy", blob)
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """A binary file that appears at `path` only once it is completely written: a temporary
+    file in the same folder, renamed over `path` on success and removed on any failure."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -88,10 +99,8 @@ def save_artifact(path, int_graph: Graph, float_graph: Graph | None = None, info
     except OSError as e:
         raise IntqError(f"{path}: cannot write: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("manifest.json", json.dumps(manifest, default=_json_default))
-            for key, blob in blobs.items():
-                z.writestr(f"arrays/{key}.npy", blob)
+        with os.fdopen(fd, "wb") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

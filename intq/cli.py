@@ -114,7 +114,7 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .artifact import load_artifact
+    from .artifact import atomic_write, load_artifact
     from .errors import IntqError
     from .reference import dequantize, run_integer
 
@@ -131,33 +131,13 @@ def cmd_run(args) -> int:
     q = run_integer(art.integer, x.astype(np.float32))[0]
     oq = art.integer.metadata["outputs"][art.integer.outputs[0]]
     out = q.astype(np.int32) if args.int else dequantize(q, oq)
-    _atomic_save_npy(args.output, out)
+    with atomic_write(args.output) as f:
+        np.save(f, out, allow_pickle=False)
     if args.int:
         print(f"integer logits {out.shape}: real = {oq['scale']:.9g} * (q - {oq['zero_point']})")
     else:
         print(f"wrote {args.output}: logits {out.shape}")
     return 0
-
-
-def _atomic_save_npy(path, array):
-    import os
-    import tempfile
-
-    import numpy as np
-
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".intq-", suffix=".npy", dir=directory)
-    except OSError as e:
-        from .errors import IntqError
-        raise IntqError(f"{path}: cannot write: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def cmd_eval(args) -> int:

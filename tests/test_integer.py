@@ -403,3 +403,18 @@ def test_unwritable_outputs_fail_before_any_work(tmp_path, artifact_file):
                               MODELS / "digits_calib.npz"), "is a directory")
     np.save(tmp_path / "x.npy", np.load(MODELS / "digits_test.npz")["x"][:2])
     assert_user_error(run_cli("run", artifact_file, tmp_path / "x.npy", "-o", missing), "does not exist")
+
+
+def test_atomic_write_leaves_old_file_and_no_temporary_on_failure(tmp_path):
+    from intq.artifact import atomic_write
+
+    target = tmp_path / "out.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and not list(tmp_path.glob(".intq-*"))
+    with atomic_write(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and not list(tmp_path.glob(".intq-*"))
