@@ -9,7 +9,8 @@ from .ops import get_op
 
 
 def _bits(dtype: str) -> int:
-    return int(dtype.lstrip("uint"))
+    """Width of an IR dtype name: "uint4" -> 4, "int32" -> 32, "float32" -> 32."""
+    return int("".join(filter(str.isdigit, dtype)))
 
 
 def cost_table(ig) -> dict:
@@ -33,21 +34,20 @@ def cost_table(ig) -> dict:
 
 
 def feature_maps(ig) -> dict:
-    """Bytes of every activation tensor for one image at its integer width (the graph input
-    as the float32 the caller hands in): the card's "average or maximum feature map size"."""
+    """Bytes per image of every tensor a node computes, at its integer width: the card's
+    "average or maximum feature map size"."""
     sizes = []
     for node in ig.nodes:
         for name in node.outputs:
             v = ig.values[name]
-            elems = int(np.prod([d for d in v.shape[1:]]))
-            sizes.append(elems * _bits(v.dtype) / 8 if v.dtype != "float32" else elems * 4)
+            sizes.append(int(np.prod(v.shape[1:])) * _bits(v.dtype) / 8)
     return {"max_bytes": int(max(sizes, default=0)),
             "mean_bytes": int(round(float(np.mean(sizes)))) if sizes else 0}
 
 
 def quantization_card(ig, info: dict) -> dict:
     cfg = ig.metadata.get("config", {})
-    layers = [r for r in cost_table(ig)["layers"]]
+    layers = cost_table(ig)["layers"]
     widths = sorted({(r["w_bits"], r["a_bits"]) for r in layers})
     acc = info.get("accuracy", {})
     profile = cfg.get("profile", "hawq")
