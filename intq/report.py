@@ -6,11 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import get_op
-
-
-def _bits(dtype: str) -> int:
-    """Width of an IR dtype name: "uint4" -> 4, "int32" -> 32, "float32" -> 32."""
-    return int("".join(filter(str.isdigit, dtype)))
+from .ops.integer import dtype_bits as _bits
 
 
 def cost_table(ig) -> dict:

@@ -21,8 +21,13 @@ from .window import conv2d, windows
 INTEGER_DTYPES = {f"{s}int{b}" for s in ("", "u") for b in (4, 8, 16, 32)} | {"int64"}
 
 
+def dtype_bits(dtype: str) -> int:
+    """Width of an IR dtype name: "uint4" -> 4, "int32" -> 32, "float32" -> 32."""
+    return int("".join(filter(str.isdigit, dtype)))
+
+
 def dtype_range(dtype: str):
-    bits = int(dtype.lstrip("uint"))
+    bits = dtype_bits(dtype)
     if dtype.startswith("u"):
         return 0, (1 << bits) - 1
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
