@@ -1,0 +1,161 @@
+"""Convolution and fully connected layers as implicit GEMM over NHWC uint8 activations.
+
+Output pixels are the GEMM rows (M = N * OH * OW), output channels the columns, and the
+reduction runs over kernel taps, then input channels, read in place from the haloed input
+buffer (the halo holds the input zero point, so padding needs no branch and no copy).
+A tile is 6 output pixels x 64 output channels; its INT32 accumulator lives in registers
+(VNNI path) or a small scratch (portable path) and goes straight to `epilogue.store_pixel`.
+
+Weights are packed once, at plan time, into the order the inner loop reads:
+* VNNI: [channel block of 64][tap][input channel / 4][4 vectors][16 lanes][4 bytes], so one
+  64-byte load feeds one `vpdpbusd` for 16 channels x 4 input channels;
+* portable: [channel block][tap][input channel][64 channels], so the inner loop is a
+  contiguous int32 multiply-add that LLVM vectorises.
+Input channels are padded to a multiple of 4 with zero weights; the padded activation
+lanes may hold anything, since they are only ever multiplied by zero.
+
+Work is split over both cores by (channel block, run of pixel tiles); each task packs
+enough tiles to amortise its scratch and keeps its 64-channel weight block hot in cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .epilogue import offset, store_pixel
+
+TILE_M, TILE_N = 6, 64
+# cp (int64 conv parameters) indices
+N_, OH, OW, SH, SW, PT, PL, TAPS, CIN, COUT, NBLK, PER_TASK = range(12)
+
+
+def pack_vnni(w: np.ndarray, cin_pad: int) -> np.ndarray:
+    """(M, C, KH, KW) integer weights -> the flat int8 VNNI layout (see module docstring)."""
+    m, c, kh, kw = w.shape
+    mp = -(-m // TILE_N) * TILE_N
+    a = np.zeros((mp, cin_pad, kh * kw), np.int8)
+    a[:m, :c] = w.reshape(m, c, kh * kw)
+    # [blk, j, lane, c4, cc, tap] -> [blk, tap, c4, j, lane, cc]
+    a = a.reshape(mp // TILE_N, 4, 16, cin_pad // 4, 4, kh * kw).transpose(0, 5, 3, 1, 2, 4)
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def pack_portable(w: np.ndarray, cin_pad: int) -> np.ndarray:
+    """(M, C, KH, KW) integer weights -> flat int8 [blk][tap][cin][64]."""
+    m, c, kh, kw = w.shape
+    mp = -(-m // TILE_N) * TILE_N
+    a = np.zeros((mp, cin_pad, kh * kw), np.int8)
+    a[:m, :c] = w.reshape(m, c, kh * kw)
+    a = a.reshape(mp // TILE_N, TILE_N, cin_pad, kh * kw).transpose(0, 3, 2, 1)
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+@njit(cache=True, inline="always")
+def _row_base(m, cp, xg):
+    """Element index of the first tap's channel 0 for output row m (clamped to the last
+    row, so a ragged last tile recomputes a valid pixel instead of reading past the end)."""
+    hw = cp[OH] * cp[OW]
+    mm = min(m, cp[N_] * hw - 1)
+    n = mm // hw
+    r = mm - n * hw
+    oh = r // cp[OW]
+    ow = r - oh * cp[OW]
+    return offset(xg, n, oh * cp[SH] - cp[PT], ow * cp[SW] - cp[PL])
+
+
+@njit(cache=True)
+def _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq):
+    hw = cp[OH] * cp[OW]
+    rows = min(TILE_M, cp[N_] * hw - m0)
+    c0 = blk * TILE_N
+    nc = min(TILE_N, cp[COUT] - c0)
+    for p in range(rows):
+        m = m0 + p
+        n = m // hw
+        r = m - n * hw
+        oh = r // cp[OW]
+        store_pixel(tile, p * TILE_N, c0, nc, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq)
+
+
+@njit(cache=True)
+def _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile):
+    tile[:] = 0
+    for p in range(TILE_M):
+        t0 = p * TILE_N
+        for t in range(taps):
+            xo = bases[p] + toff[t]
+            wo = wbase + t * cin * TILE_N
+            for c in range(cin):
+                a = np.int32(x[xo + c])
+                wr = wo + c * TILE_N
+                for j in range(TILE_N):
+                    tile[t0 + j] += a * np.int32(wp[wr + j])
+
+
+@njit(parallel=True, cache=True)
+def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq):
+    """Convolution (groups = 1) or Linear with fused epilogue, plain loops (any x86/ARM)."""
+    rows = cp[N_] * cp[OH] * cp[OW]
+    ntile = -(-rows // TILE_M)
+    nblk, per = cp[NBLK], cp[PER_TASK]
+    nchunk = -(-ntile // per)
+    taps, cin = cp[TAPS], cp[CIN]
+    for task in prange(nchunk * nblk):
+        blk = task % nblk
+        chunk = task // nblk
+        tile = np.empty(TILE_M * TILE_N, np.int32)
+        bases = np.empty(TILE_M, np.int64)
+        wbase = blk * taps * cin * TILE_N
+        for i in range(chunk * per, min(ntile, (chunk + 1) * per)):
+            m0 = i * TILE_M
+            for p in range(TILE_M):
+                bases[p] = _row_base(m0 + p, cp, xg)
+            _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile)
+            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq)
+
+
+@njit(parallel=True, cache=True)
+def conv_grouped(x, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq):
+    """Grouped convolution (1 < groups < channels), plain loops; w is (M, Cg * taps) int32
+    in [channel][tap][input channel] order. Depthwise has its own kernel."""
+    rows = cp[N_] * cp[OH] * cp[OW]
+    cout, taps = cp[COUT], cp[TAPS]
+    cg = w.shape[1] // taps
+    mg = cout // groups
+    for m in prange(rows):
+        acc = np.zeros(cout, np.int32)
+        base = _row_base(m, cp, xg)
+        for k in range(cout):
+            ci0 = (k // mg) * cg
+            s = np.int32(0)
+            for t in range(taps):
+                xo = base + toff[t] + ci0
+                wo = t * cg
+                for c in range(cg):
+                    s += np.int32(x[xo + c]) * w[k, wo + c]
+            acc[k] = s
+        hw = cp[OH] * cp[OW]
+        n = m // hw
+        r = m - n * hw
+        oh = r // cp[OW]
+        store_pixel(acc, 0, 0, cout, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq)
+
+
+@njit(parallel=True, cache=True)
+def conv_depthwise(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq):
+    """Depthwise convolution (one input channel per output channel, multiplier 1): w is
+    (taps, C) int32, and the inner loop runs over contiguous channels."""
+    n_, oh_, ow_ = cp[N_], cp[OH], cp[OW]
+    c, taps = cp[COUT], cp[TAPS]
+    for row in prange(n_ * oh_):
+        n = row // oh_
+        oh = row - n * oh_
+        acc = np.empty(c, np.int32)
+        for ow in range(ow_):
+            base = offset(xg, n, oh * cp[SH] - cp[PT], ow * cp[SW] - cp[PL])
+            acc[:] = 0
+            for t in range(taps):
+                xo = base + toff[t]
+                for k in range(c):
+                    acc[k] += np.int32(x[xo + k]) * w[t, k]
+            store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq)

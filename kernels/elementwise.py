@@ -1,0 +1,87 @@
+"""Elementwise integer kernels over haloed NHWC buffers (geometry as in `epilogue`):
+input quantization, standalone requantization (also each branch of a concat), the
+k-branch residual add, and clamp. Each equals its op's `run` in `intq.ops.integer`.
+
+`dims` is [N, H, W, C] of the logical tensor; work is split over the N * H rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .epilogue import dn, offset
+
+
+@njit(parallel=True, cache=True)
+def quantize_input(x, scale, zp, lo, hi, out, og):
+    """`QuantizeInput`: q = clamp(floor(x / scale + 1/2) + zp, lo, hi) from float NCHW x.
+
+    The one float step of the graph, computed in float64 exactly as the reference does
+    (IEEE division and floor are deterministic), clamped before the integer conversion."""
+    n_, c_, h_, w_ = x.shape
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            o = offset(og, n, h, w)
+            for c in range(c_):
+                q = np.floor(np.float64(x[n, c, h, w]) / scale + 0.5) + zp
+                out[o + c] = np.int64(min(max(q, lo), hi))
+
+
+@njit(parallel=True, cache=True)
+def requantize(x, xg, dims, zin, rq, out, og, zo, lo, hi):
+    """`Requantize`: y = clamp(DN_k(x - zin) + zo, lo, hi), k the channel (rq's column)."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            o = offset(og, n, h, w)
+            for c in range(c_):
+                y = dn(np.int64(x[i + c]) - zin, rq, c) + zo
+                out[o + c] = min(max(y, lo), hi)
+
+
+@njit(parallel=True, cache=True)
+def add_branch(x, xg, dims, zin, rq, total, first):
+    """One branch of `IntAdd`: total (+)= DN_k(x - zin), total an int64 N*H*W*C scratch."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            t = ((n * h_ + h) * w_ + w) * c_
+            for c in range(c_):
+                y = dn(np.int64(x[i + c]) - zin, rq, c)
+                total[t + c] = y if first else total[t + c] + y
+
+
+@njit(parallel=True, cache=True)
+def add_finish(total, dims, out, og, zo, lo, hi):
+    """The end of `IntAdd`: y = clamp(total + zo, lo, hi)."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            o = offset(og, n, h, w)
+            t = ((n * h_ + h) * w_ + w) * c_
+            for c in range(c_):
+                out[o + c] = min(max(total[t + c] + zo, lo), hi)
+
+
+@njit(parallel=True, cache=True)
+def clamp(x, xg, dims, out, og, lo, hi):
+    """`IntClamp`: y = clamp(x, lo, hi)."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            o = offset(og, n, h, w)
+            for c in range(c_):
+                out[o + c] = min(max(np.int64(x[i + c]), lo), hi)

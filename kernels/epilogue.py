@@ -1,0 +1,80 @@
+"""What happens to an INT32 accumulator after the dot products: the fused epilogue.
+
+Every Conv/Linear kernel ends here, one output pixel at a time, so the accumulator never
+goes to memory. `mode` picks what the layer's consumer was in the integer graph:
+
+* REQUANT (0): `Requantize` — y = clamp(DN(acc + bias) + z_out, lo, hi) per channel.
+* RESIDUAL (1): `IntAdd` of this accumulator and one other tensor r (HAWQ-V3 eq. 7) —
+  y = clamp(DN_1(acc + bias) + DN_2(r - z_r) + z_out, lo, hi), each branch with its own
+  per-channel multiplier, as `intq.ops.integer.IntAdd` specifies.
+* RAW (2): no consumer to fuse — the INT32 accumulator acc + bias is stored.
+
+DN is `intq.dyadic.requantize`'s rule, written with precomputed shifts: for multiplier
+(b, c), h = max(c - 1, 0), rnd = (c > 0), s = c - h, and DN(v) = ((v * b >> h) + rnd) >> s,
+which is floor(v * b / 2**c + 1/2) (ties toward +infinity) without overflowing int64.
+
+Tensors are flat NHWC buffers with a halo; a view is described by its geometry
+g = [Hb, Wb, Cb, ht, hl, coff]: pixel (n, h, w), channel k lives at
+((n * Hb + h + ht) * Wb + w + hl) * Cb + coff + k.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+REQUANT, RESIDUAL, RAW = 0, 1, 2
+# Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
+BIAS, MUL, SHIFT1, ROUND, SHIFT2 = range(5)
+
+
+def dn_table(b, c, count: int, channels: int, bias=None) -> np.ndarray:
+    """The (5, channels) int64 table of bias and DN shifts for `count` real channels, from
+    per-channel or per-tensor multipliers (b, c); channels past `count` (block padding)
+    get zeros."""
+    b = np.broadcast_to(np.asarray(b, np.int64).reshape(-1), (count,))
+    c = np.broadcast_to(np.asarray(c, np.int64).reshape(-1), (count,))
+    t = np.zeros((5, channels), np.int64)
+    if bias is not None:
+        t[BIAS, :count] = np.asarray(bias, np.int64).reshape(-1)
+    h = np.maximum(c - 1, 0)
+    t[MUL, :count], t[SHIFT1, :count], t[ROUND, :count], t[SHIFT2, :count] = b, h, c > 0, c - h
+    return t
+
+
+@njit(cache=True, inline="always")
+def offset(g, n, h, w):
+    """Element index of channel 0 (of the view) at pixel (n, h, w)."""
+    return ((n * g[0] + h + g[3]) * g[1] + w + g[4]) * g[2] + g[5]
+
+
+@njit(cache=True, inline="always")
+def dn(v, rq, k):
+    """DN of the int64 value v with channel k's multiplier in table rq."""
+    return ((v * rq[MUL, k] >> rq[SHIFT1, k]) + rq[ROUND, k]) >> rq[SHIFT2, k]
+
+
+@njit(cache=True)
+def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq):
+    """Finish channels c0..c0+nc of output pixel (n, h, w) from acc[t : t + nc].
+
+    sc = [mode, z_out, lo, hi, z_r]; res/rg/rrq: the residual operand, its geometry and
+    DN table (ignored unless mode is RESIDUAL).
+    """
+    mode, zo, lo, hi = sc[0], sc[1], sc[2], sc[3]
+    o = offset(og, n, h, w) + c0
+    if mode == RAW:
+        for j in range(nc):
+            out[o + j] = acc[t + j] + rq[BIAS, c0 + j]
+    elif mode == REQUANT:
+        for j in range(nc):
+            k = c0 + j
+            y = dn(np.int64(acc[t + j]) + rq[BIAS, k], rq, k) + zo
+            out[o + j] = min(max(y, lo), hi)
+    else:
+        zr = sc[4]
+        ro = offset(rg, n, h, w) + c0
+        for j in range(nc):
+            k = c0 + j
+            y = (dn(np.int64(acc[t + j]) + rq[BIAS, k], rq, k)
+                 + dn(np.int64(res[ro + j]) - zr, rrq, k) + zo)
+            out[o + j] = min(max(y, lo), hi)

@@ -1,0 +1,513 @@
+"""The execution plan: an integer graph turned, once at load, into a list of kernel calls.
+
+Built once per model (`Plan(graph)`) and bound once per batch size (`plan.bind(n)`):
+* **Fusion.** A Conv/Linear whose accumulator is read only by a `Requantize` runs with
+  that requantization (and its clamp, i.e. the fused ReLU) in its epilogue; one whose
+  accumulator is one branch of a two-branch `IntAdd` runs with the whole add in its
+  epilogue (the other branch read from memory). Otherwise the INT32 accumulator is
+  stored (a concat branch, or the first of two convs feeding one add).
+* **Layout.** Every 4-D tensor is an NHWC buffer with its channels padded to a multiple
+  of 4 and a halo as wide as the largest padding any convolution reading it needs,
+  filled with the tensor's zero point by its producer; 2-D tensors are N x 1 x 1 x F.
+  The graph input is converted from NCHW at the start, the outputs back at the end.
+  A Linear layer reading a flattened NCHW map becomes a convolution whose kernel covers
+  the whole map, so the flatten costs nothing.
+* **Weights** are packed once into the layout the chosen kernel path reads.
+* **Buffers** are allocated once per batch size and reused across layers: a tensor takes
+  a free block as its producer runs and returns it after its last reader.
+
+Every step equals its ops' `run` in `intq.ops.integer`; the tests compare each model's
+outputs with `intq.reference.run_integer` element for element.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from intq.errors import IntqError
+
+from . import conv, cpu, elementwise, pool
+from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
+
+CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
+              "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
+_ALIASES = ("Flatten", "Reshape")
+
+
+class Layout:
+    """How one tensor is stored: NHWC, channels padded to 4, a halo of `fill` values."""
+
+    def __init__(self, name, shape, dtype):
+        self.name = name
+        self.rank = len(shape)
+        if self.rank == 4:
+            _, self.c, self.h, self.w = shape
+        elif self.rank == 2:
+            self.c, self.h, self.w = shape[1], 1, 1
+        else:
+            raise IntqError(f"numba backend: tensor {name} has rank {self.rank}; only 2-D and "
+                            f"4-D integer tensors are supported")
+        if dtype not in CONTAINERS:
+            raise IntqError(f"numba backend: tensor {name} has unsupported dtype {dtype}")
+        self.dtype = np.dtype(CONTAINERS[dtype])
+        self.cb = -(-self.c // 4) * 4
+        self.halo = [0, 0, 0, 0]  # top, left, bottom, right
+        self.fill = 0
+
+    def need_halo(self, pads, fill):
+        if any(pads) and any(self.halo) and fill != self.fill:
+            raise IntqError(f"numba backend: tensor {self.name} is padded with two values")
+        self.halo = [max(a, b) for a, b in zip(self.halo, pads)]
+        if any(pads):
+            self.fill = fill
+
+    @property
+    def hb(self):
+        return self.h + self.halo[0] + self.halo[2]
+
+    @property
+    def wb(self):
+        return self.w + self.halo[1] + self.halo[3]
+
+    def geometry(self, coff=0):
+        return np.array([self.hb, self.wb, self.cb, self.halo[0], self.halo[1], coff], np.int64)
+
+    def nbytes(self, n):
+        return n * self.hb * self.wb * self.cb * self.dtype.itemsize
+
+    def dims(self, n):
+        return np.array([n, self.h, self.w, self.c], np.int64)
+
+    def view4(self, flat, n):
+        return flat.reshape(n, self.hb, self.wb, self.cb)
+
+    def interior(self, flat, n):
+        t, l, _, _ = self.halo
+        return self.view4(flat, n)[:, t:t + self.h, l:l + self.w, :self.c]
+
+    def fill_halo(self, flat, n):
+        if not any(self.halo):
+            return
+        v = self.view4(flat, n)
+        t, l, b, r = self.halo
+        v[:, :t], v[:, v.shape[1] - b:], v[:, :, :l], v[:, :, v.shape[2] - r:] = (self.fill,) * 4
+
+    def to_reference(self, flat, n):
+        """The tensor as the reference executor holds it: int64, NCHW or (N, F)."""
+        a = self.interior(flat, n)
+        a = a.transpose(0, 3, 1, 2) if self.rank == 4 else a.reshape(n, self.c)
+        return np.ascontiguousarray(a, dtype=np.int64)
+
+    def from_reference(self, a, flat, n):
+        a = a.reshape(n, self.c, self.h, self.w) if self.rank == 4 else a.reshape(n, self.c, 1, 1)
+        self.interior(flat, n)[...] = a.transpose(0, 2, 3, 1)
+
+
+def _scalars(*values):
+    return np.array(values, np.int64)
+
+
+class Step:
+    """One kernel call of the plan: tensors it reads and writes, and how to bind it."""
+
+    reads: tuple = ()
+    writes: tuple = ()
+    name = ""
+
+    def bind(self, env, n):
+        """A zero-argument callable running this step on the buffers in env (flat arrays)."""
+        raise NotImplementedError
+
+
+class QuantizeStep(Step):
+    def __init__(self, node, out: Layout, graph_input: str):
+        self.name, self.out, self.writes = node.name, out, (out.name,)
+        a = node.attrs
+        self.args = (float(a["scale"]), float(a["zero_point"]), float(a["lo"]), float(a["hi"]))
+        self.input = graph_input
+
+    def bind(self, env, n):
+        out, og, args = env[self.out.name], self.out.geometry(), self.args
+        feed = env["__feeds__"]
+        name = self.input
+
+        def run():
+            elementwise.quantize_input(feed[name], *args, out, og)
+        return run
+
+
+class ConvStep(Step):
+    """IntConv/IntLinear with its fused consumer (see module docstring)."""
+
+    def __init__(self, name, x: Layout, w, bias, strides, pads, dilations, groups, out: Layout,
+                 coff, mode, rq, zo, lo, hi, residual=None, path="portable"):
+        self.name, self.x, self.out, self.coff = name, x, out, coff
+        self.reads = (x.name,) + ((residual[0].name,) if residual else ())
+        self.writes = (out.name,)
+        m, cg, kh, kw = w.shape
+        self.kh, self.kw = kh, kw
+        self.strides, self.pads, self.dil = strides, pads, dilations
+        self.cout = m
+        self.nblk = -(-m // conv.TILE_N)
+        self.rq = dn_table(rq[0], rq[1], m, self.nblk * conv.TILE_N, bias)
+        self.sc = _scalars(mode, zo, lo, hi, residual[1] if residual else 0)
+        self.residual = residual
+        self.rrq = (dn_table(residual[2], residual[3], m, self.nblk * conv.TILE_N)
+                    if residual else self.rq)
+        self.kind = ("dense" if groups == 1 else
+                     "depthwise" if groups == m and cg == 1 and groups == x.c else "grouped")
+        self.groups = groups
+        if self.kind == "dense":
+            self.kernel = conv.conv_portable
+            pack = conv.pack_portable
+            if path == "vnni":
+                from .conv_vnni import conv_vnni
+                self.kernel, pack = conv_vnni, conv.pack_vnni
+            self.w = pack(w, x.cb)
+            self.cin = x.cb
+        elif self.kind == "depthwise":
+            self.w = np.ascontiguousarray(w.reshape(m, kh * kw).T, dtype=np.int32)
+            self.cin = 1
+        else:
+            self.w = np.ascontiguousarray(w.reshape(m, cg, kh * kw).transpose(0, 2, 1)
+                                          .reshape(m, kh * kw * cg), dtype=np.int32)
+            self.cin = cg
+
+    def output_hw(self):
+        from intq.ops.window import spatial_output
+        return spatial_output((self.x.h, self.x.w), (self.kh, self.kw), self.strides, self.pads,
+                              self.dil)
+
+    def bind(self, env, n):
+        x = self.x
+        oh, ow = self.output_hw()
+        toff = np.array([(i * self.dil[0] * x.wb + j * self.dil[1]) * x.cb
+                         for i in range(self.kh) for j in range(self.kw)], np.int64)
+        tiles = -(-n * oh * ow // conv.TILE_M)
+        import numba
+        want = 16 * numba.get_num_threads()
+        chunks = min(tiles, max(1, -(-want // self.nblk)))
+        cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
+                      self.kh * self.kw, self.cin, self.cout, self.nblk, -(-tiles // chunks))
+        xb, xg = env[x.name], x.geometry()
+        out, og = env[self.out.name], self.out.geometry(self.coff)
+        if self.residual:
+            rl = self.residual[0]
+            res, rg = env[rl.name], rl.geometry()
+        else:
+            res, rg = out, og
+        w, rq, sc, rrq = self.w, self.rq, self.sc, self.rrq
+        if self.kind == "dense":
+            kernel = self.kernel
+            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq)
+        if self.kind == "depthwise":
+            return lambda: conv.conv_depthwise(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq)
+        groups = self.groups
+        return lambda: conv.conv_grouped(xb, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq)
+
+
+class RequantizeStep(Step):
+    """Requantize, or one branch of IntConcat (written at channel offset `coff`)."""
+
+    def __init__(self, name, x: Layout, zin, b, c, out: Layout, coff, zo, lo, hi):
+        self.name, self.x, self.out, self.coff = name, x, out, coff
+        self.reads, self.writes = (x.name,), (out.name,)
+        self.args = (zin, dn_table(b, c, x.c, x.c), zo, lo, hi)
+
+    def bind(self, env, n):
+        zin, rq, zo, lo, hi = self.args
+        xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
+        out, og = env[self.out.name], self.out.geometry(self.coff)
+        return lambda: elementwise.requantize(xb, xg, dims, zin, rq, out, og, zo, lo, hi)
+
+
+class AddStep(Step):
+    """IntAdd with any number of branches, none fused: an int64 running total."""
+
+    def __init__(self, node, ins, zps, bs, cs, out: Layout):
+        self.name, self.ins, self.out = node.name, ins, out
+        self.reads, self.writes = tuple(i.name for i in ins), (out.name,)
+        self.tables = [dn_table(b, c, i.c, i.c) for i, b, c in zip(ins, bs, cs)]
+        self.zps = zps
+        a = node.attrs
+        self.end = (int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+
+    def bind(self, env, n):
+        dims = self.out.dims(n)
+        total = np.empty(int(np.prod(dims)), np.int64)
+        calls = [(env[i.name], i.geometry(), z, t) for i, z, t in zip(self.ins, self.zps, self.tables)]
+        out, og = env[self.out.name], self.out.geometry()
+        zo, lo, hi = self.end
+
+        def run():
+            for k, (xb, xg, z, t) in enumerate(calls):
+                elementwise.add_branch(xb, xg, dims, z, t, total, k == 0)
+            elementwise.add_finish(total, dims, out, og, zo, lo, hi)
+        return run
+
+
+class PoolStep(Step):
+    def __init__(self, node, x: Layout, out: Layout, consts):
+        self.name, self.x, self.out, self.op = node.name, x, out, node.op
+        self.reads, self.writes = (x.name,), (out.name,)
+        a = node.attrs
+        if node.op == "IntGlobalAvgPool":
+            k, s, p, d = (x.h, x.w), (1, 1), (0, 0), (1, 1)
+        else:
+            k, s, p = a["kernel_shape"], a["strides"], a["pads"][:2]
+            d = a.get("dilations", (1, 1)) if node.op == "MaxPool" else (1, 1)
+        self.geom = (k, s, p, d)
+        if node.op != "MaxPool":
+            b, c = consts
+            positions = out.h * out.w  # one DN column per output position
+            self.rq = dn_table(b, c, positions, positions)
+            self.args = (int(a["in_zero_point"]), int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+
+    def bind(self, env, n):
+        (kh, kw), (sh, sw), (pt, pl), (dh, dw) = self.geom
+        x, out = self.x, self.out
+        pp = _scalars(n, x.c, x.h, x.w, out.h, out.w, kh, kw, sh, sw, pt, pl, dh, dw)
+        xb, xg, ob, og = env[x.name], x.geometry(), env[out.name], out.geometry()
+        if self.op == "MaxPool":
+            return lambda: pool.max_pool(xb, xg, pp, ob, og)
+        zin, zo, lo, hi = self.args
+        rq = self.rq
+        if self.op == "IntGlobalAvgPool":
+            return lambda: pool.global_avg_pool(xb, xg, pp, zin, rq, ob, og, zo, lo, hi)
+        return lambda: pool.avg_pool(xb, xg, pp, zin, rq, ob, og, zo, lo, hi)
+
+
+class ClampStep(Step):
+    def __init__(self, node, x: Layout, out: Layout):
+        self.name, self.x, self.out = node.name, x, out
+        self.reads, self.writes = (x.name,), (out.name,)
+        self.lohi = (int(node.attrs["lo"]), int(node.attrs["hi"]))
+
+    def bind(self, env, n):
+        xb, xg, dims, ob, og = env[self.x.name], self.x.geometry(), self.x.dims(n), env[self.out.name], self.out.geometry()
+        lo, hi = self.lohi
+        return lambda: elementwise.clamp(xb, xg, dims, ob, og, lo, hi)
+
+
+class MoveStep(Step):
+    """Data movement done in numpy through the reference layout (NCHW int64): IntPad and
+    Flatten/Reshape other than into a Linear. Exact by construction; rare in CNNs."""
+
+    def __init__(self, node, x: Layout, out: Layout):
+        self.name, self.x, self.out, self.node = node.name, x, out, node
+        self.reads, self.writes = (x.name,), (out.name,)
+
+    def bind(self, env, n):
+        from intq.ops import get_op
+        x, out, node = self.x, self.out, self.node
+        xb, ob = env[x.name], env[out.name]
+        spec = get_op(node.op)
+
+        def run():
+            (y,) = spec.run(node.attrs, x.to_reference(xb, n))
+            out.from_reference(y, ob, n)
+        return run
+
+
+class Plan:
+    """An integer graph compiled to kernel calls; `run(x)` equals `run_integer(graph, x)`."""
+
+    def __init__(self, graph, path: str | None = None):
+        self.graph, self.path = graph, path or cpu.PATH
+        if len(graph.inputs) != 1:
+            raise IntqError("numba backend: models with one input only")
+        self.layouts: dict[str, Layout] = {}
+        self.alias: dict[str, str] = {}
+        self.steps: list[Step] = []
+        self._bound: dict[int, tuple] = {}
+        self._build()
+
+    # -- analysis -----------------------------------------------------------------
+    def layout(self, name) -> Layout:
+        name = self.alias.get(name, name)
+        if name not in self.layouts:
+            v = self.graph.values[name]
+            self.layouts[name] = Layout(name, v.shape, v.dtype)
+        return self.layouts[name]
+
+    def _build(self):
+        g = self.graph
+        readers: dict[str, list] = {}
+        for node in g.nodes:
+            for i in node.inputs:
+                readers.setdefault(i, []).append(node)
+
+        def only(t):
+            """The one node reading t, or None (several readers, or a graph output)."""
+            r = readers.get(t, [])
+            return r[0] if len(r) == 1 and t not in g.outputs else None
+
+        # Flatten/Reshape feeding only Linear layers cost nothing: the Linear reads the map.
+        for node in g.nodes:
+            if node.op in _ALIASES and all(r.op == "IntLinear" for r in readers.get(node.output, [])) \
+                    and node.output not in g.outputs and readers.get(node.output):
+                self.alias[node.output] = self.alias.get(node.inputs[0], node.inputs[0])
+        fused_into: dict[str, object] = {}  # IntAdd/Requantize node name -> conv node
+        for node in g.nodes:
+            if node.op not in ("IntConv", "IntLinear"):
+                continue
+            user = only(node.output)
+            if user is None:
+                continue
+            # Of two conv branches of one add, the later wins; the earlier stores its
+            # accumulator, which the fused epilogue then reads as the other branch.
+            if user.op == "Requantize" or (user.op == "IntAdd" and user.attrs["n"] == 2):
+                fused_into[user.name] = node
+        self.fused_into = fused_into
+        fused_convs = {c.name for c in fused_into.values()}
+        consts = g.constants
+        pending = []
+        for node in g.nodes:
+            if node.op in ("IntConv", "IntLinear"):
+                if node.name not in fused_convs:
+                    pending.append(("conv", node, None))
+            elif node.op in _ALIASES and node.output in self.alias:
+                continue
+            else:
+                pending.append(("op", node, fused_into.get(node.name)))
+        # Halos first (a conv reading a tensor decides its padding), then the steps.
+        for kind, node, conv_node in pending:
+            for c in ([node] if kind == "conv" else [conv_node] if conv_node else []):
+                if c.op == "IntConv":
+                    pads = c.attrs["pads"]
+                    self.layout(c.inputs[0]).need_halo(pads, int(c.attrs["x_zero_point"]))
+        for kind, node, conv_node in pending:
+            if kind == "conv":
+                self.steps.append(self._conv_step(node, node.output, 0, RAW, None))
+            elif conv_node is not None:
+                self.steps.append(self._fused_step(node, conv_node))
+            else:
+                self.steps.append(self._op_step(node))
+
+    def _conv_step(self, node, out_name, coff, mode, dn, zo=0, lo=0, hi=0, residual=None):
+        g = self.graph
+        x = self.layout(node.inputs[0])
+        w = g.constants[node.inputs[1]].astype(np.int64)
+        bias = g.constants[node.inputs[2]].astype(np.int64)
+        if node.op == "IntLinear":
+            w = w.reshape(w.shape[0], x.c, x.h, x.w)
+            strides, pads, dil, groups = (1, 1), (0, 0, 0, 0), (1, 1), 1
+        else:
+            a = node.attrs
+            strides, pads, dil, groups = a["strides"], a["pads"], a["dilations"], a["groups"]
+        dn = dn or (0, 0)
+        return ConvStep(node.name, x, w, bias, tuple(strides), tuple(pads), tuple(dil), groups,
+                        self.layout(out_name), coff, mode, dn, zo, lo, hi, residual, self.path)
+
+    def _fused_step(self, node, conv_node):
+        g, a = self.graph, node.attrs
+        if node.op == "Requantize":
+            b, c = g.constants[node.inputs[1]], g.constants[node.inputs[2]]
+            return self._conv_step(conv_node, node.output, 0, REQUANT, (b, c),
+                                   int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+        # IntAdd of two branches: inputs x0, x1, b0, b1, c0, c1
+        k = node.inputs.index(conv_node.output)
+        o = 1 - k
+        bs, cs = node.inputs[2:4], node.inputs[4:6]
+        other = self.layout(node.inputs[o])
+        residual = (other, int(a["zero_points"][o]), g.constants[bs[o]], g.constants[cs[o]])
+        return self._conv_step(conv_node, node.output, 0, RESIDUAL,
+                               (g.constants[bs[k]], g.constants[cs[k]]),
+                               int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]), residual)
+
+    def _op_step(self, node):
+        g, a, op = self.graph, node.attrs, node.op
+        const = lambda i: g.constants[node.inputs[i]]
+        if op == "QuantizeInput":
+            return QuantizeStep(node, self.layout(node.output), node.inputs[0])
+        out = self.layout(node.output)
+        if op == "Requantize":
+            return RequantizeStep(node.name, self.layout(node.inputs[0]), int(a["in_zero_point"]),
+                                  const(1), const(2), out, 0, int(a["out_zero_point"]),
+                                  int(a["lo"]), int(a["hi"]))
+        if op == "IntAdd":
+            k = a["n"]
+            ins = [self.layout(t) for t in node.inputs[:k]]
+            return AddStep(node, ins, [int(z) for z in a["zero_points"]],
+                           [const(k + i) for i in range(k)], [const(2 * k + i) for i in range(k)], out)
+        if op == "IntConcat":
+            if a["axis"] not in (1, -3 if out.rank == 4 else -1):
+                raise IntqError(f"numba backend: node {node.name} concatenates on axis {a['axis']}")
+            k, coff, parts = a["n"], 0, []
+            for i in range(k):
+                x = self.layout(node.inputs[i])
+                parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
+                                            const(k + i), const(2 * k + i), out, coff,
+                                            int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
+                coff += x.c
+            return ConcatStep(node.name, parts, out)
+        if op in ("IntAvgPool", "IntGlobalAvgPool"):
+            return PoolStep(node, self.layout(node.inputs[0]), out, (const(1), const(2)))
+        if op == "MaxPool":
+            return PoolStep(node, self.layout(node.inputs[0]), out, None)
+        if op == "IntClamp":
+            return ClampStep(node, self.layout(node.inputs[0]), out)
+        if op in ("IntPad",) + _ALIASES:
+            return MoveStep(node, self.layout(node.inputs[0]), out)
+        raise IntqError(f"numba backend: no kernel for op {op} (node {node.name})")
+
+    # -- execution ----------------------------------------------------------------
+    def bind(self, n: int):
+        """Buffers for batch n (allocated once, reused across layers) and step callables."""
+        if n in self._bound:
+            return self._bound[n]
+        outputs = {self.alias.get(o, o) for o in self.graph.outputs}
+        last_read = {}
+        for i, s in enumerate(self.steps):
+            for t in s.reads:
+                last_read[t] = i
+        free: list[np.ndarray] = []
+        env = {"__feeds__": {}}
+        calls = []
+        for i, s in enumerate(self.steps):
+            for t in s.writes:
+                if t in env:
+                    continue
+                need = -(-self.layouts[t].nbytes(n) // 64) * 64
+                fit = [blk for blk in free if blk.size >= need]
+                blk = min(fit, key=lambda b: b.size) if fit else np.zeros(max(need, 64), np.uint8)
+                if fit:
+                    free = [b for b in free if b is not blk]
+                lay = self.layouts[t]
+                env[t] = blk[:lay.nbytes(n)].view(lay.dtype)
+                env[t, "block"] = blk
+                if any(lay.halo):
+                    calls.append(lambda lay=lay, buf=env[t]: lay.fill_halo(buf, n))
+            calls.append(s.bind(env, n))
+            for t in s.reads:
+                if last_read.get(t) == i and t not in outputs and (t, "block") in env:
+                    free.append(env[t, "block"])
+        self._bound[n] = (env, calls)
+        return self._bound[n]
+
+    def run(self, x, trace=False):
+        """Integer outputs (int64, reference layout) for float NCHW input x."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        env, calls = self.bind(n)
+        env["__feeds__"][self.graph.inputs[0]] = x
+        for call in calls:
+            call()
+        return [self.layouts[self.alias.get(o, o)].to_reference(env[self.alias.get(o, o)], n)
+                for o in self.graph.outputs]
+
+
+class ConcatStep(Step):
+    """IntConcat on channels: each branch requantized into its slice of the output."""
+
+    def __init__(self, name, parts, out):
+        self.name, self.parts, self.out = name, parts, out
+        self.reads = tuple(p.x.name for p in parts)
+        self.writes = (out.name,)
+
+    def bind(self, env, n):
+        calls = [p.bind(env, n) for p in self.parts]
+
+        def run():
+            for c in calls:
+                c()
+        return run

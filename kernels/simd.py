@@ -1,0 +1,89 @@
+"""AVX-512 building blocks for Numba: a 16 x int32 vector type and the VNNI byte dot product.
+
+LLVM does not produce `vpdpbusd` from a plain Numba loop, so the fast GEMM calls it through
+`numba.extending.intrinsic`. The vector type `i32x16` lives in one zmm register; the
+intrinsics below load, broadcast, multiply-accumulate and store it. Only kernels chosen
+when the CPU has AVX-512 VNNI (see `intq.kernels.cpu`) ever compile code that uses them.
+
+vpdpbusd semantics (no saturation): acc[i] += sum_{j<4} uint8(a[4i+j]) * int8(w[4i+j]),
+wrapping in int32. intq's accumulators are bounded below 2**31 by lowering's static
+overflow check, so the wrap never happens and the result equals the exact sum.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+_VEC = ir.VectorType(ir.IntType(32), 16)
+_I32 = ir.IntType(32)
+
+
+class I32x16(types.Type):
+    """Numba type of one zmm register holding 16 int32 lanes."""
+
+    def __init__(self):
+        super().__init__(name="i32x16")
+
+
+i32x16 = I32x16()
+
+
+@register_model(I32x16)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _element_pointer(context, builder, arytype, ary, index):
+    data = context.make_array(arytype)(context, builder, ary).data
+    return builder.gep(data, [index])
+
+
+@intrinsic
+def vzero(typingctx):
+    """A vector of 16 zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, None)
+    return i32x16(), codegen
+
+
+@intrinsic
+def vload(typingctx, ary, index):
+    """The 64 bytes of the int8/uint8 1-D array `ary` starting at element `index`."""
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), typ=_VEC, align=1)
+    return i32x16(ary, types.intp), codegen
+
+
+@intrinsic
+def vbroadcast4(typingctx, ary, index):
+    """The 4 bytes of the 1-D byte array `ary` at `index`, repeated in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        word = builder.load(builder.bitcast(ptr, _I32.as_pointer()), typ=_I32, align=1)
+        one = builder.insert_element(ir.Constant(_VEC, None), word, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(one, ir.Constant(_VEC, None), ir.Constant(_VEC, None))
+    return i32x16(ary, types.intp), codegen
+
+
+@intrinsic
+def vdpbusd(typingctx, acc, a, w):
+    """acc + the 4-byte dot products of unsigned bytes `a` and signed bytes `w`, per lane."""
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_VEC, [_VEC, _VEC, _VEC])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, list(args))
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+@intrinsic
+def vstore(typingctx, ary, index, vec):
+    """Store the 16 lanes of `vec` into the int32 1-D array `ary` at `index`."""
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(ary, types.intp, i32x16), codegen
