@@ -43,49 +43,6 @@ def _config(args):
                        weight_clip=args.weight_clip)
 
 
-def _top1(ig, fg, x, y, batch=64, progress=True):
-    """Integer and float logits over x in batches, with a progress bar on long runs."""
-    import numpy as np
-
-    from .float_executor import batches, run_float
-    from .reference import dequantize, run_integer
-
-    oq = ig.metadata["outputs"][ig.outputs[0]]
-    outs_i, outs_f = [], []
-    done = 0
-    show = progress and len(x) > batch and sys.stderr.isatty()
-    for xb, n in batches(ig, x, batch):
-        outs_i.append(dequantize(run_integer(ig, xb)[0], oq)[:n])
-        if fg is not None:
-            outs_f.append(run_float(fg, xb)[0][:n])
-        done += n
-        if show:
-            bar = "#" * (30 * done // len(x))
-            print(f"\r[{bar:<30}] {done}/{len(x)}", end="", file=sys.stderr, flush=True)
-    if show:
-        print(file=sys.stderr)
-    li = np.concatenate(outs_i)
-    lf = np.concatenate(outs_f) if outs_f else None
-    return li, lf
-
-
-def _eval_metrics(li, lf, y):
-    import numpy as np
-
-    res = {"images": int(len(li))}
-    if y is not None:
-        res["int_top1"] = float((li.argmax(1) == y).mean())
-        if lf is not None:
-            res["float_top1"] = float((lf.argmax(1) == y).mean())
-    if lf is not None:
-        res["top1_agreement"] = float((li.argmax(1) == lf.argmax(1)).mean())
-        num = (li * lf).sum(1)
-        den = np.linalg.norm(li, axis=1) * np.linalg.norm(lf, axis=1)
-        res["cosine_mean"] = float(np.mean(num / np.maximum(den, 1e-30)))
-        res["cosine_min"] = float(np.min(num / np.maximum(den, 1e-30)))
-    return res
-
-
 def cmd_compile(args) -> int:
     from .artifact import save_artifact
     from .pipeline import compile_model, load_npz_images
@@ -96,9 +53,10 @@ def cmd_compile(args) -> int:
     info["source"] = str(args.model)
     info["calibration"]["data"] = str(args.calib)
     if args.eval_data:
+        from .evaluate import evaluate
+
         xe, ye = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
-        li, lf = _top1(ig, fg, xe, ye)
-        info["accuracy"] = dict(_eval_metrics(li, lf, ye), data=str(args.eval_data))
+        info["accuracy"] = dict(evaluate(ig, xe, ye, fg), data=str(args.eval_data))
     save_artifact(args.output, ig, fg, info)
     layers = ig.metadata["layers"]
     widths = sorted({l["w_bits"] for l in layers})
@@ -116,7 +74,7 @@ def cmd_run(args) -> int:
 
     from .artifact import atomic_write, load_artifact
     from .errors import IntqError
-    from .reference import dequantize, run_integer
+    from .executor import dequantize, make_executor
 
     _check_output(args.output)
     art = load_artifact(args.model)
@@ -128,7 +86,7 @@ def cmd_run(args) -> int:
         raise IntqError(f"{args.input}: not a readable .npy file ({e})") from None
     if x.dtype.kind not in "fiu":
         raise IntqError(f"{args.input}: input must be numeric, got {x.dtype}")
-    q = run_integer(art.integer, x.astype(np.float32))[0]
+    q = make_executor(art.integer, args.backend).run(x.astype(np.float32))[0]
     oq = art.integer.metadata["outputs"][art.integer.outputs[0]]
     out = q.astype(np.int32) if args.int else dequantize(q, oq)
     with atomic_write(args.output) as f:
@@ -143,6 +101,7 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from .artifact import load_artifact
     from .errors import IntqError
+    from .evaluate import evaluate
     from .pipeline import float_graph, load_npz_images
 
     art = load_artifact(args.model)
@@ -150,8 +109,7 @@ def cmd_eval(args) -> int:
     x, y = load_npz_images(args.data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
     if y is None:
         raise IntqError(f"eval data {args.data}: no labels (key y or y_eval)")
-    li, lf = _top1(art.integer, fg, x, y)
-    res = _eval_metrics(li, lf, y)
+    res = evaluate(art.integer, x, y, fg, backend=args.backend)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -161,6 +119,45 @@ def cmd_eval(args) -> int:
             print(f"float top-1     {res['float_top1']:.4f}")
             print(f"top-1 agreement {res['top1_agreement']:.4f}")
             print(f"logit cosine    {res['cosine_mean']:.6f} (min {res['cosine_min']:.6f})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .artifact import atomic_write, load_artifact
+    from .bench import bench, latency_table
+
+    if args.latency_table:
+        _check_output(args.latency_table)
+        if args.model.endswith(".onnx"):
+            from .pipeline import float_graph
+
+            fg = float_graph(args.model)
+        else:
+            fg = load_artifact(args.model).float
+            if fg is None:
+                raise IntqError(f"{args.model}: the artifact holds no float graph to recompile")
+        table = latency_table(fg, args.batch, args.repeat)
+        with atomic_write(args.latency_table) as f:
+            f.write(json.dumps(table, indent=2).encode())
+        print(f"wrote {args.latency_table}: {len(table['layers'])} layers at INT4 and INT8, "
+              f"batch {args.batch}, {table['cpu']}")
+        return 0
+    res = bench(load_artifact(args.model).integer, args.batch, args.repeat, args.backend,
+                args.per_layer)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{res['cpu']} ({res['threads']} threads, kernels: {res['kernel_path']}), "
+          f"backend {res['backend']}, batch {res['batch']}")
+    print(f"latency  median {res['median_ms']:.3f} ms  min {res['min_ms']:.3f}  max {res['max_ms']:.3f} "
+          f"over {res['repeat']} runs ({res['gops']:.1f} GOPS)")
+    print(f"compile  {res['compile_s']:.2f} s (executor build + first call, excluded above)")
+    print(f"memory   peak {res['peak_memory_mb']:.0f} MB")
+    if args.per_layer:
+        print(f"{'step':<40} {'kind':<10} {'ms':>9} {'GOPS':>8}")
+        for r in res["layers"]:
+            g = f"{r['gops']:8.1f}" if r.get("gops") else ""
+            print(f"{r['name'][:40]:<40} {r['kind']:<10} {r['ms']:9.4f} {g}")
     return 0
 
 
@@ -175,6 +172,11 @@ def cmd_report(args) -> int:
     else:
         print(format_report(table, card))
     return 0
+
+
+def _backend_option(s) -> None:
+    s.add_argument("--backend", default="numba", choices=["numba", "reference"],
+                   help="integer executor: Numba kernels (default) or the numpy reference")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help=".npy float32 NCHW images")
     s.add_argument("-o", "--output", required=True, help="output .npy")
     s.add_argument("--int", action="store_true", help="write the integer logits (scale printed)")
+    _backend_option(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("eval", help="top-1 of the integer model and of its float model")
@@ -212,7 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help=".npz with x/y (or x_eval/y_eval)")
     s.add_argument("--float", help="ONNX file for the float side (default: the one in the artifact)")
     s.add_argument("--json", action="store_true")
+    _backend_option(s)
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("bench", help="latency of an .intq model on this machine, or a per-layer "
+                       "INT4/INT8 latency table (--latency-table)")
+    s.add_argument("model", help=".intq file (or, with --latency-table, an ONNX file)")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--repeat", type=int, default=20)
+    s.add_argument("--per-layer", action="store_true", help="time every step (numba backend)")
+    s.add_argument("--latency-table", metavar="OUT.json",
+                   help="time every Conv/Linear at INT4 and INT8 and write the table as JSON")
+    s.add_argument("--json", action="store_true")
+    _backend_option(s)
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("report", help="per-layer bits, size, BOPS and the quantization card")
     s.add_argument("model")

@@ -48,14 +48,15 @@ def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data")
 
 
 def compile_model(model, calib_images, config):
-    """ONNX model + calibration images + QuantConfig -> (integer graph, float graph, info)."""
+    """ONNX model (path, ModelProto, or an already imported float Graph) + calibration
+    images + QuantConfig -> (integer graph, float graph, info)."""
     import time
 
     from .errors import IntqError
     from .quant.calibrate import Calibration
     from .quant.lower import lower_to_integer
 
-    fg = float_graph(model)
+    fg = model if isinstance(model, Graph) else float_graph(model)
     want = fg.values[fg.inputs[0]].shape
     if tuple(calib_images.shape[1:]) != tuple(want[1:]):
         raise IntqError(f"calibration images have shape {calib_images.shape[1:]} per sample, "

@@ -452,7 +452,8 @@ class Plan:
 
     # -- execution ----------------------------------------------------------------
     def bind(self, n: int):
-        """Buffers for batch n (allocated once, reused across layers) and step callables."""
+        """Buffers for batch n (allocated once, reused across layers) and one callable per
+        step (its output halos filled first)."""
         if n in self._bound:
             return self._bound[n]
         outputs = {self.alias.get(o, o) for o in self.graph.outputs}
@@ -461,26 +462,26 @@ class Plan:
             for t in s.reads:
                 last_read[t] = i
         free: list[np.ndarray] = []
+        blocks: dict[str, np.ndarray] = {}
         env = {"__feeds__": {}}
         calls = []
         for i, s in enumerate(self.steps):
+            halos = []
             for t in s.writes:
                 if t in env:
                     continue
-                need = -(-self.layouts[t].nbytes(n) // 64) * 64
+                lay = self.layouts[t]
+                need = -(-lay.nbytes(n) // 64) * 64
                 fit = [blk for blk in free if blk.size >= need]
                 blk = min(fit, key=lambda b: b.size) if fit else np.zeros(max(need, 64), np.uint8)
-                if fit:
-                    free = [b for b in free if b is not blk]
-                lay = self.layouts[t]
-                env[t] = blk[:lay.nbytes(n)].view(lay.dtype)
-                env[t, "block"] = blk
+                free = [b for b in free if b is not blk]
+                env[t], blocks[t] = blk[:lay.nbytes(n)].view(lay.dtype), blk
                 if any(lay.halo):
-                    calls.append(lambda lay=lay, buf=env[t]: lay.fill_halo(buf, n))
-            calls.append(s.bind(env, n))
+                    halos.append((lay, env[t]))
+            calls.append(_with_halos(halos, s.bind(env, n), n))
             for t in s.reads:
-                if last_read.get(t) == i and t not in outputs and (t, "block") in env:
-                    free.append(env[t, "block"])
+                if last_read.get(t) == i and t not in outputs and t in blocks:
+                    free.append(blocks[t])
         self._bound[n] = (env, calls)
         return self._bound[n]
 
@@ -494,6 +495,17 @@ class Plan:
             call()
         return [self.layouts[self.alias.get(o, o)].to_reference(env[self.alias.get(o, o)], n)
                 for o in self.graph.outputs]
+
+
+def _with_halos(halos, call, n):
+    if not halos:
+        return call
+
+    def run():
+        for lay, buf in halos:
+            lay.fill_halo(buf, n)
+        call()
+    return run
 
 
 class ConcatStep(Step):

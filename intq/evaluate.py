@@ -1,0 +1,60 @@
+"""Top-1 evaluation of an integer model against its float model, callable from Python.
+
+`evaluate(int_graph, x, y, float_graph=..., backend=...)` runs both over the images in
+batches (a fixed-batch graph gets padded batches, see `float_executor.batches`) and
+returns the metrics that `intq eval` prints: integer and float top-1, their top-1
+agreement and the cosine between the logit vectors.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .executor import DEFAULT_BACKEND, dequantize, make_executor
+from .float_executor import batches, run_float
+from .ir import Graph
+
+
+def logits(int_graph: Graph, x, float_graph: Graph | None = None, backend=DEFAULT_BACKEND,
+           batch: int = 64, progress: bool = True, executor=None):
+    """(integer logits dequantized, float logits or None) over x, with a progress bar on
+    long runs when stderr is a terminal."""
+    ex = executor or make_executor(int_graph, backend)
+    oq = int_graph.metadata["outputs"][int_graph.outputs[0]]
+    outs_i, outs_f = [], []
+    done = 0
+    show = progress and len(x) > batch and sys.stderr.isatty()
+    for xb, n in batches(int_graph, x, batch):
+        outs_i.append(dequantize(ex.run(xb)[0], oq)[:n])
+        if float_graph is not None:
+            outs_f.append(run_float(float_graph, xb)[0][:n])
+        done += n
+        if show:
+            bar = "#" * (30 * done // len(x))
+            print(f"\r[{bar:<30}] {done}/{len(x)}", end="", file=sys.stderr, flush=True)
+    if show:
+        print(file=sys.stderr)
+    return np.concatenate(outs_i), (np.concatenate(outs_f) if outs_f else None)
+
+
+def metrics(li, lf, y) -> dict:
+    """Top-1 of each side against labels y (if any), their agreement and logit cosine."""
+    res = {"images": int(len(li))}
+    if y is not None:
+        res["int_top1"] = float((li.argmax(1) == y).mean())
+        if lf is not None:
+            res["float_top1"] = float((lf.argmax(1) == y).mean())
+    if lf is not None:
+        res["top1_agreement"] = float((li.argmax(1) == lf.argmax(1)).mean())
+        num = (li * lf).sum(1)
+        den = np.linalg.norm(li, axis=1) * np.linalg.norm(lf, axis=1)
+        res["cosine_mean"] = float(np.mean(num / np.maximum(den, 1e-30)))
+        res["cosine_min"] = float(np.min(num / np.maximum(den, 1e-30)))
+    return res
+
+
+def evaluate(int_graph: Graph, x, y=None, float_graph: Graph | None = None,
+             backend=DEFAULT_BACKEND, batch: int = 64, progress: bool = True) -> dict:
+    li, lf = logits(int_graph, x, float_graph, backend, batch, progress)
+    return dict(metrics(li, lf, y), backend=backend)

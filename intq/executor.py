@@ -1,0 +1,53 @@
+"""One interface over the integer executors: `make_executor(graph, backend).run(x)`.
+
+* "reference": `intq.reference.run_integer`, the numpy specification (int64, slow, clear).
+* "numba": the execution plan of `intq.kernels` (INT8/INT4 kernels, INT32 accumulation),
+  built once per graph; it returns exactly the reference's integers.
+
+Both take float32 NCHW input and return the graph's outputs as int64 arrays in the
+reference layout. `intq run`, `eval` and `bench` and the Python API all go through here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import IntqError
+from .float_executor import check_feed
+from .ir import Graph
+from .reference import dequantize, run_integer  # noqa: F401  (re-exported)
+
+BACKENDS = ("numba", "reference")
+DEFAULT_BACKEND = "numba"
+
+
+class ReferenceExecutor:
+    backend = "reference"
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+
+    def run(self, x) -> list[np.ndarray]:
+        return run_integer(self.graph, x)
+
+
+class NumbaExecutor:
+    backend = "numba"
+
+    def __init__(self, graph: Graph):
+        from .kernels import cpu
+        from .kernels.plan import Plan
+
+        self.graph = graph
+        self.plan = Plan(graph)
+        self.path = cpu.PATH
+
+    def run(self, x) -> list[np.ndarray]:
+        x = check_feed(self.graph, self.graph.inputs[0], x)
+        return self.plan.run(x.astype(np.float32, copy=False))
+
+
+def make_executor(graph: Graph, backend: str = DEFAULT_BACKEND):
+    if backend not in BACKENDS:
+        raise IntqError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return NumbaExecutor(graph) if backend == "numba" else ReferenceExecutor(graph)
+
