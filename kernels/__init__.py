@@ -1,5 +1,35 @@
-"""Numba INT4/INT8 kernels (installed as `intq.kernels`).
+"""Numba INT4/INT8 kernels (installed as `intq.kernels`): the fast executor of the integer IR.
 
-Each kernel has the signature of its numpy reference op and is tested against it for
-exact equality. Empty until the integer lowering lands.
+`plan.Plan` turns an integer graph into kernel calls; `cpu` picks the VNNI or the portable
+path; `conv`/`conv_vnni` (Conv and Linear), `pool` and `elementwise` hold the kernels, and
+`epilogue` the requantization every layer ends with. Each kernel equals its op's numpy
+reference `run` in `intq.ops.integer`, and the tests check that element for element.
+
+Kernels compile with `cache=True`. Numba invalidates a cached kernel only when its own
+source file changes, not when a function it inlined from another file does, so a stale
+cache could run old arithmetic after an edit. This package therefore keys the cache on a
+digest of all its sources and clears cached kernels when the digest changes.
 """
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def _clear_stale_cache() -> None:
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
+    cache = here / "__pycache__"
+    stamp = cache / "intq-kernels.digest"
+    try:
+        if stamp.exists() and stamp.read_text() == digest:
+            return
+        cache.mkdir(exist_ok=True)
+        for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
+            f.unlink(missing_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # a read-only install: Numba then caches elsewhere or not at all
+        pass
+
+
+_clear_stale_cache()

@@ -116,25 +116,25 @@ def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq):
 
 @njit(parallel=True, cache=True)
 def conv_grouped(x, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq):
-    """Grouped convolution (1 < groups < channels), plain loops; w is (M, Cg * taps) int32
+    """Grouped convolution (1 < groups < channels), plain loops; w is (M, taps * Cg) int32
     in [channel][tap][input channel] order. Depthwise has its own kernel."""
     rows = cp[N_] * cp[OH] * cp[OW]
     cout, taps = cp[COUT], cp[TAPS]
-    cg = w.shape[1] // taps
+    cg = np.int64(w.shape[1]) // taps
     mg = cout // groups
-    for m in prange(rows):
+    hw = cp[OH] * cp[OW]
+    for mu in prange(rows):
+        m = np.int64(mu)  # prange may type its index unsigned; keep index arithmetic signed
         acc = np.zeros(cout, np.int32)
         base = _row_base(m, cp, xg)
         for k in range(cout):
-            ci0 = (k // mg) * cg
-            s = np.int32(0)
+            ci0 = (np.int64(k) // mg) * cg
+            total = np.int32(0)
             for t in range(taps):
                 xo = base + toff[t] + ci0
-                wo = t * cg
                 for c in range(cg):
-                    s += np.int32(x[xo + c]) * w[k, wo + c]
-            acc[k] = s
-        hw = cp[OH] * cp[OW]
+                    total += np.int32(x[xo + c]) * w[k, t * cg + c]
+            acc[k] = total
         n = m // hw
         r = m - n * hw
         oh = r // cp[OW]

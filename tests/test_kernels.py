@@ -1,0 +1,253 @@
+"""The Numba backend equals the numpy reference executor, element for element.
+
+Small integer graphs are built by hand so that every value can be pushed to its extreme:
+the input goes through `QuantizeInput` with scale 1, so the float images given *are* the
+integers the kernels see. Each graph runs through the execution plan on both kernel paths
+(VNNI where the CPU has it, and the portable one) and through `run_integer`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from intq.ir import Graph
+from intq.kernels import cpu
+from intq.kernels.plan import Plan
+from intq.ops import infer_shapes
+from intq.ops.integer import dtype_range
+from intq.ops.window import output_size
+from intq.reference import run_integer
+
+PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else [])
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+INT32_MAX = 2**31 - 1
+
+
+def check(graph: Graph, x: np.ndarray, paths=PATHS):
+    """Every output of the plan equals the reference's, for each kernel path."""
+    infer_shapes(graph)
+    want = run_integer(graph, x)
+    for path in paths:
+        got = Plan(graph, path).run(x)
+        for g, w in zip(got, want):
+            assert g.dtype == np.int64 and g.shape == w.shape, path
+            bad = np.argwhere(g != w)
+            assert bad.size == 0, f"{path}: {len(bad)} elements differ, first at {bad[0]}: " \
+                                  f"{g[tuple(bad[0])]} != {w[tuple(bad[0])]}"
+
+
+def quantized_input(g: Graph, shape, dtype="uint8"):
+    """Graph input x and its integer twin 'xq' (scale 1: the floats fed are the integers)."""
+    lo, hi = dtype_range(dtype)
+    g.add_input("x", shape, "float32")
+    g.add_node("QuantizeInput", ["x"], ["xq"], {"scale": 1.0, "zero_point": 0, "lo": lo, "hi": hi,
+                                                "dtype": dtype}, name="quantize_input")
+    return "xq"
+
+
+def extreme_ints(rng, shape, lo, hi):
+    """Random integers in [lo, hi], a third of them at the ends of the range."""
+    v = rng.integers(lo, hi + 1, size=shape)
+    ends = rng.random(shape)
+    v[ends < 1 / 6] = lo
+    v[ends > 5 / 6] = hi
+    return v
+
+
+def multipliers(rng, count, ties=False):
+    """Per-channel (b, c): b < 2**31, c <= 62; ties=True gives b = 1, c = 1 (x.5 cases)."""
+    if ties:
+        return np.ones(count, np.int64), np.ones(count, np.int64)
+    return (rng.integers(0, 2**31, count), rng.integers(0, 63, count))
+
+
+def add_requantize(g, src, dst, b, c, zin, dtype, zo=0, lo=None, hi=None):
+    dlo, dhi = dtype_range(dtype)
+    bn, cn = g.add_constant(f"{dst}.b", np.asarray(b, np.int64)), g.add_constant(f"{dst}.c", np.asarray(c, np.int64))
+    g.add_node("Requantize", [src, bn, cn], [dst], {
+        "in_zero_point": zin, "out_zero_point": zo, "lo": dlo if lo is None else lo,
+        "hi": dhi if hi is None else hi, "dtype": dtype}, name=f"{dst}.requant")
+
+
+conv_cases = st.fixed_dictionaries({
+    "n": st.integers(1, 3), "c": st.integers(1, 20), "h": st.integers(1, 11), "w": st.integers(1, 11),
+    "m": st.integers(1, 80), "k": st.sampled_from([1, 2, 3, 5]), "stride": st.integers(1, 3),
+    "dil": st.integers(1, 2), "pads": st.tuples(*[st.integers(0, 2)] * 4),
+    "group_kind": st.sampled_from(["dense", "dense", "depthwise", "grouped"]),
+    "bits": st.sampled_from([4, 8]), "ties": st.booleans(), "seed": st.integers(0, 2**16),
+    "out": st.sampled_from(["uint8", "int8", "int16", "uint16", "int32", "raw"]),
+})
+
+
+@SETTINGS
+@given(conv_cases)
+def test_conv_equals_reference(case):
+    rng = np.random.default_rng(case["seed"])
+    n, c, h, w, k, s, d = case["n"], case["c"], case["h"], case["w"], case["k"], case["stride"], case["dil"]
+    pt, pl, pb, pr = case["pads"]
+    assume(output_size(h, k, s, d, pt, pb) if (h + pt + pb - (k - 1) * d - 1) >= 0 else False)
+    assume((w + pl + pr - (k - 1) * d - 1) >= 0)
+    groups = {"dense": 1, "depthwise": c, "grouped": next((q for q in (2, 3) if c % q == 0 and c > q), 1)}[case["group_kind"]]
+    m = c if groups == c else -(-case["m"] // groups) * groups
+    bits = case["bits"]
+    xlo, xhi = dtype_range(f"uint{bits}")
+    wlo, whi = (-7, 7) if bits == 4 else (-128, 127)
+    g = Graph("conv")
+    xq = quantized_input(g, (n, c, h, w), f"uint{bits}")
+    wq = extreme_ints(rng, (m, c // groups, k, k), wlo, whi)
+    bound = int(np.abs(wq).reshape(m, -1).sum(1).max()) * xhi
+    bias = rng.integers(-(INT32_MAX - bound), INT32_MAX - bound + 1, m)
+    wn = g.add_constant("w", wq.astype(np.int8))
+    g.values[wn].dtype = f"int{bits}"
+    bn = g.add_constant("bias", bias.astype(np.int32))
+    g.add_node("IntConv", [xq, wn, bn], ["acc"], {
+        "x_zero_point": int(rng.integers(xlo, xhi + 1)), "strides": [s, s], "pads": [pt, pl, pb, pr],
+        "dilations": [d, d], "groups": groups}, name="conv")
+    if case["out"] == "raw":
+        g.outputs = ["acc"]
+    else:
+        b, cc = multipliers(rng, m, case["ties"])
+        lo, hi = dtype_range(case["out"])
+        zo = int(rng.integers(lo, hi + 1)) if case["out"] != "int32" else 0
+        add_requantize(g, "acc", "y", b, cc, 0, case["out"], zo)
+        g.outputs = ["y"]
+    check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32))
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 9), st.sampled_from(["conv", "wide", "both"]),
+       st.sampled_from(["int16", "int8", "uint16", "int32"]), st.booleans(), st.integers(0, 2**16))
+def test_residual_add_fused_into_conv(n, c, hw, other, out_dtype, ties, seed):
+    """conv accumulator + another tensor (a wide tensor, or a second conv's accumulator),
+    each branch with its own per-channel multiplier: the epilogue-fused IntAdd."""
+    rng = np.random.default_rng(seed)
+    g = Graph("residual")
+    xq = quantized_input(g, (n, c, hw, hw))
+    accs = []
+    xzp = int(rng.integers(0, 256))  # a tensor has one zero point, whoever reads it
+    for i in range(2 if other == "both" else 1):
+        wn = g.add_constant(f"w{i}", extreme_ints(rng, (c, c, 3, 3), -128, 127).astype(np.int8))
+        g.values[wn].dtype = "int8"
+        bn = g.add_constant(f"b{i}", rng.integers(-10**6, 10**6, c).astype(np.int32))
+        g.add_node("IntConv", [xq, wn, bn], [f"acc{i}"], {"x_zero_point": xzp,
+                   "strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "groups": 1}, name=f"conv{i}")
+        accs.append(f"acc{i}")
+    zps = [0] * len(accs)
+    if other != "both":
+        wide = "int16" if other == "wide" else "int8"
+        add_requantize(g, xq, "skip", *multipliers(rng, 1), 0, wide, int(rng.integers(-50, 50)))
+        accs.append("skip")
+        zps.append(int(rng.integers(-50, 50)))
+    if other == "conv":
+        accs.reverse()
+        zps.reverse()
+    bs, cs = zip(*[multipliers(rng, c if a.startswith("acc") else 1, ties) for a in accs])
+    ins = accs + [g.add_constant(f"add.b{i}", b) for i, b in enumerate(bs)] + \
+        [g.add_constant(f"add.c{i}", cc) for i, cc in enumerate(cs)]
+    lo, hi = dtype_range(out_dtype)
+    g.add_node("IntAdd", ins, ["y"], {"n": 2, "zero_points": zps, "out_zero_point": int(rng.integers(-9, 9)) if lo < 0 else 3,
+                                      "lo": lo, "hi": hi, "dtype": out_dtype}, name="add")
+    g.outputs = ["y"]
+    check(g, extreme_ints(rng, (n, c, hw, hw), 0, 255).astype(np.float32))
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 12), st.integers(1, 12),
+       st.integers(1, 4), st.integers(1, 3), st.tuples(*[st.integers(0, 1)] * 4), st.booleans(),
+       st.booleans(), st.sampled_from(["uint8", "int16", "uint16", "int32"]), st.integers(0, 2**16))
+def test_pools_equal_reference(n, c, h, w, k, s, pads, ceil_mode, include_pad, dtype, seed):
+    from intq.ops.pool import AveragePool
+
+    rng = np.random.default_rng(seed)
+    pt, pl, pb, pr = pads
+    assume(max(pads) < k and h + pt + pb >= k and w + pl + pr >= k)
+    lo, hi = dtype_range(dtype)
+    if dtype == "int32":
+        lo, hi = -2**20, 2**20  # a 32-bit stream reaches pools only requantized to 16 bits
+    g = Graph("pools")
+    xq = quantized_input(g, (n, c, h, w), dtype)
+    attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": list(pads), "ceil_mode": int(ceil_mode)}
+    g.add_node("MaxPool", [xq], ["mx"], dict(attrs, dilations=[1, 1]), name="max")
+    z = int(rng.integers(lo, hi + 1)) if dtype != "int32" else 0
+    ho, wo = (output_size(h, k, s, 1, pt, pb, ceil_mode), output_size(w, k, s, 1, pl, pr, ceil_mode))
+    count = AveragePool.divisor(dict(attrs, count_include_pad=int(include_pad)), (h, w))
+    assert count.shape == (ho, wo)
+    b, cc = multipliers(rng, ho * wo)
+    g.add_node("IntAvgPool", [xq, g.add_constant("ap.b", b.reshape(ho, wo)), g.add_constant("ap.c", cc.reshape(ho, wo))],
+               ["avg"], dict(attrs, in_zero_point=z, out_zero_point=-3, lo=-128, hi=127, dtype="int8"), name="avg")
+    b, cc = multipliers(rng, 1)
+    g.add_node("IntGlobalAvgPool", [xq, g.add_constant("gp.b", b[0]), g.add_constant("gp.c", cc[0])], ["gap"],
+               {"in_zero_point": z, "out_zero_point": 100, "lo": 0, "hi": 255, "dtype": "uint8",
+                "keepdims": int(rng.integers(0, 2))}, name="gap")
+    g.outputs = ["mx", "avg", "gap"]
+    check(g, extreme_ints(rng, (n, c, h, w), lo, hi).astype(np.float32))
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(1, 6),
+       st.booleans(), st.integers(0, 2**16))
+def test_requantize_concat_clamp_pad(n, channels, hw, per_channel, seed):
+    """Standalone Requantize (per tensor, per channel), IntConcat of several branches with
+    their own multipliers and zero points, IntClamp and IntPad."""
+    rng = np.random.default_rng(seed)
+    c = sum(channels)
+    g = Graph("elementwise")
+    xq = quantized_input(g, (n, c, hw, hw), "int16")
+    parts, zps = [], []
+    off = 0
+    for i, ci in enumerate(channels):
+        sl = g.add_constant(f"sel{i}", np.eye(c, dtype=np.int8)[off:off + ci].reshape(ci, c, 1, 1))
+        g.values[sl].dtype = "int8"
+        # A 1x1 conv picks channels off..off+ci (the only way to split in the integer IR).
+        src = f"p{i}"
+        add_requantize(g, xq, f"u{i}", *multipliers(rng, 1), int(rng.integers(-99, 99)), "uint8")
+        bn = g.add_constant(f"sb{i}", np.zeros(ci, np.int32))
+        g.add_node("IntConv", [f"u{i}", sl, bn], [src], {"x_zero_point": 0, "strides": [1, 1],
+                   "pads": [0, 0, 0, 0], "dilations": [1, 1], "groups": 1}, name=f"pick{i}")
+        parts.append(src)
+        zps.append(0)
+        off += ci
+    k = len(parts)
+    bs = [multipliers(rng, ci if per_channel else 1) for ci in channels]
+    ins = parts + [g.add_constant(f"cat.b{i}", b) for i, (b, _) in enumerate(bs)] + \
+        [g.add_constant(f"cat.c{i}", cc) for i, (_, cc) in enumerate(bs)]
+    g.add_node("IntConcat", ins, ["cat"], {"n": k, "zero_points": zps, "out_zero_point": 7, "lo": -300,
+                                           "hi": 4000, "dtype": "int16", "axis": 1}, name="cat")
+    g.add_node("IntClamp", ["cat"], ["clamped"], {"lo": -5, "hi": 900}, name="clamp")
+    g.add_node("IntPad", ["clamped"], ["padded"], {"pads": [1, 0, 2, 1], "value": 7}, name="pad")
+    add_requantize(g, "padded", "y", *multipliers(rng, 1), 7, "int8", 2)
+    g.outputs = ["y", "cat"]
+    check(g, extreme_ints(rng, (n, c, hw, hw), -2**15, 2**15 - 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("hw", [1, 3])
+def test_flatten_into_linear_and_to_output(hw):
+    """A Linear reading a flattened NCHW map (run as a whole-map convolution) and a Flatten
+    that is itself an output (moved through the reference layout)."""
+    rng = np.random.default_rng(hw)
+    n, c, m = 3, 5, 70
+    g = Graph("flatten")
+    xq = quantized_input(g, (n, c, hw, hw))
+    g.add_node("Flatten", [xq], ["flat"], {"axis": 1}, name="flatten")
+    wn = g.add_constant("w", extreme_ints(rng, (m, c * hw * hw), -128, 127).astype(np.int8))
+    g.values[wn].dtype = "int8"
+    g.add_node("IntLinear", ["flat", wn, g.add_constant("b", rng.integers(-9999, 9999, m).astype(np.int32))],
+               ["acc"], {"x_zero_point": 17}, name="fc")
+    add_requantize(g, "acc", "y", *multipliers(rng, m), 0, "int16", -4)
+    g.outputs = ["y", "flat"]
+    check(g, extreme_ints(rng, (n, c, hw, hw), 0, 255).astype(np.float32))
+
+
+def test_input_quantization_rounds_like_the_reference():
+    """QuantizeInput: ties (x.5) round up, values past the range clamp, negatives floor."""
+    g = Graph("q")
+    g.add_input("x", (1, 1, 2, 8), "float32")
+    g.add_node("QuantizeInput", ["x"], ["q"], {"scale": 0.5, "zero_point": 3, "lo": 0, "hi": 255,
+                                               "dtype": "uint8"}, name="quantize_input")
+    g.outputs = ["q"]
+    x = np.array([[-0.25, 0.25, -1.75, 1.25, 1e30, -1e30, 127.74, 126.26],
+                  [0.7499999, -0.7500001, 3.0, -1.5, 60.0, 61.25, 0.0, -0.0]], np.float32)
+    check(g, x.reshape(1, 1, 2, 8))
