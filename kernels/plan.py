@@ -131,7 +131,8 @@ class QuantizeStep(Step):
         name = self.input
 
         def run():
-            elementwise.quantize_input(feed[name], *args, out, og)
+            x = feed[name]
+            elementwise.quantize_input(x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x, *args, out, og)
         return run
 
 
@@ -156,14 +157,23 @@ class ConvStep(Step):
         self.kind = ("dense" if groups == 1 else
                      "depthwise" if groups == m and cg == 1 and groups == x.c else "grouped")
         self.groups = groups
+        # With dilation 1 along W, the KW taps of one kernel row are KW * Cb contiguous
+        # bytes of the NHWC buffer: one reduction run per kernel row, not per tap.
+        self.row_taps = self.kind == "dense" and dilations[1] == 1
         if self.kind == "dense":
             self.kernel = conv.conv_portable
             pack = conv.pack_portable
             if path == "vnni":
                 from .conv_vnni import conv_vnni
                 self.kernel, pack = conv_vnni, conv.pack_vnni
-            self.w = pack(w, x.cb)
-            self.cin = x.cb
+            if self.row_taps:
+                wr = np.zeros((m, kh, kw, x.cb), np.int64)
+                wr[..., :cg] = w.transpose(0, 2, 3, 1)
+                self.w = pack(wr.reshape(m, kh, kw * x.cb).transpose(0, 2, 1)[..., None], kw * x.cb)
+                self.cin = kw * x.cb
+            else:
+                self.w = pack(w, x.cb)
+                self.cin = x.cb
         elif self.kind == "depthwise":
             self.w = np.ascontiguousarray(w.reshape(m, kh * kw).T, dtype=np.int32)
             self.cin = 1
@@ -180,14 +190,17 @@ class ConvStep(Step):
     def bind(self, env, n):
         x = self.x
         oh, ow = self.output_hw()
-        toff = np.array([(i * self.dil[0] * x.wb + j * self.dil[1]) * x.cb
-                         for i in range(self.kh) for j in range(self.kw)], np.int64)
+        if self.row_taps:
+            toff = np.array([i * self.dil[0] * x.wb * x.cb for i in range(self.kh)], np.int64)
+        else:
+            toff = np.array([(i * self.dil[0] * x.wb + j * self.dil[1]) * x.cb
+                             for i in range(self.kh) for j in range(self.kw)], np.int64)
         tiles = -(-n * oh * ow // conv.TILE_M)
         import numba
         want = 16 * numba.get_num_threads()
         chunks = min(tiles, max(1, -(-want // self.nblk)))
         cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
-                      self.kh * self.kw, self.cin, self.cout, self.nblk, -(-tiles // chunks))
+                      len(toff), self.cin, self.cout, self.nblk, -(-tiles // chunks))
         xb, xg = env[x.name], x.geometry()
         out, og = env[self.out.name], self.out.geometry(self.coff)
         if self.residual:

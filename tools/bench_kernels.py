@@ -1,0 +1,406 @@
+"""Benchmark intq's Numba kernels against onnxruntime and torch on this machine.
+
+    python tools/bench_kernels.py [-o bench.json] [--quick]
+
+Per layer: every distinct convolution of ResNet18 and MobileNetV2 at 224x224 (batch 1
+and 8) and a 512x512x512 GEMM, as intq INT8 and INT4 (conv + bias + requantization +
+clamp, fused), onnxruntime QLinearConv / MatMulInteger (uint8 activations, int8
+per-channel weights: its VNNI path), torch's quantized conv (x86 engine) and torch float32.
+End to end: ResNet18, ResNet50 and MobileNetV2 at 224x224, batch 1 and 8, intq INT8, INT4
+and a mixed bit file, against the same float model quantized by onnxruntime's
+`quantize_static` (QDQ, per channel, uint8 activations, int8 weights).
+
+Each peer runs in its own process (Numba's and onnxruntime's thread pools fight inside
+one), all with 2 threads, one after the other; results are medians over repeats, reported
+as GOPS (2 ops per multiply-add), as ratios to onnxruntime, and as a fraction of the
+VNNI issue rate measured here by a register-only `vpdpbusd` loop. Writes JSON (CPU model
+included) and prints the README's tables in Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+THREADS = 2
+E2E_MODELS = ["resnet18", "resnet50", "mobilenet_v2"]
+BATCHES = [1, 8]
+
+
+# -- shapes --------------------------------------------------------------------------
+def conv_shapes(names=("resnet18", "mobilenet_v2")):
+    """Distinct (cin, cout, k, stride, pad, groups, h, w) convolutions of the zoo nets."""
+    from intq.pipeline import float_graph
+    from tools.export_zoo import export
+
+    shapes = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name in names:
+            fg = float_graph(export(name, os.path.join(d, f"{name}.onnx")))
+            for n in fg.nodes:
+                if n.op != "Conv":
+                    continue
+                _, c, h, w = fg.values[n.inputs[0]].shape
+                m, _, k, _ = fg.values[n.inputs[1]].shape
+                key = (c, m, k, n.attrs["strides"][0], n.attrs["pads"][0], n.attrs["groups"], h, w)
+                shapes.setdefault(key, []).append(name)
+    return [{"cin": k[0], "cout": k[1], "k": k[2], "stride": k[3], "pad": k[4], "groups": k[5],
+             "h": k[6], "w": k[7], "nets": sorted(set(v))} for k, v in shapes.items()]
+
+
+def out_hw(s):
+    return tuple((d + 2 * s["pad"] - s["k"]) // s["stride"] + 1 for d in (s["h"], s["w"]))
+
+
+def macs(s, batch):
+    if s.get("gemm"):
+        return s["m"] * s["n"] * s["k"]
+    oh, ow = out_hw(s)
+    return batch * oh * ow * s["cout"] * s["cin"] // s["groups"] * s["k"] ** 2
+
+
+def timeit(fn, repeat, min_time=0.2):
+    fn()
+    fn()
+    times = []
+    t_end = time.perf_counter() + min_time
+    while len(times) < repeat or time.perf_counter() < t_end:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) > 2000:
+            break
+    return float(np.median(times))
+
+
+# -- workers (each runs in its own process) ------------------------------------------
+def worker_intq_layers(shapes, repeat):
+    from intq.ir import Graph
+    from intq.kernels.plan import Plan
+    from intq.ops import infer_shapes
+
+    rng = np.random.default_rng(0)
+    res = []
+    for s in shapes:
+        for bits in (8, 4):
+            wmax, xmax = (127, 255) if bits == 8 else (7, 15)
+            g = Graph("layer")
+            if s.get("gemm"):
+                shape, wshape = (s["m"], s["k"]), (s["n"], s["k"])
+            else:
+                shape = (s["batch"], s["cin"], s["h"], s["w"])
+                wshape = (s["cout"], s["cin"] // s["groups"], s["k"], s["k"])
+            g.add_input("x", shape, "float32")
+            g.add_node("QuantizeInput", ["x"], ["xq"], {"scale": 1.0, "zero_point": 0, "lo": 0,
+                       "hi": xmax, "dtype": f"uint{bits}"}, name="q")
+            wn = g.add_constant("w", rng.integers(-wmax, wmax + 1, wshape).astype(np.int8))
+            g.values[wn].dtype = f"int{bits}"
+            m = wshape[0]
+            bn = g.add_constant("b", rng.integers(-1000, 1000, m).astype(np.int32))
+            if s.get("gemm"):
+                g.add_node("IntLinear", ["xq", wn, bn], ["acc"], {"x_zero_point": 0}, name="layer")
+                g.outputs = ["acc"]  # MatMulInteger's contract: the INT32 result
+            else:
+                p = s["pad"]
+                g.add_node("IntConv", ["xq", wn, bn], ["acc"], {"x_zero_point": 3, "strides": [s["stride"]] * 2,
+                           "pads": [p] * 4, "dilations": [1, 1], "groups": s["groups"]}, name="layer")
+                bq = g.add_constant("rb", np.full(m, 1 << 20, np.int64))
+                cq = g.add_constant("rc", np.full(m, 31, np.int64))
+                g.add_node("Requantize", ["acc", bq, cq], ["y"], {"in_zero_point": 0, "out_zero_point": 0,
+                           "lo": 0, "hi": xmax, "dtype": f"uint{bits}"}, name="rq")
+                g.outputs = ["y"]
+            infer_shapes(g)
+            plan = Plan(g)
+            x = rng.integers(0, xmax + 1, shape).astype(np.float32)
+            n = shape[0]
+            plan.run(x)
+            env, calls = plan.bind(n)
+            layer = [c for st, c in zip(plan.steps, calls) if st.name == "layer"][0]
+            res.append({"shape": s, "bits": bits, "seconds": timeit(layer, repeat)})
+    return res
+
+
+def _ort_session(model, threads=THREADS):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def worker_ort_layers(shapes, repeat):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    res = []
+    for s in shapes:
+        if s.get("gemm"):
+            a = rng.integers(0, 256, (s["m"], s["k"])).astype(np.uint8)
+            b = rng.integers(-127, 128, (s["k"], s["n"])).astype(np.int8)
+            node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+            graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)],
+                                      [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                                      [numpy_helper.from_array(b, "b")])
+            feeds = {"a": a}
+        else:
+            x = rng.integers(0, 256, (s["batch"], s["cin"], s["h"], s["w"])).astype(np.uint8)
+            m = s["cout"]
+            w = rng.integers(-127, 128, (m, s["cin"] // s["groups"], s["k"], s["k"])).astype(np.int8)
+            inits = [numpy_helper.from_array(v, k) for k, v in {
+                "xs": np.float32(0.02), "xz": np.uint8(3), "w": w, "ws": np.full(m, 0.01, np.float32),
+                "wz": np.zeros(m, np.int8), "ys": np.float32(0.05), "yz": np.uint8(0),
+                "b": rng.integers(-1000, 1000, m).astype(np.int32)}.items()]
+            node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"],
+                                    kernel_shape=[s["k"]] * 2, strides=[s["stride"]] * 2,
+                                    pads=[s["pad"]] * 4, group=s["groups"])
+            graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+                                      [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+            feeds = {"x": x}
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        sess = _ort_session(model)
+        res.append({"shape": s, "seconds": timeit(lambda: sess.run(None, feeds), repeat)})
+    return res
+
+
+def worker_torch_layers(shapes, repeat):
+    import torch
+    import torch.ao.nn.quantized as nnq
+
+    torch.set_num_threads(THREADS)
+    torch.backends.quantized.engine = "x86"
+    res = []
+    for s in shapes:
+        if s.get("gemm"):
+            xf = torch.randn(s["m"], s["k"])
+            lin = nnq.Linear(s["k"], s["n"])
+            xq = torch.quantize_per_tensor(xf, 0.02, 128, torch.quint8)
+            wf = torch.randn(s["n"], s["k"])
+            lin.set_weight_bias(torch.quantize_per_channel(wf, torch.full((s["n"],), 0.01), torch.zeros(s["n"], dtype=torch.long), 0, torch.qint8), None)
+            fq = lambda: lin(xq)
+            w_f = torch.randn(s["n"], s["k"])
+            ff = lambda: torch.nn.functional.linear(xf, w_f)
+        else:
+            xf = torch.randn(s["batch"], s["cin"], s["h"], s["w"])
+            conv = nnq.Conv2d(s["cin"], s["cout"], s["k"], stride=s["stride"], padding=s["pad"], groups=s["groups"])
+            wf = torch.randn(s["cout"], s["cin"] // s["groups"], s["k"], s["k"])
+            conv.set_weight_bias(torch.quantize_per_channel(wf, torch.full((s["cout"],), 0.01),
+                                 torch.zeros(s["cout"], dtype=torch.long), 0, torch.qint8), torch.zeros(s["cout"]))
+            xq = torch.quantize_per_tensor(xf, 0.02, 128, torch.quint8)
+            fq = lambda: conv(xq)
+            ff = lambda: torch.nn.functional.conv2d(xf, wf, None, s["stride"], s["pad"], 1, s["groups"])
+        with torch.no_grad():
+            res.append({"shape": s, "quantized": timeit(fq, repeat), "float32": timeit(ff, repeat)})
+    return res
+
+
+def worker_peak(_shapes, _repeat):
+    """Measured VNNI issue rate: GOPS of independent register-only vpdpbusd on all threads."""
+    from numba import njit, prange
+
+    from intq.kernels import cpu
+    if not cpu.has_vnni():
+        return {"gops": None}
+    from intq.kernels.simd import vbroadcast4, vdpbusd, vload, vstore, vzero
+
+    @njit(parallel=True)
+    def spin(a, w, out, iters):
+        for t in prange(out.shape[0] // 192):
+            v = vbroadcast4(a, 0)
+            w0 = vload(w, 0)
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vzero()
+            for _ in range(iters):
+                a0 = vdpbusd(a0, v, w0); a1 = vdpbusd(a1, v, w0); a2 = vdpbusd(a2, v, w0)  # noqa: E702
+                a3 = vdpbusd(a3, v, w0); a4 = vdpbusd(a4, v, w0); a5 = vdpbusd(a5, v, w0)  # noqa: E702
+                a6 = vdpbusd(a6, v, w0); a7 = vdpbusd(a7, v, w0); a8 = vdpbusd(a8, v, w0)  # noqa: E702
+                a9 = vdpbusd(a9, v, w0); a10 = vdpbusd(a10, v, w0); a11 = vdpbusd(a11, v, w0)  # noqa: E702
+            for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+                vstore(out, t * 192 + k * 16, acc)
+
+    a, w = np.ones(64, np.uint8), np.ones(64, np.int8)
+    out = np.zeros(192 * 32, np.int32)
+    iters = 200_000
+    spin(a, w, out, 10)
+    sec = timeit(lambda: spin(a, w, out, iters), 5)
+    ops = 32 * iters * 12 * 64 * 2
+    return {"gops": ops / sec / 1e9}
+
+
+def _export(name, path, batch_dynamic=True):
+    from tools.export_zoo import export
+    return export(name, path)
+
+
+def worker_intq_e2e(models, repeat, workdir):
+    import intq
+    from intq.bench import bench
+
+    res = []
+    calib = np.load(os.path.join(workdir, "calib.npz"))["x"]
+    for name in models:
+        onnx_path = os.path.join(workdir, f"{name}.onnx")
+        from intq.pipeline import float_graph
+        layers = [n.name for n in float_graph(onnx_path).nodes if n.op in ("Conv", "Linear")]
+        # mixed: the second half of the network (where the weights are) at 4 bits
+        mixed = {k: 4 if i >= len(layers) // 2 else 8 for i, k in enumerate(layers)}
+        for label, bits in (("INT8", 8), ("INT4", 4), ("mixed", mixed)):
+            model = intq.compile(onnx_path, calib, bits=bits)
+            for batch in BATCHES:
+                r = bench(model.integer, batch=batch, repeat=repeat)
+                res.append({"model": name, "bits": label, "batch": batch, "seconds": r["median_ms"] / 1e3,
+                            "compile_s": r["compile_s"], "size_mb": model.report()["totals"]["size_mb"]})
+    return res
+
+
+def worker_ort_e2e(models, repeat, workdir):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    calib = np.load(os.path.join(workdir, "calib.npz"))["x"]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name):
+            self.items = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    res = []
+    for name in models:
+        src = os.path.join(workdir, f"{name}.onnx")
+        dst = os.path.join(workdir, f"{name}.ort_int8.onnx")
+        import onnx
+        input_name = onnx.load(src).graph.input[0].name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(src, dst, Reader(input_name), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        sess = _ort_session(dst)
+        for batch in BATCHES:
+            x = np.random.default_rng(0).standard_normal((batch,) + calib.shape[1:]).astype(np.float32)
+            res.append({"model": name, "batch": batch,
+                        "seconds": timeit(lambda: sess.run(None, {input_name: x}), repeat)})
+    return res
+
+
+WORKERS = {"intq-layers": worker_intq_layers, "ort-layers": worker_ort_layers,
+           "torch-layers": worker_torch_layers, "peak": worker_peak,
+           "intq-e2e": worker_intq_e2e, "ort-e2e": worker_ort_e2e}
+
+
+def run_worker(kind, payload, repeat, workdir):
+    """Run one worker in a fresh process and return its JSON result."""
+    spec = os.path.join(workdir, f"{kind}.in.json")
+    out = os.path.join(workdir, f"{kind}.out.json")
+    with open(spec, "w") as f:
+        json.dump(payload, f)
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "NUMBA_NUM_THREADS": str(THREADS)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--worker", kind, spec, out, str(repeat), workdir],
+                   check=True, env=env)
+    print(f"  {kind}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    with open(out) as f:
+        return json.load(f)
+
+
+# -- report --------------------------------------------------------------------------
+def shape_label(s):
+    if s.get("gemm"):
+        return f"GEMM {s['m']}x{s['k']}x{s['n']}"
+    g = " dw" if s["groups"] == s["cin"] and s["groups"] > 1 else (f" g{s['groups']}" if s["groups"] > 1 else "")
+    return (f"{s['cin']}->{s['cout']} {s['k']}x{s['k']}/{s['stride']}{g} @{s['h']} b{s['batch']}")
+
+
+def tables(result) -> str:
+    peak = result["vnni_peak_gops"]
+    lines = [f"CPU: {result['cpu']} ({THREADS} threads), VNNI issue rate measured: "
+             f"{peak:.0f} GOPS" if peak else f"CPU: {result['cpu']}", "",
+             "| layer (nets) | intq INT8 GOPS | intq INT4 GOPS | ORT GOPS | torch x86 GOPS | torch fp32 GOPS "
+             "| INT8 / ORT | INT4 / INT8 | INT8 % of VNNI peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["layers"]:
+        s = r["shape"]
+        gops = {k: 2 * r["macs"] / r[k] / 1e9 for k in ("intq8", "intq4", "ort", "torch_q", "torch_f")}
+        nets = "" if s.get("gemm") else f" ({', '.join(n.replace('mobilenet_v2', 'mbv2') for n in s['nets'])})"
+        pct = f"{100 * gops['intq8'] / peak:.0f}%" if peak else "n/a"
+        lines.append(f"| {shape_label(s)}{nets} | {gops['intq8']:.0f} | {gops['intq4']:.0f} | {gops['ort']:.0f} | "
+                     f"{gops['torch_q']:.0f} | {gops['torch_f']:.0f} | {r['ort'] / r['intq8']:.2f} | "
+                     f"{r['intq8'] / r['intq4']:.2f} | {pct} |")
+    lines += ["", "| model | batch | ORT INT8 ms | intq INT8 ms | intq INT4 ms | intq mixed ms | INT8 / ORT | "
+              "INT4 / ORT | mixed / ORT |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in E2E_MODELS:
+        for b in BATCHES:
+            e = {r["bits"]: r["seconds"] for r in result["e2e"] if r["model"] == m and r["batch"] == b}
+            o = next((r["seconds"] for r in result["ort_e2e"] if r["model"] == m and r["batch"] == b), None)
+            if not e or o is None:
+                continue
+            lines.append(f"| {m} | {b} | {o * 1e3:.2f} | {e['INT8'] * 1e3:.2f} | {e['INT4'] * 1e3:.2f} | "
+                         f"{e['mixed'] * 1e3:.2f} | {e['INT8'] / o:.2f} | {e['INT4'] / o:.2f} | {e['mixed'] / o:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        kind, spec, out, repeat, workdir = sys.argv[2:7]
+        with open(spec) as f:
+            payload = json.load(f)
+        fn = WORKERS[kind]
+        args = (payload, int(repeat), workdir) if kind.endswith("e2e") else (payload, int(repeat))
+        with open(out, "w") as f:
+            json.dump(fn(*args), f)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-o", "--output", default="bench_kernels.json")
+    ap.add_argument("--quick", action="store_true", help="ResNet18 shapes and model only, fewer repeats")
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args()
+    from intq.kernels.cpu import PATH, cpu_name
+
+    t0 = time.perf_counter()
+    nets = ("resnet18",) if args.quick else ("resnet18", "mobilenet_v2")
+    base = conv_shapes(nets)
+    shapes = [dict(s, batch=b) for b in BATCHES for s in base]
+    shapes.append({"gemm": True, "m": 512, "k": 512, "n": 512, "batch": 1})
+    models = ["resnet18"] if args.quick else E2E_MODELS
+    with tempfile.TemporaryDirectory() as workdir:
+        print(f"{len(shapes)} layer shapes, {len(models)} models", file=sys.stderr)
+        intq = run_worker("intq-layers", shapes, args.repeat, workdir)
+        ort = run_worker("ort-layers", shapes, args.repeat, workdir)
+        tq = run_worker("torch-layers", shapes, args.repeat, workdir)
+        peak = run_worker("peak", [], 5, workdir)["gops"]
+        from tools.export_zoo import export
+        for m in models:
+            export(m, os.path.join(workdir, f"{m}.onnx"))
+        rng = np.random.default_rng(0)
+        np.savez(os.path.join(workdir, "calib.npz"), x=rng.standard_normal((8, 3, 224, 224)).astype(np.float32))
+        e2e = run_worker("intq-e2e", models, max(5, args.repeat // 2), workdir)
+        ort_e2e = run_worker("ort-e2e", models, max(5, args.repeat // 2), workdir)
+    layers = []
+    for i, s in enumerate(shapes):
+        i8, i4 = intq[2 * i], intq[2 * i + 1]
+        layers.append({"shape": s, "macs": macs(s, s["batch"]), "intq8": i8["seconds"], "intq4": i4["seconds"],
+                       "ort": ort[i]["seconds"], "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
+    result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
+              "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e,
+              "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+    print(tables(result))
+    print(f"\n{time.perf_counter() - t0:.0f} s; wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
