@@ -85,3 +85,11 @@ def clamp(x, xg, dims, out, og, lo, hi):
             o = offset(og, n, h, w)
             for c in range(c_):
                 out[o + c] = min(max(np.int64(x[i + c]), lo), hi)
+
+
+@njit(parallel=True, cache=True)
+def gather(x, src, out, dst, fill):
+    """Data movement by index map: out[dst[i]] = x[src[i]], or fill where src[i] < 0."""
+    for i in prange(src.size):
+        s = src[i]
+        out[dst[i]] = fill if s < 0 else x[s]

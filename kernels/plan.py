@@ -31,6 +31,8 @@ from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
               "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
 _ALIASES = ("Flatten", "Reshape")
+# Ops that only move elements; `MoveStep` runs any of them exactly.
+MOVEMENT = {"IntPad", "Flatten", "Reshape"}
 
 
 class Layout:
@@ -39,13 +41,15 @@ class Layout:
     def __init__(self, name, shape, dtype):
         self.name = name
         self.rank = len(shape)
+        self.shape = tuple(shape)
         if self.rank == 4:
             _, self.c, self.h, self.w = shape
         elif self.rank == 2:
             self.c, self.h, self.w = shape[1], 1, 1
         else:
-            raise IntqError(f"numba backend: tensor {name} has rank {self.rank}; only 2-D and "
-                            f"4-D integer tensors are supported")
+            # Any other rank (a channel shuffle's 5-D middle) is stored as the reference
+            # lays it out, flat: only data movement reads or writes such tensors.
+            self.c, self.h, self.w = int(np.prod(shape[1:], dtype=np.int64)), 1, 1
         if dtype not in CONTAINERS:
             raise IntqError(f"numba backend: tensor {name} has unsupported dtype {dtype}")
         self.dtype = np.dtype(CONTAINERS[dtype])
@@ -90,6 +94,14 @@ class Layout:
         v = self.view4(flat, n)
         t, l, b, r = self.halo
         v[:, :t], v[:, v.shape[1] - b:], v[:, :, :l], v[:, :, v.shape[2] - r:] = (self.fill,) * 4
+
+    def offsets(self, n):
+        """Buffer index of every element, in the reference layout's (row-major) order."""
+        nn, c, h, w = np.ix_(np.arange(n), np.arange(self.c), np.arange(self.h), np.arange(self.w))
+        t, l, _, _ = self.halo
+        off = ((nn * self.hb + h + t) * self.wb + w + l) * self.cb + c
+        shape = (n,) + tuple(self.shape[1:]) if self.rank != 4 else (n, self.c, self.h, self.w)
+        return off.reshape(shape)
 
     def to_reference(self, flat, n):
         """The tensor as the reference executor holds it: int64, NCHW or (N, F)."""
@@ -302,22 +314,37 @@ class ClampStep(Step):
 
 
 class MoveStep(Step):
-    """Data movement done in numpy through the reference layout (NCHW int64): IntPad and
-    Flatten/Reshape other than into a Linear. Exact by construction; rare in CNNs."""
+    """Data movement (Flatten, Reshape, IntPad, ...): one gather kernel driven by an index
+    map, out[dst[i]] = x[src[i]] (or the fill value where src[i] < 0).
 
-    def __init__(self, node, x: Layout, out: Layout):
-        self.name, self.x, self.out, self.node = node.name, x, out, node
-        self.reads, self.writes = (x.name,), (out.name,)
+    The map is the op's own reference `run` applied, once per batch size, to a tensor of
+    element indices (with the fill value replaced by -1), so every movement op is exact by
+    construction and needs no kernel of its own."""
+
+    def __init__(self, node, x: Layout, outs: list):
+        self.name, self.x, self.outs, self.node = node.name, x, outs, node
+        self.reads, self.writes = (x.name,), tuple(o.name for o in outs)
+        self.fill = int(node.attrs.get("value", 0))
 
     def bind(self, env, n):
         from intq.ops import get_op
-        x, out, node = self.x, self.out, self.node
-        xb, ob = env[x.name], env[out.name]
-        spec = get_op(node.op)
+
+        x, node = self.x, self.node
+        attrs = dict(node.attrs, value=-1) if "value" in node.attrs else node.attrs
+        logical = np.arange(n * x.c * x.h * x.w, dtype=np.int64).reshape(x.offsets(n).shape)
+        maps = get_op(node.op).run(attrs, logical)
+        src_of = x.offsets(n).reshape(-1)
+        calls = []
+        for out, m in zip(self.outs, maps):
+            m = np.asarray(m).reshape(-1)
+            src = np.where(m < 0, -1, src_of[np.maximum(m, 0)])
+            dst = out.offsets(n).reshape(-1)
+            calls.append((env[x.name], src, env[out.name], dst))
+        fill = self.fill
 
         def run():
-            (y,) = spec.run(node.attrs, x.to_reference(xb, n))
-            out.from_reference(y, ob, n)
+            for xb, src, ob, dst in calls:
+                elementwise.gather(xb, src, ob, dst, fill)
         return run
 
 
@@ -459,8 +486,8 @@ class Plan:
             return PoolStep(node, self.layout(node.inputs[0]), out, None)
         if op == "IntClamp":
             return ClampStep(node, self.layout(node.inputs[0]), out)
-        if op in ("IntPad",) + _ALIASES:
-            return MoveStep(node, self.layout(node.inputs[0]), out)
+        if op in MOVEMENT:
+            return MoveStep(node, self.layout(node.inputs[0]), [self.layout(o) for o in node.outputs])
         raise IntqError(f"numba backend: no kernel for op {op} (node {node.name})")
 
     # -- execution ----------------------------------------------------------------
