@@ -351,8 +351,9 @@ class MoveStep(Step):
 class Plan:
     """An integer graph compiled to kernel calls; `run(x)` equals `run_integer(graph, x)`."""
 
-    def __init__(self, graph, path: str | None = None):
+    def __init__(self, graph, path: str | None = None, fuse_residual: bool = True):
         self.graph, self.path = graph, path or cpu.PATH
+        self.fuse_residual = fuse_residual
         if len(graph.inputs) != 1:
             raise IntqError("numba backend: models with one input only")
         self.layouts: dict[str, Layout] = {}
@@ -395,7 +396,8 @@ class Plan:
                 continue
             # Of two conv branches of one add, the later wins; the earlier stores its
             # accumulator, which the fused epilogue then reads as the other branch.
-            if user.op == "Requantize" or (user.op == "IntAdd" and user.attrs["n"] == 2):
+            if user.op == "Requantize" or (user.op == "IntAdd" and user.attrs["n"] == 2
+                                           and self.fuse_residual):
                 fused_into[user.name] = node
         self.fused_into = fused_into
         fused_convs = {c.name for c in fused_into.values()}

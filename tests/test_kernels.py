@@ -79,7 +79,13 @@ conv_cases = st.fixed_dictionaries({
     "group_kind": st.sampled_from(["dense", "dense", "depthwise", "grouped"]),
     "bits": st.sampled_from([4, 8]), "ties": st.booleans(), "seed": st.integers(0, 2**16),
     "out": st.sampled_from(["uint8", "int8", "int16", "uint16", "int32", "raw"]),
+    "per_tensor": st.booleans(),
 })
+
+
+def zero_point(rng, lo, hi):
+    """A zero point in [lo, hi], at one of the limits half of the time."""
+    return int(extreme_ints(rng, (), lo, hi)) if rng.random() < 0.5 else int(rng.choice([lo, hi]))
 
 
 @SETTINGS
@@ -104,14 +110,14 @@ def test_conv_equals_reference(case):
     g.values[wn].dtype = f"int{bits}"
     bn = g.add_constant("bias", bias.astype(np.int32))
     g.add_node("IntConv", [xq, wn, bn], ["acc"], {
-        "x_zero_point": int(rng.integers(xlo, xhi + 1)), "strides": [s, s], "pads": [pt, pl, pb, pr],
+        "x_zero_point": zero_point(rng, xlo, xhi), "strides": [s, s], "pads": [pt, pl, pb, pr],
         "dilations": [d, d], "groups": groups}, name="conv")
     if case["out"] == "raw":
         g.outputs = ["acc"]
     else:
-        b, cc = multipliers(rng, m, case["ties"])
+        b, cc = multipliers(rng, 1 if case["per_tensor"] else m, case["ties"])
         lo, hi = dtype_range(case["out"])
-        zo = int(rng.integers(lo, hi + 1)) if case["out"] != "int32" else 0
+        zo = zero_point(rng, lo, hi) if case["out"] != "int32" else 0
         add_requantize(g, "acc", "y", b, cc, 0, case["out"], zo)
         g.outputs = ["y"]
     check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32))
@@ -127,7 +133,7 @@ def test_residual_add_fused_into_conv(n, c, hw, other, out_dtype, ties, seed):
     g = Graph("residual")
     xq = quantized_input(g, (n, c, hw, hw))
     accs = []
-    xzp = int(rng.integers(0, 256))  # a tensor has one zero point, whoever reads it
+    xzp = zero_point(rng, 0, 255)  # a tensor has one zero point, whoever reads it
     for i in range(2 if other == "both" else 1):
         wn = g.add_constant(f"w{i}", extreme_ints(rng, (c, c, 3, 3), -128, 127).astype(np.int8))
         g.values[wn].dtype = "int8"
@@ -151,7 +157,11 @@ def test_residual_add_fused_into_conv(n, c, hw, other, out_dtype, ties, seed):
     g.add_node("IntAdd", ins, ["y"], {"n": 2, "zero_points": zps, "out_zero_point": int(rng.integers(-9, 9)) if lo < 0 else 3,
                                       "lo": lo, "hi": hi, "dtype": out_dtype}, name="add")
     g.outputs = ["y"]
-    check(g, extreme_ints(rng, (n, c, hw, hw), 0, 255).astype(np.float32))
+    x = extreme_ints(rng, (n, c, hw, hw), 0, 255).astype(np.float32)
+    check(g, x)
+    want = run_integer(g, x)[0]
+    for path in PATHS:  # the same add unfused: accumulators stored, then the elementwise add
+        assert np.array_equal(Plan(g, path, fuse_residual=False).run(x)[0], want)
 
 
 @SETTINGS
