@@ -158,6 +158,7 @@ def conv_depthwise(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq):
             acc[:] = 0
             for t in range(taps):
                 xo = base + toff[t]
+                xr, wr = x[xo:xo + c], w[t]
                 for k in range(c):
-                    acc[k] += np.int32(x[xo + k]) * w[t, k]
+                    acc[k] += np.int32(xr[k]) * wr[k]
             store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq)

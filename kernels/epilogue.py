@@ -49,7 +49,8 @@ def offset(g, n, h, w):
 
 @njit(cache=True, inline="always")
 def dn(v, rq, k):
-    """DN of the int64 value v with channel k's multiplier in table rq."""
+    """DN of the int64 value v with column k's multiplier in table rq (the form used
+    where a whole row of channels shares one column, e.g. a pooled position)."""
     return ((v * rq[MUL, k] >> rq[SHIFT1, k]) + rq[ROUND, k]) >> rq[SHIFT2, k]
 
 
@@ -58,23 +59,29 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq):
     """Finish channels c0..c0+nc of output pixel (n, h, w) from acc[t : t + nc].
 
     sc = [mode, z_out, lo, hi, z_r]; res/rg/rrq: the residual operand, its geometry and
-    DN table (ignored unless mode is RESIDUAL).
+    DN table (ignored unless mode is RESIDUAL). Every loop runs over contiguous row slices
+    indexed from 0, so LLVM vectorises it (no wraparound checks, no gathers).
     """
     mode, zo, lo, hi = sc[0], sc[1], sc[2], sc[3]
     o = offset(og, n, h, w) + c0
+    a = acc[t:t + nc]
+    y = out[o:o + nc]
+    bias = rq[BIAS, c0:c0 + nc]
     if mode == RAW:
         for j in range(nc):
-            out[o + j] = acc[t + j] + rq[BIAS, c0 + j]
-    elif mode == REQUANT:
+            y[j] = a[j] + bias[j]
+        return
+    mul, s1, rnd, s2 = rq[MUL, c0:c0 + nc], rq[SHIFT1, c0:c0 + nc], rq[ROUND, c0:c0 + nc], rq[SHIFT2, c0:c0 + nc]
+    if mode == REQUANT:
         for j in range(nc):
-            k = c0 + j
-            y = dn(np.int64(acc[t + j]) + rq[BIAS, k], rq, k) + zo
-            out[o + j] = min(max(y, lo), hi)
-    else:
-        zr = sc[4]
-        ro = offset(rg, n, h, w) + c0
-        for j in range(nc):
-            k = c0 + j
-            y = (dn(np.int64(acc[t + j]) + rq[BIAS, k], rq, k)
-                 + dn(np.int64(res[ro + j]) - zr, rrq, k) + zo)
-            out[o + j] = min(max(y, lo), hi)
+            v = ((((np.int64(a[j]) + bias[j]) * mul[j]) >> s1[j]) + rnd[j]) >> s2[j]
+            y[j] = min(max(v + zo, lo), hi)
+        return
+    zr = sc[4]
+    ro = offset(rg, n, h, w) + c0
+    r = res[ro:ro + nc]
+    rmul, rs1, rrnd, rs2 = rrq[MUL, c0:c0 + nc], rrq[SHIFT1, c0:c0 + nc], rrq[ROUND, c0:c0 + nc], rrq[SHIFT2, c0:c0 + nc]
+    for j in range(nc):
+        v = ((((np.int64(a[j]) + bias[j]) * mul[j]) >> s1[j]) + rnd[j]) >> s2[j]
+        v += ((((np.int64(r[j]) - zr) * rmul[j]) >> rs1[j]) + rrnd[j]) >> rs2[j]
+        y[j] = min(max(v + zo, lo), hi)

@@ -35,11 +35,13 @@ def max_pool(x, xg, pp, out, og):
                     if w < 0 or w >= pp[W_]:
                         continue
                     xi = offset(xg, n, h, w)
+                    xr = x[xi:xi + c_]
                     for c in range(c_):
-                        best[c] = max(best[c], np.int64(x[xi + c]))
+                        best[c] = max(best[c], np.int64(xr[c]))
             o = offset(og, n, oh, ow)
+            y = out[o:o + c_]
             for c in range(c_):
-                out[o + c] = best[c]
+                y[c] = best[c]
 
 
 @njit(parallel=True, cache=True)
@@ -62,12 +64,14 @@ def avg_pool(x, xg, pp, zin, rq, out, og, zo, lo, hi):
                     if w < 0 or w >= pp[W_]:
                         continue
                     xi = offset(xg, n, h, w)
+                    xr = x[xi:xi + c_]
                     for c in range(c_):
-                        acc[c] += np.int32(x[xi + c]) - zin
+                        acc[c] += np.int32(xr[c]) - zin
             o = offset(og, n, oh, ow)
             k = oh * pp[OW] + ow
+            y = out[o:o + c_]
             for c in range(c_):
-                out[o + c] = min(max(dn(np.int64(acc[c]), rq, k) + zo, lo), hi)
+                y[c] = min(max(dn(np.int64(acc[c]), rq, k) + zo, lo), hi)
 
 
 @njit(parallel=True, cache=True)
@@ -79,8 +83,10 @@ def global_avg_pool(x, xg, pp, zin, rq, out, og, zo, lo, hi):
         for h in range(pp[H_]):
             for w in range(pp[W_]):
                 xi = offset(xg, n, h, w)
+                xr = x[xi:xi + c_]
                 for c in range(c_):
-                    acc[c] += np.int32(x[xi + c]) - zin
+                    acc[c] += np.int32(xr[c]) - zin
         o = offset(og, n, 0, 0)
+        y = out[o:o + c_]
         for c in range(c_):
-            out[o + c] = min(max(dn(np.int64(acc[c]), rq, 0) + zo, lo), hi)
+            y[c] = min(max(dn(np.int64(acc[c]), rq, 0) + zo, lo), hi)
