@@ -399,13 +399,25 @@ class Plan:
             if user.op == "Requantize" or (user.op == "IntAdd" and user.attrs["n"] == 2
                                            and self.fuse_residual):
                 fused_into[user.name] = node
+        # A conv whose accumulator is one branch of a concat on channels requantizes
+        # straight into its slice of the concat's output.
+        self.concat_branch: dict[str, tuple] = {}
+        for node in g.nodes:
+            if node.op == "IntConcat" and node.attrs["axis"] in (1, -3):
+                coff = 0
+                for i, t in enumerate(node.inputs[:node.attrs["n"]]):
+                    prod = g.producer(t)
+                    if prod is not None and prod.op == "IntConv" and only(t) is node:
+                        self.concat_branch[prod.name] = (node, i, coff)
+                    coff += g.values[t].shape[1]
         self.fused_into = fused_into
         fused_convs = {c.name for c in fused_into.values()}
-        consts = g.constants
         pending = []
         for node in g.nodes:
             if node.op in ("IntConv", "IntLinear"):
-                if node.name not in fused_convs:
+                if node.name in self.concat_branch:
+                    pending.append(("conv", node, self.concat_branch[node.name]))
+                elif node.name not in fused_convs:
                     pending.append(("conv", node, None))
             elif node.op in _ALIASES and node.output in self.alias:
                 continue
@@ -413,15 +425,21 @@ class Plan:
                 pending.append(("op", node, fused_into.get(node.name)))
         # Halos first (a conv reading a tensor decides its padding), then the steps.
         for kind, node, conv_node in pending:
-            for c in ([node] if kind == "conv" else [conv_node] if conv_node else []):
+            for c in ([node] if kind == "conv" else [conv_node] if conv_node is not None else []):
                 if c.op == "IntConv":
                     pads = c.attrs["pads"]
                     self.layout(c.inputs[0]).need_halo(pads, int(c.attrs["x_zero_point"]))
-        for kind, node, conv_node in pending:
-            if kind == "conv":
+        for kind, node, extra in pending:
+            if kind == "conv" and extra is not None:
+                cat, i, coff = extra
+                a, k = cat.attrs, cat.attrs["n"]
+                dn = (g.constants[cat.inputs[k + i]], g.constants[cat.inputs[2 * k + i]])
+                self.steps.append(self._conv_step(node, cat.output, coff, REQUANT, dn,
+                                                  int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
+            elif kind == "conv":
                 self.steps.append(self._conv_step(node, node.output, 0, RAW, None))
-            elif conv_node is not None:
-                self.steps.append(self._fused_step(node, conv_node))
+            elif extra is not None:
+                self.steps.append(self._fused_step(node, extra))
             else:
                 self.steps.append(self._op_step(node))
 
@@ -477,6 +495,10 @@ class Plan:
             k, coff, parts = a["n"], 0, []
             for i in range(k):
                 x = self.layout(node.inputs[i])
+                prod = g.producer(node.inputs[i])
+                if prod is not None and prod.name in self.concat_branch:
+                    coff += x.c  # written by its conv's epilogue
+                    continue
                 parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
                                             const(k + i), const(2 * k + i), out, coff,
                                             int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
