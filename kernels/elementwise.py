@@ -14,11 +14,13 @@ from .epilogue import MUL, ROUND, SHIFT1, SHIFT2, offset
 
 
 @njit(parallel=True, cache=True)
-def quantize_input(x, scale, zp, lo, hi, out, og):
-    """`QuantizeInput`: q = clamp(floor(x / scale + 1/2) + zp, lo, hi) from float NCHW x.
+def quantize_input(x, in_scale, in_shift, scale, zp, lo, hi, out, og):
+    """`QuantizeInput`: q = clamp(floor(v / scale + 1/2) + zp, lo, hi) from float NCHW x,
+    v = x * in_scale[c] + in_shift[c] (a folded input normalisation; 1 and 0 without one).
 
     The one float step of the graph, computed in float64 exactly as the reference does
-    (IEEE division and floor are deterministic), clamped before the integer conversion."""
+    (IEEE multiply, add, divide and floor, in that order and unfused, are deterministic),
+    clamped before the integer conversion."""
     n_, c_, h_, w_ = x.shape
     for row in prange(n_ * h_):
         n = row // h_
@@ -26,7 +28,8 @@ def quantize_input(x, scale, zp, lo, hi, out, og):
         for w in range(w_):
             o = offset(og, n, h, w)
             for c in range(c_):
-                q = np.floor(np.float64(x[n, c, h, w]) / scale + 0.5) + zp
+                v = np.float64(x[n, c, h, w]) * in_scale[c] + in_shift[c]
+                q = np.floor(v / scale + 0.5) + zp
                 out[o + c] = np.int64(min(max(q, lo), hi))
 
 
@@ -100,3 +103,79 @@ def gather(x, src, out, dst, fill):
     for i in prange(src.size):
         s = src[i]
         out[dst[i]] = fill if s < 0 else x[s]
+
+
+@njit(parallel=True, cache=True)
+def affine(x, xg, dims, zin, rq, sign, zps, out, og, lo, hi):
+    """`IntAffine`: y = clamp(DN_k(sign[k] * (x - zin)) + zps[k], lo, hi) per channel k."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    mul, s1, rnd, s2 = rq[MUL], rq[SHIFT1], rq[ROUND], rq[SHIFT2]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            o = offset(og, n, h, w)
+            xr, y = x[i:i + c_], out[o:o + c_]
+            for c in range(c_):
+                v = ((((np.int64(xr[c]) - zin) * sign[c] * mul[c]) >> s1[c]) + rnd[c]) >> s2[c]
+                y[c] = min(max(v + zps[c], lo), hi)
+
+
+@njit(parallel=True, cache=True)
+def lookup(x, xg, dims, table, first, out, og):
+    """`IntLookup`: y = table[x - first]."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            o = offset(og, n, h, w)
+            xr, y = x[i:i + c_], out[o:o + c_]
+            for c in range(c_):
+                y[c] = table[np.int64(xr[c]) - first]
+
+
+@njit(parallel=True, cache=True)
+def leaky_relu(x, xg, dims, zin, pos, neg, sign, out, og, zo, lo, hi):
+    """`IntLeakyRelu`: d = x - zin; y = clamp(DN_pos(d) + zo) for d >= 0, else
+    clamp(DN_neg(sign[k] * d) + zo), per channel k (pos, neg: DN tables)."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    pm, p1, pr, p2 = pos[MUL], pos[SHIFT1], pos[ROUND], pos[SHIFT2]
+    nm, n1, nr, n2 = neg[MUL], neg[SHIFT1], neg[ROUND], neg[SHIFT2]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            o = offset(og, n, h, w)
+            xr, y = x[i:i + c_], out[o:o + c_]
+            for c in range(c_):
+                d = np.int64(xr[c]) - zin
+                if d >= 0:
+                    v = (((d * pm[c]) >> p1[c]) + pr[c]) >> p2[c]
+                else:
+                    v = (((d * sign[c] * nm[c]) >> n1[c]) + nr[c]) >> n2[c]
+                y[c] = min(max(v + zo, lo), hi)
+
+
+@njit(parallel=True, cache=True)
+def multiply(a, ag, adims, za, b, bg, bdims, zb, rq, out, og, dims, zo, lo, hi):
+    """`IntMul`: y = clamp(DN((a - za) * (b - zb)) + zo, lo, hi), one multiplier (rq column
+    0); an operand whose H, W or C is 1 where the output's is not is broadcast."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    mul, s1, rnd, s2 = rq[MUL, 0], rq[SHIFT1, 0], rq[ROUND, 0], rq[SHIFT2, 0]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            ia = offset(ag, n, h if adims[1] > 1 else 0, w if adims[2] > 1 else 0)
+            ib = offset(bg, n, h if bdims[1] > 1 else 0, w if bdims[2] > 1 else 0)
+            o = offset(og, n, h, w)
+            y = out[o:o + c_]
+            for c in range(c_):
+                va = np.int64(a[ia + (c if adims[3] > 1 else 0)]) - za
+                vb = np.int64(b[ib + (c if bdims[3] > 1 else 0)]) - zb
+                v = ((((va * vb) * mul) >> s1) + rnd) >> s2
+                y[c] = min(max(v + zo, lo), hi)

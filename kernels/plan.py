@@ -134,6 +134,10 @@ class QuantizeStep(Step):
     def __init__(self, node, out: Layout, graph_input: str):
         self.name, self.out, self.writes = node.name, out, (out.name,)
         a = node.attrs
+        c = out.c
+        # A folded input normalisation (x * in_scale[c] + in_shift[c]); identity without.
+        self.norm = (np.asarray(a.get("in_scale", np.ones(c)), np.float64).reshape(-1) * np.ones(c),
+                     np.asarray(a.get("in_shift", np.zeros(c)), np.float64).reshape(-1) * np.ones(c))
         self.args = (float(a["scale"]), float(a["zero_point"]), float(a["lo"]), float(a["hi"]))
         self.input = graph_input
 
@@ -142,9 +146,12 @@ class QuantizeStep(Step):
         feed = env["__feeds__"]
         name = self.input
 
+        in_scale, in_shift = self.norm
+
         def run():
             x = feed[name]
-            elementwise.quantize_input(x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x, *args, out, og)
+            elementwise.quantize_input(x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x,
+                                       in_scale, in_shift, *args, out, og)
         return run
 
 
