@@ -64,7 +64,7 @@ def _row_base(m, cp, xg):
 
 
 @njit(cache=True)
-def _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq):
+def _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     hw = cp[OH] * cp[OW]
     rows = min(TILE_M, cp[N_] * hw - m0)
     c0 = blk * TILE_N
@@ -74,7 +74,7 @@ def _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq):
         n = m // hw
         r = m - n * hw
         oh = r // cp[OW]
-        store_pixel(tile, p * TILE_N, c0, nc, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq)
+        store_pixel(tile, p * TILE_N, c0, nc, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
 
 
 @njit(cache=True)
@@ -95,7 +95,7 @@ def _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile):
 
 
 @njit(parallel=True, cache=True)
-def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq):
+def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Convolution (groups = 1) or Linear with fused epilogue, plain loops (any x86/ARM)."""
     rows = cp[N_] * cp[OH] * cp[OW]
     ntile = -(-rows // TILE_M)
@@ -113,11 +113,11 @@ def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq):
             for p in range(TILE_M):
                 bases[p] = _row_base(m0 + p, cp, xg)
             _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile)
-            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq)
+            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
 
 
 @njit(parallel=True, cache=True)
-def conv_grouped(x, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq):
+def conv_grouped(x, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Grouped convolution (1 < groups < channels), plain loops; w is (M, taps * Cg) int32
     in [channel][tap][input channel] order. Depthwise has its own kernel."""
     rows = cp[N_] * cp[OH] * cp[OW]
@@ -140,11 +140,11 @@ def conv_grouped(x, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq):
         n = m // hw
         r = m - n * hw
         oh = r // cp[OW]
-        store_pixel(acc, 0, 0, cout, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq)
+        store_pixel(acc, 0, 0, cout, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
 
 
 @njit(parallel=True, cache=True)
-def conv_depthwise(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq):
+def conv_depthwise(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Depthwise convolution (one input channel per output channel, multiplier 1): w is
     (taps, C) int32, and the inner loop runs over contiguous channels."""
     n_, oh_, ow_ = cp[N_], cp[OH], cp[OW]
@@ -161,4 +161,4 @@ def conv_depthwise(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq):
                 xr, wr = x[xo:xo + c], w[t]
                 for k in range(c):
                     acc[k] += np.int32(xr[k]) * wr[k]
-            store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq)
+            store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

@@ -93,7 +93,7 @@ def _tile_vnni(x, wp, wbase, toff, taps, c4n, b0, b1, b2, b3, b4, b5, tile):
 
 
 @njit(parallel=True, cache=True)
-def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq):
+def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp packed by
     `conv.pack_vnni`; arguments as `conv.conv_portable`."""
     rows = cp[N_] * cp[OH] * cp[OW]
@@ -112,4 +112,4 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq):
                        _row_base(m0, cp, xg), _row_base(m0 + 1, cp, xg), _row_base(m0 + 2, cp, xg),
                        _row_base(m0 + 3, cp, xg), _row_base(m0 + 4, cp, xg), _row_base(m0 + 5, cp, xg),
                        tile)
-            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq)
+            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

@@ -9,6 +9,11 @@ goes to memory. `mode` picks what the layer's consumer was in the integer graph:
   per-channel multiplier, as `intq.ops.integer.IntAdd` specifies.
 * RAW (2): no consumer to fuse — the INT32 accumulator acc + bias is stored.
 
+With COPY set (sc[5] = 1), the stored y is also requantized into a second tensor, as the
+`Requantize` that reads y would do: y2 = clamp(DN_2(y - z_y) + z_2, lo_2, hi_2). This is how
+the 16-bit residual stream and its 8-bit copy for the next convolutions come out of one
+epilogue instead of two passes.
+
 DN is `intq.dyadic.requantize`'s rule, written with precomputed shifts: for multiplier
 (b, c), h = max(c - 1, 0), rnd = (c > 0), s = c - h, and DN(v) = ((v * b >> h) + rnd) >> s,
 which is floor(v * b / 2**c + 1/2) (ties toward +infinity) without overflowing int64.
@@ -55,12 +60,13 @@ def dn(v, rq, k):
 
 
 @njit(cache=True)
-def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq):
+def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Finish channels c0..c0+nc of output pixel (n, h, w) from acc[t : t + nc].
 
-    sc = [mode, z_out, lo, hi, z_r]; res/rg/rrq: the residual operand, its geometry and
-    DN table (ignored unless mode is RESIDUAL). Every loop runs over contiguous row slices
-    indexed from 0, so LLVM vectorises it (no wraparound checks, no gathers).
+    sc = [mode, z_out, lo, hi, z_r, copy, z_y, z_2, lo_2, hi_2]; res/rg/rrq: the residual
+    operand, its geometry and DN table (used in mode RESIDUAL); out2/og2/rq2: the copy's
+    tensor, geometry and DN table (used when copy is 1). Every loop runs over contiguous
+    row slices indexed from 0, so LLVM vectorises it (no wraparound checks, no gathers).
     """
     mode, zo, lo, hi = sc[0], sc[1], sc[2], sc[3]
     o = offset(og, n, h, w) + c0
@@ -76,12 +82,20 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq):
         for j in range(nc):
             v = ((((np.int64(a[j]) + bias[j]) * mul[j]) >> s1[j]) + rnd[j]) >> s2[j]
             y[j] = min(max(v + zo, lo), hi)
-        return
-    zr = sc[4]
-    ro = offset(rg, n, h, w) + c0
-    r = res[ro:ro + nc]
-    rmul, rs1, rrnd, rs2 = rrq[MUL, c0:c0 + nc], rrq[SHIFT1, c0:c0 + nc], rrq[ROUND, c0:c0 + nc], rrq[SHIFT2, c0:c0 + nc]
-    for j in range(nc):
-        v = ((((np.int64(a[j]) + bias[j]) * mul[j]) >> s1[j]) + rnd[j]) >> s2[j]
-        v += ((((np.int64(r[j]) - zr) * rmul[j]) >> rs1[j]) + rrnd[j]) >> rs2[j]
-        y[j] = min(max(v + zo, lo), hi)
+    else:
+        zr = sc[4]
+        ro = offset(rg, n, h, w) + c0
+        r = res[ro:ro + nc]
+        rmul, rs1, rrnd, rs2 = rrq[MUL, c0:c0 + nc], rrq[SHIFT1, c0:c0 + nc], rrq[ROUND, c0:c0 + nc], rrq[SHIFT2, c0:c0 + nc]
+        for j in range(nc):
+            v = ((((np.int64(a[j]) + bias[j]) * mul[j]) >> s1[j]) + rnd[j]) >> s2[j]
+            v += ((((np.int64(r[j]) - zr) * rmul[j]) >> rs1[j]) + rrnd[j]) >> rs2[j]
+            y[j] = min(max(v + zo, lo), hi)
+    if sc[5]:
+        zy, z2, lo2, hi2 = sc[6], sc[7], sc[8], sc[9]
+        o2 = offset(og2, n, h, w) + c0
+        y2 = out2[o2:o2 + nc]
+        m2, t1, r2, t2 = rq2[MUL, c0:c0 + nc], rq2[SHIFT1, c0:c0 + nc], rq2[ROUND, c0:c0 + nc], rq2[SHIFT2, c0:c0 + nc]
+        for j in range(nc):
+            v = ((((np.int64(y[j]) - zy) * m2[j]) >> t1[j]) + r2[j]) >> t2[j]
+            y2[j] = min(max(v + z2, lo2), hi2)

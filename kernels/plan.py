@@ -169,7 +169,8 @@ class ConvStep(Step):
         self.cout = m
         self.nblk = -(-m // conv.TILE_N)
         self.rq = dn_table(rq[0], rq[1], m, self.nblk * conv.TILE_N, bias)
-        self.sc = _scalars(mode, zo, lo, hi, residual[1] if residual else 0)
+        self.sc = _scalars(mode, zo, lo, hi, residual[1] if residual else 0, 0, 0, 0, 0, 0)
+        self.copy = None
         self.residual = residual
         self.rrq = (dn_table(residual[2], residual[3], m, self.nblk * conv.TILE_N)
                     if residual else self.rq)
@@ -201,6 +202,16 @@ class ConvStep(Step):
                                           .reshape(m, kh * kw * cg), dtype=np.int32)
             self.cin = cg
 
+    def add_copy(self, step: "RequantizeStep"):
+        """Also write `step`'s output (the Requantize reading this step's output) from the
+        epilogue, instead of a second pass over the tensor."""
+        zin, rq, zo, lo, hi = step.args
+        self.copy = step.out
+        self.writes = self.writes + (step.out.name,)
+        self.sc[5:] = (1, zin, zo, lo, hi)
+        self.rq2 = np.zeros((5, self.nblk * conv.TILE_N), np.int64)
+        self.rq2[:, :rq.shape[1]] = rq
+
     def output_hw(self):
         from intq.ops.window import spatial_output
         return spatial_output((self.x.h, self.x.w), (self.kh, self.kw), self.strides, self.pads,
@@ -227,14 +238,20 @@ class ConvStep(Step):
             res, rg = env[rl.name], rl.geometry()
         else:
             res, rg = out, og
+        if self.copy is not None:
+            out2, og2, rq2 = env[self.copy.name], self.copy.geometry(), self.rq2
+        else:
+            out2, og2, rq2 = out, og, self.rq
         w, rq, sc, rrq = self.w, self.rq, self.sc, self.rrq
         if self.kind == "dense":
             kernel = self.kernel
-            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq)
+            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
         if self.kind == "depthwise":
-            return lambda: conv.conv_depthwise(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq)
+            return lambda: conv.conv_depthwise(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq,
+                                               out2, og2, rq2)
         groups = self.groups
-        return lambda: conv.conv_grouped(xb, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq)
+        return lambda: conv.conv_grouped(xb, xg, w, toff, cp, groups, rq, out, og, sc, res, rg, rrq,
+                                         out2, og2, rq2)
 
 
 class RequantizeStep(Step):
@@ -449,6 +466,22 @@ class Plan:
                 self.steps.append(self._fused_step(node, extra))
             else:
                 self.steps.append(self._op_step(node))
+        self._fold_copies()
+
+    def _fold_copies(self):
+        """A Requantize of a tensor that one conv step wrote whole (a residual add's 16-bit
+        output re-read at 8 bits by the next block) runs in that step's epilogue."""
+        writer = {s.out.name: s for s in self.steps if isinstance(s, ConvStep)
+                  and s.coff == 0 and s.sc[0] != RAW and s.copy is None}
+        keep = []
+        for s in self.steps:
+            w = writer.get(s.x.name) if isinstance(s, RequantizeStep) and s.coff == 0 else None
+            if w is not None and w.x.c and s.x.c == w.cout:
+                w.add_copy(s)
+                writer.pop(s.x.name)
+            else:
+                keep.append(s)
+        self.steps = keep
 
     def _conv_step(self, node, out_name, coff, mode, dn, zo=0, lo=0, hi=0, residual=None):
         g = self.graph

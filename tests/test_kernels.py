@@ -128,7 +128,8 @@ def test_conv_equals_reference(case):
        st.sampled_from(["int16", "int8", "uint16", "int32"]), st.booleans(), st.integers(0, 2**16))
 def test_residual_add_fused_into_conv(n, c, hw, other, out_dtype, ties, seed):
     """conv accumulator + another tensor (a wide tensor, or a second conv's accumulator),
-    each branch with its own per-channel multiplier: the epilogue-fused IntAdd."""
+    each branch with its own per-channel multiplier: the epilogue-fused IntAdd, and the
+    8-bit requantized copy of its output written by the same epilogue."""
     rng = np.random.default_rng(seed)
     g = Graph("residual")
     xq = quantized_input(g, (n, c, hw, hw))
@@ -156,9 +157,13 @@ def test_residual_add_fused_into_conv(n, c, hw, other, out_dtype, ties, seed):
     lo, hi = dtype_range(out_dtype)
     g.add_node("IntAdd", ins, ["y"], {"n": 2, "zero_points": zps, "out_zero_point": int(rng.integers(-9, 9)) if lo < 0 else 3,
                                       "lo": lo, "hi": hi, "dtype": out_dtype}, name="add")
-    g.outputs = ["y"]
+    # The next block's 8-bit copy of the sum, written by the same epilogue.
+    add_requantize(g, "y", "y8", *multipliers(rng, 1, ties), zero_point(rng, lo, hi), "uint8",
+                   zero_point(rng, 0, 255))
+    g.outputs = ["y", "y8"]
     x = extreme_ints(rng, (n, c, hw, hw), 0, 255).astype(np.float32)
     check(g, x)
+    assert any(getattr(s, "copy", None) is not None for s in Plan(g, "portable").steps)
     want = run_integer(g, x)[0]
     for path in PATHS:  # the same add unfused: accumulators stored, then the elementwise add
         assert np.array_equal(Plan(g, path, fuse_residual=False).run(x)[0], want)
