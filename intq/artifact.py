@@ -110,7 +110,8 @@ def _graph_from_json(d, where: str) -> tuple[Graph, dict]:
               and c["numpy_dtype"] in NUMPY_DTYPES and isinstance(c["dtype"], str)
               and c["packed_int4"] is (c["dtype"] in ("int4", "uint4")), f"constant {name!r} is malformed")
         _need(not c["packed_int4"] or c["numpy_dtype"] in ("|i1", "|u1"), f"constant {name!r} is malformed")
-        _shape(c["shape"], f"constant {name!r}", False)
+        _need(name in g.values and _shape(c["shape"], f"constant {name!r}", False) == g.values[name].shape
+              and c["dtype"] == g.values[name].dtype, f"constant {name!r} disagrees with its value entry")
     return g, consts
 
 
@@ -152,8 +153,10 @@ def _load_array(z, c, checksums) -> np.ndarray:
         got_shape, fortran, got_dtype = header(f)
     except ValueError as e:
         raise _Bad(f"array {key} has a bad .npy header ({e})") from None
-    _need((got_shape, fortran, got_dtype) == (shape, False, dtype) and len(blob) == f.tell() + nbytes,
+    _need((got_shape, fortran, got_dtype) == (shape, False, dtype),
           f"array {key} holds {got_dtype} {got_shape}, its manifest declares {dtype} {shape}")
+    _need(len(blob) == f.tell() + nbytes, f"array {key} has {len(blob) - f.tell()} bytes of data, "
+                                          f"its shape needs {nbytes}")
     data = np.load(io.BytesIO(blob), allow_pickle=False)
     if c["packed_int4"]:
         try:
