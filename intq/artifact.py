@@ -131,7 +131,7 @@ def _read_member(z: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
     except KeyError:
         raise _Bad(f"missing {name}") from None
     _need(info.file_size <= max_bytes, f"{name} declares {info.file_size} bytes, more than "
-                                       f"the {max_bytes} its manifest allows")
+                                       f"the {max_bytes} allowed for it")
     with z.open(info) as f:
         return f.read(info.file_size)
 
