@@ -98,8 +98,9 @@ def _all_tensors(graph):
 
 
 def _check_tensors(proto, where, base) -> None:
-    """Declared sizes against the memory limit and the bytes present; external data paths
-    inside `base` (the model's folder). Runs before any tensor data is read or converted."""
+    """Declared sizes against the memory limit; external data paths inside `base` (the
+    model's folder); inline data against the declared shape. Runs before any tensor data is
+    read or converted."""
     for t in _all_tensors(proto.graph):
         if any(d < 0 for d in t.dims):
             raise IntqError(f"{where}: tensor {t.name!r} has negative dimensions {list(t.dims)}")
@@ -115,14 +116,25 @@ def _check_tensors(proto, where, base) -> None:
             if not inside:
                 raise IntqError(f"{where}: tensor {t.name!r} refers to external data {loc!r} "
                                 f"outside the model's folder")
-        elif t.HasField("raw_data") and t.data_type not in _PACKED_OR_TEXT:
-            if len(t.raw_data) != size:
-                raise IntqError(f"{where}: tensor {t.name!r} holds {len(t.raw_data)} bytes of "
-                                f"data, its shape {list(t.dims)} needs {size}")
+            # onnx reads `length` bytes, or the whole rest of the file: never more than declared.
+            target = os.path.join(base, loc)
+            try:
+                reads = (int(info["length"]) if "length" in info else
+                         os.path.getsize(target) - int(info.get("offset", 0)))
+            except (ValueError, OSError):
+                reads = size  # malformed or missing: onnx's own loader reports it
+            if reads > size:
+                raise IntqError(f"{where}: tensor {t.name!r} would read {reads} bytes of external "
+                                f"data for a shape that needs {size}")
+        elif t.HasField("raw_data") and t.data_type not in _PACKED_OR_TEXT and len(t.raw_data) != size:
+            # The checker catches too few bytes but not too many (numpy then fails to reshape).
+            raise IntqError(f"{where}: tensor {t.name!r} holds {len(t.raw_data)} bytes of data, its "
+                            f"shape {list(t.dims)} needs {size}")
 
 
-# Types whose raw byte count is not numel * itemsize (4-bit packing, strings).
-_PACKED_OR_TEXT = {onnx.TensorProto.STRING, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+# Types whose raw byte count is not numel * itemsize (sub-byte packing, strings).
+_PACKED_OR_TEXT = {getattr(onnx.TensorProto, n) for n in ("STRING", "INT4", "UINT4", "FLOAT4E2M1",
+                                                          "INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
 
 
 def onnx_opset(proto: onnx.ModelProto) -> int:
