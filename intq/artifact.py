@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+import tokenize
 import zipfile
 
 import numpy as np
@@ -151,7 +152,7 @@ def _load_array(z, c, checksums) -> np.ndarray:
                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         _need(header is not None, f"array {key} has .npy version {version}")
         got_shape, fortran, got_dtype = header(f)
-    except ValueError as e:
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # numpy parses it as Python
         raise _Bad(f"array {key} has a bad .npy header ({e})") from None
     _need((got_shape, fortran, got_dtype) == (shape, False, dtype),
           f"array {key} holds {got_dtype} {got_shape}, its manifest declares {dtype} {shape}")

@@ -125,6 +125,9 @@ def clip(ctx, node):
         lo, hi = attr(node, "min", None), attr(node, "max", None)
     else:
         lo, hi = ctx.optional_const(node, 1), ctx.optional_const(node, 2)
+    for bound in (lo, hi):
+        if bound is not None and np.size(bound) != 1:
+            raise IntqError(f"node {node.name}: Clip bounds must be scalars, got shape {np.shape(bound)}")
     # ONNX's "no bound" defaults are +-FLT_MAX; keep them as None (unbounded).
     lo = None if lo is None or float(lo) <= -3.4e38 else float(lo)
     hi = None if hi is None or float(hi) >= 3.4e38 else float(hi)
