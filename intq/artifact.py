@@ -101,12 +101,13 @@ def _graph_from_json(d, where: str) -> tuple[Graph, dict]:
     for n in d["nodes"]:
         _need(isinstance(n, dict) and set(n) == NODE_KEYS and isinstance(n["op"], str)
               and isinstance(n["name"], str) and isinstance(n["attrs"], dict), f"{where} has a malformed node")
-        g.nodes.append(Node(n["op"], n["name"], _names(n["inputs"], f"node {n['name']} inputs"),
-                            _names(n["outputs"], f"node {n['name']} outputs"), n["attrs"]))
+        g.nodes.append(Node(n["op"], n["name"], _names(n["inputs"], f"node {n['name']!r} inputs"),
+                            _names(n["outputs"], f"node {n['name']!r} outputs"), n["attrs"]))
     consts = d["constants"]
     _need(isinstance(consts, dict), f"{where} constants must be a mapping")
     for name, c in consts.items():
         _need(isinstance(c, dict) and set(c) == CONSTANT_KEYS and isinstance(c["array"], str)
+              and c["array"].isalnum() and len(c["array"]) <= 64  # a zip member name part
               and isinstance(c["numpy_dtype"], str)
               and c["numpy_dtype"] in NUMPY_DTYPES and isinstance(c["dtype"], str)
               and c["packed_int4"] is (c["dtype"] in ("int4", "uint4")), f"constant {name!r} is malformed")
@@ -242,8 +243,8 @@ def load_artifact(path) -> Artifact:
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise IntqError(f"{path}: not an intq artifact")
             if manifest.get("version") != VERSION:
-                raise IntqError(f"{path}: artifact format version {manifest.get('version')} "
-                                f"(written by intq {manifest.get('intq_version')}); this intq "
+                raise IntqError(f"{path}: artifact format version {manifest.get('version')!r} "
+                                f"(written by intq {manifest.get('intq_version')!r}); this intq "
                                 f"reads version {VERSION}: recompile the model")
             digest = manifest.pop("manifest_sha256", None)
             if (digest != hashlib.sha256(canonical_json(manifest)).hexdigest()

@@ -111,7 +111,7 @@ def _candidates(v, rng, names):
         return [v * 2, -v, 0.0, math.nan, math.inf, 1e308, 5e-324, int(v), str(v), None]
     if isinstance(v, str):
         return [str(rng.choice(names)), "", v + "x", "int64", "float32", "uint4", "int4", "-1",
-                "|O", "<f8", 5, None]
+                "|O", "<f8", "two\nlines", 5, None]
     if v is None:
         return [0, 1.0, "x", [], {}]
     if isinstance(v, list):

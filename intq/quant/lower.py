@@ -188,9 +188,9 @@ class Lowering:
         self.bind(node.output, node.output, q_out)
 
     def lower_join(self, node):
-        ins = [self.env[t] for t in node.inputs if t]
         if any(t in self.fg.constants for t in node.inputs):
             raise IntqError(f"node {node.name}: {node.op} with a constant operand has no integer form")
+        ins = [self.env[t] for t in node.inputs if t]
         q_out = self.stored_qparams(node.output)
         bs, cs, zps = [], [], []
         for i, (name, q) in enumerate(ins):
