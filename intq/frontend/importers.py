@@ -197,7 +197,10 @@ def reshape(ctx, node):
     if node.input[1] in ctx.view.symbolic:
         raise IntqError(f"node {node.name}: Reshape target depends on the batch size in a "
                         f"way intq cannot resolve")
-    target = [int(v) for v in ctx.const(node.input[1], "Reshape shape")]
+    target = ctx.const(node.input[1], "Reshape shape")
+    if np.ndim(target) != 1 or np.asarray(target).dtype.kind not in "iu":
+        raise IntqError(f"node {node.name}: Reshape shape must be a 1-D integer tensor")
+    target = [int(v) for v in target]
     if attr(node, "allowzero", 0) and 0 in target:
         raise IntqError(f"node {node.name}: Reshape with allowzero and a zero dimension")
     ctx.emit(node, "Reshape", [node.input[0]], {"shape": target})
