@@ -88,7 +88,8 @@ def _shape(v, what: str, batch_ok: bool) -> tuple:
 def _graph_from_json(d, where: str) -> tuple[Graph, dict]:
     """The graph without its constants, and its constants' manifest entries (checked)."""
     _need(isinstance(d, dict) and set(d) == GRAPH_KEYS, f"{where} is not a graph")
-    g = Graph(d["name"] if isinstance(d["name"], str) else "graph")
+    _need(isinstance(d["name"], str), f"{where} name must be a string")
+    g = Graph(d["name"])
     g.inputs, g.outputs = _names(d["inputs"], f"{where} inputs"), _names(d["outputs"], f"{where} outputs")
     _need(isinstance(d["metadata"], dict), f"{where} metadata must be a mapping")
     g.metadata = d["metadata"]
