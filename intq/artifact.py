@@ -135,8 +135,11 @@ def _read_member(z: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
         raise _Bad(f"missing {name}") from None
     _need(info.file_size <= max_bytes, f"{name} declares {info.file_size} bytes, more than "
                                        f"the {max_bytes} allowed for it")
-    with z.open(info) as f:
-        return f.read(info.file_size)
+    try:
+        with z.open(info) as f:
+            return f.read(info.file_size)
+    except (RuntimeError, NotImplementedError) as e:  # encrypted, or an unknown compression
+        raise _Bad(f"{name} cannot be read: {e}") from None
 
 
 def _load_array(z, c, checksums) -> np.ndarray:
@@ -258,8 +261,7 @@ def load_artifact(path) -> Artifact:
     except _Bad as e:
         raise IntqError(f"{path}: invalid artifact: {e}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
-            UnicodeDecodeError, RecursionError, NotImplementedError, RuntimeError) as e:
-        # RuntimeError: an encrypted entry; RecursionError: absurdly nested JSON.
+            UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
         raise IntqError(f"{path}: corrupt or truncated intq artifact ({type(e).__name__}: {e})") from None
 
 

@@ -161,7 +161,7 @@ ARITY = {"QuantizeInput": (1, 1), "IntConv": (3, 3), "IntLinear": (3, 3), "Requa
 
 
 class _Problems:
-    """Collects the first problem and raises it as one line."""
+    """Raises the first problem found as one IntqError line, prefixed by what is checked."""
 
     def __init__(self, what: str):
         self.what = what

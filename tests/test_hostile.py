@@ -9,13 +9,12 @@ import sys
 import zipfile
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, make_model
 from intq.errors import IntqError
-from tools.fuzz_inputs import (ArtifactFuzzer, fuzz_artifacts, fuzz_onnx, pickled_npy, read_entries,
+from tools.fuzz_inputs import (ArtifactFuzzer, fuzz_artifacts, fuzz_onnx, pickled_npy,
                                resign, write_entries)
 
 
