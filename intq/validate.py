@@ -14,6 +14,7 @@ the Numba kernels and the torch twin may rely on without checking again):
   topological order, no cycles); no tensor is produced twice or overwrites an input or a
   constant; every tensor named anywhere has a declared `Value`; graph outputs are node
   outputs. The only float tensor is the graph input, and only `QuantizeInput` reads it.
+  Tensor and node names are printable strings (so every message stays one line).
 * Shapes. Every declared shape is a tuple of ints >= 1 (dimension 0 may be None, the
   dynamic batch); re-inferring every node from its inputs gives exactly the declared
   output shape and dtype. Activations are 4..32-bit integer dtypes.
