@@ -285,6 +285,15 @@ def test_check_run_memory_counts_from_declared_shapes(fuzzer, tmp_path):
         check_run_memory(ig, 1, limit=one - 1)
 
 
+def test_shape_arithmetic_cannot_wrap_around():
+    """64 * 5 * 57646075230342349 = 64 * (2^58 + 1) = 2^64 + 64: int64 products call this
+    reshape of 64 features valid."""
+    from intq.ops.shape_ops import reshape_target
+
+    with pytest.raises(IntqError):
+        reshape_target((None, 64), [0, 64, 5, 57646075230342349])
+
+
 def test_every_registered_op_has_a_validation_rule():
     from intq.ops import known_ops
     from intq.validate import ARITY, SCHEMAS
