@@ -47,8 +47,9 @@ print(rc, (after - before) // 1024)
 """
 
 
-def cli_peak_mib(*args):
-    proc = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], capture_output=True, text=True)
+def cli_peak_mib(*args, env=None):
+    proc = subprocess.run([sys.executable, "-c", MEASURE, *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
     rc, grew = proc.stdout.split()[-2:]
     return rc, int(grew), proc.stderr
 
@@ -336,6 +337,23 @@ def test_onnx_external_data_larger_than_declared_is_refused_before_reading(tmp_p
     rc, grew, err = cli_peak_mib("inspect", external_model(tmp_path, "w.bin"))
     assert rc == "2" and "would read" in err, err
     assert grew < 32
+
+
+def test_onnx_computed_shape_is_refused_before_folding(tmp_path):
+    """ConstantOfShape(Mul(s, 2)): shape inference cannot see the 256 MiB it asks for, the
+    constant folder checks it before evaluating."""
+    nodes = [helper.make_node("Mul", ["s", "two"], ["s2"]),
+             helper.make_node("ConstantOfShape", ["s2"], ["big"]),
+             helper.make_node("Add", ["x", "big"], ["y"])]
+    init = {"s": np.array([1, 1, 4096, 8192], np.int64), "two": np.array([2, 1, 1, 1], np.int64)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list("nchw"))],
+                              [numpy_helper.from_array(v, k) for k, v in init.items()])
+    path = tmp_path / "computed.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    rc, grew, err = cli_peak_mib("inspect", path, env={"INTQ_MEMORY_LIMIT": "64M"})
+    assert rc == "2" and "memory limit" in err, err
+    assert grew < 64, grew
 
 
 def test_onnx_absurd_tensor_is_refused_before_allocation(tmp_path):
