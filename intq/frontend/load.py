@@ -32,6 +32,7 @@ def load_onnx(model) -> onnx.ModelProto:
         if os.path.isdir(path):
             raise IntqError(f"{path}: is a directory, not an ONNX file")
         try:
+            check_bytes(os.path.getsize(path), f"{path}: reading the file")
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
