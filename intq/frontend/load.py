@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from ..errors import IntqError
 from ..limits import check_bytes
+from ..ops.base import numel
 
 MIN_OPSET, MAX_OPSET = 7, 22
 
@@ -67,16 +68,9 @@ def load_onnx(model) -> onnx.ModelProto:
         raise IntqError(f"{where}: shape inference failed: {first}") from None
     for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
         t = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
-        check_bytes(_numel(dims) * _itemsize(t.elem_type), f"{where}: tensor {vi.name!r}")
+        dims = [max(d.dim_value, 0) if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        check_bytes(numel(dims) * _itemsize(t.elem_type), f"{where}: tensor {vi.name!r}")
     return proto
-
-
-def _numel(dims) -> int:
-    out = 1
-    for d in dims:
-        out *= max(int(d), 0)
-    return out
 
 
 def _itemsize(data_type: int) -> int:
@@ -105,7 +99,7 @@ def _check_tensors(proto, where, base) -> None:
     for t in _all_tensors(proto.graph):
         if any(d < 0 for d in t.dims):
             raise IntqError(f"{where}: tensor {t.name!r} has negative dimensions {list(t.dims)}")
-        size = _numel(t.dims) * _itemsize(t.data_type)
+        size = numel(t.dims) * _itemsize(t.data_type)
         check_bytes(size, f"{where}: tensor {t.name!r}")
         if t.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in t.external_data}
