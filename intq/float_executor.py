@@ -10,6 +10,7 @@ import numpy as np
 from .errors import IntqError
 from .ir import Graph
 from .ops import get_op
+from .validate import check_run_memory
 
 
 def check_feed(graph: Graph, name: str, x) -> np.ndarray:
@@ -22,6 +23,12 @@ def check_feed(graph: Graph, name: str, x) -> np.ndarray:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise IntqError(f"input {name!r} contains NaN or infinity")
     return x
+
+
+def feed_batch(x) -> int:
+    """The batch size of an input array (1 for a scalar; check_feed reports bad shapes)."""
+    shape = np.shape(x)
+    return int(shape[0]) if shape and shape[0] else 1
 
 
 def batches(graph: Graph, x: np.ndarray, batch: int = 64):
@@ -49,6 +56,8 @@ def run_float(graph: Graph, feeds, trace: bool = False):
         if len(graph.inputs) != 1:
             raise IntqError(f"model has {len(graph.inputs)} inputs; pass a dict")
         feeds = {graph.inputs[0]: feeds}
+    if graph.inputs and graph.inputs[0] in feeds:
+        check_run_memory(graph, feed_batch(feeds[graph.inputs[0]]))  # before any allocation
     env = dict(graph.constants)
     for name in graph.inputs:
         if name not in feeds:

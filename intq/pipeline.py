@@ -55,8 +55,12 @@ def compile_model(model, calib_images, config):
     from .errors import IntqError
     from .quant.calibrate import Calibration
     from .quant.lower import lower_to_integer
+    from .validate import validate_float_graph
 
     fg = model if isinstance(model, Graph) else float_graph(model)
+    # Refuse what the passes cannot make sense of (NaN weights from a BatchNormalization
+    # with a negative variance, out-of-range attributes) before calibrating on it.
+    validate_float_graph(fg)
     want = fg.values[fg.inputs[0]].shape
     if tuple(calib_images.shape[1:]) != tuple(want[1:]):
         raise IntqError(f"calibration images have shape {calib_images.shape[1:]} per sample, "

@@ -10,16 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import IntqError
-from .float_executor import check_feed
+from .float_executor import check_feed, feed_batch
 from .ir import Graph
 from .ops import get_op
 from .ops.integer import dtype_range
+from .validate import check_run_memory
 
 
 def run_integer(graph: Graph, x, trace: bool = False):
     """Integer outputs (list of int64 arrays) for float input `x`; trace=True: every tensor."""
     if not isinstance(x, dict):
         x = {graph.inputs[0]: x}
+    check_run_memory(graph, feed_batch(x[graph.inputs[0]]))  # before any allocation
     env = {k: v.astype(np.int64) for k, v in graph.constants.items()}
     for name in graph.inputs:
         env[name] = check_feed(graph, name, x[name]).astype(np.float32, copy=False)

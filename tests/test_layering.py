@@ -10,9 +10,9 @@ PKG = Path(intq.__file__).parent
 
 # Each stage may import only from stages listed before it (and itself).
 # `pipeline` chains the stages, so it comes after all of them.
-ORDER = ["errors", "ir", "dyadic", "packing", "ops", "frontend", "passes", "float_executor",
-         "quant", "reference", "artifact", "pipeline", "executor", "evaluate", "analysis",
-         "report", "model", "bench", "cli"]
+ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
+         "float_executor", "quant", "reference", "artifact", "pipeline", "executor", "evaluate",
+         "analysis", "report", "model", "bench", "cli"]
 
 
 def stage(module: str) -> str:

@@ -15,6 +15,7 @@ Anything the rules cannot resolve is left in place and reported by the op check.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import IntqError
+from ..limits import check_bytes
 from .load import onnx_opset
 
 
@@ -113,11 +115,40 @@ def _has_subgraph(node) -> bool:
                for a in node.attribute)
 
 
+def _output_elements(node, feeds):
+    """How many elements a shape-making op will allocate, from its constant inputs (None
+    for other ops, or inputs the evaluator will reject anyway). Shape inference misses
+    these when the shape is itself computed (ConstantOfShape(Mul(s, 2)))."""
+    ins = [np.asarray(feeds[i]) if i else None for i in node.input]
+    op = node.op_type
+    try:
+        if op == "ConstantOfShape":
+            return math.prod(int(d) for d in ins[0].ravel())
+        if op == "Expand":
+            return math.prod(np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1].ravel())))
+        if op == "Tile":
+            return math.prod(int(d) * int(r) for d, r in zip(ins[0].shape, ins[1].ravel()))
+        if op == "Range":
+            start, limit, delta = (float(np.ravel(v)[0]) for v in ins[:3])
+            return max(math.ceil((limit - start) / delta), 0)
+        if op == "Pad" and len(ins) > 1:
+            pads = [int(p) for p in ins[1].ravel()]
+            rank = ins[0].ndim
+            if len(pads) == 2 * rank:
+                return math.prod(d + a + b for d, a, b in zip(ins[0].shape, pads[:rank], pads[rank:]))
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError, IndexError):
+        return None
+    return None
+
+
 def _evaluate(node, consts, opset):
     """Run one node on constant inputs with onnx's reference evaluator at the model's opset."""
     from onnx.reference import ReferenceEvaluator
 
     feeds = {i: consts[i] for i in node.input if i}
+    count = _output_elements(node, feeds)
+    if count is not None:  # 8 bytes: the widest element the evaluator may produce
+        check_bytes(count * 8, f"constant node {node.name or node.op_type} ({node.op_type})")
     inputs = [helper.make_tensor_value_info(
         i, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v)) for i, v in feeds.items()]
     outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]

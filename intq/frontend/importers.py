@@ -125,6 +125,9 @@ def clip(ctx, node):
         lo, hi = attr(node, "min", None), attr(node, "max", None)
     else:
         lo, hi = ctx.optional_const(node, 1), ctx.optional_const(node, 2)
+    for bound in (lo, hi):
+        if bound is not None and np.size(bound) != 1:
+            raise IntqError(f"node {node.name}: Clip bounds must be scalars, got shape {np.shape(bound)}")
     # ONNX's "no bound" defaults are +-FLT_MAX; keep them as None (unbounded).
     lo = None if lo is None or float(lo) <= -3.4e38 else float(lo)
     hi = None if hi is None or float(hi) >= 3.4e38 else float(hi)
@@ -194,7 +197,10 @@ def reshape(ctx, node):
     if node.input[1] in ctx.view.symbolic:
         raise IntqError(f"node {node.name}: Reshape target depends on the batch size in a "
                         f"way intq cannot resolve")
-    target = [int(v) for v in ctx.const(node.input[1], "Reshape shape")]
+    target = ctx.const(node.input[1], "Reshape shape")
+    if np.ndim(target) != 1 or np.asarray(target).dtype.kind not in "iu":
+        raise IntqError(f"node {node.name}: Reshape shape must be a 1-D integer tensor")
+    target = [int(v) for v in target]
     if attr(node, "allowzero", 0) and 0 in target:
         raise IntqError(f"node {node.name}: Reshape with allowzero and a zero dimension")
     ctx.emit(node, "Reshape", [node.input[0]], {"shape": target})

@@ -45,6 +45,10 @@ def infer_shapes(graph) -> None:
 
     for node in graph.nodes:
         spec = get_op(node.op)
+        missing = [i for i in node.inputs if i and i not in graph.values]
+        if missing:
+            raise IntqError(f"node {node.name} ({node.op}): input {missing[0]!r} is not computed "
+                            f"by any node (batch-dependent shape arithmetic intq cannot resolve?)")
         ins = [graph.values[i] if i else None for i in node.inputs]
         try:
             outs = spec.infer(node, ins, graph)

@@ -1,6 +1,8 @@
 """The `OpSpec` base class every op module subclasses, and shared shape helpers."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import IntqError
@@ -44,7 +46,9 @@ def require_rank(value, rank: int, what: str = "input") -> None:
 
 
 def numel(shape) -> int:
-    return int(np.prod([d for d in shape], dtype=np.int64)) if len(shape) else 1
+    # Python integers: an int64 product wraps around, and a crafted shape can make it wrap
+    # onto the right count.
+    return math.prod(int(d) for d in shape)
 
 
 def broadcast_shapes(*shapes):

@@ -2,13 +2,21 @@
 `passes.fold_batchnorm` folds it into the Conv or Linear before it."""
 import numpy as np
 
+from ..errors import IntqError
 from .base import OpSpec, same_shape
 
 
 class BatchNormalization(OpSpec):
     name = "BatchNormalization"
 
-    infer = staticmethod(same_shape)
+    @staticmethod
+    def infer(node, ins, graph):
+        # Folding broadcasts the four parameters per channel: each must be (C,).
+        c = ins[0].shape[1] if len(ins[0].shape) > 1 else None
+        for v in ins[1:5]:
+            if v is None or tuple(v.shape) != (c,):
+                raise IntqError(f"parameters must have shape ({c},), got {None if v is None else v.shape}")
+        return same_shape(node, ins, graph)
 
     @staticmethod
     def run(attrs, x, scale, bias, mean, var):

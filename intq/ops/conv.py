@@ -18,6 +18,8 @@ class Conv(OpSpec):
         a = node.attrs
         n, c, h, wd = x.shape
         m, cg, kh, kw = w.shape
+        if a["groups"] < 1:
+            raise IntqError(f"groups must be >= 1, got {a['groups']}")
         if c is not None and c != cg * a["groups"]:
             raise IntqError(f"input has {c} channels, weight expects {cg}x{a['groups']} groups")
         if m % a["groups"]:

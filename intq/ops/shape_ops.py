@@ -30,6 +30,8 @@ class Flatten(OpSpec):
 
 def reshape_target(in_shape, target):
     """Static output shape of Reshape(in_shape -> target) under ONNX rules, batch-aware."""
+    if any(t == 0 and i >= len(in_shape) for i, t in enumerate(target)):
+        raise IntqError(f"reshape target {target} copies a dimension {in_shape} does not have")
     out = [in_shape[i] if t == 0 else t for i, t in enumerate(target)]
     if out.count(-1) > 1:
         raise IntqError(f"reshape target {target} has more than one -1")

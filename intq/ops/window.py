@@ -13,6 +13,9 @@ from ..errors import IntqError
 
 
 def output_size(n: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bool = False) -> int:
+    if min(k, s, d) < 1 or min(p0, p1) < 0:
+        raise IntqError(f"kernel {k}, stride {s} and dilation {d} must be >= 1 and pads "
+                        f"{p0}, {p1} >= 0")
     eff = (k - 1) * d + 1
     num = n + p0 + p1 - eff
     if num < 0:

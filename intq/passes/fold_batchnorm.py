@@ -19,6 +19,8 @@ def fold_batchnorm(graph):
             raise IntqError(f"BatchNormalization {bn.name} has no Conv or Gemm producer to fold "
                             f"into (its input comes from {what})")
         gamma, beta, mean, var = (graph.constants[i].astype(np.float64) for i in bn.inputs[1:5])
+        if not np.all(var + bn.attrs["epsilon"] > 0):  # NaN fails too
+            raise IntqError(f"BatchNormalization {bn.name}: variance + epsilon must be positive")
         scale = gamma / np.sqrt(var + bn.attrs["epsilon"])
         w = graph.constants[prod.inputs[1]].astype(np.float64)
         b = (graph.constants[prod.inputs[2]].astype(np.float64)

@@ -23,8 +23,8 @@ from ..dyadic import dyadic_multipliers
 from ..errors import IntqError
 from ..ir import Graph
 from ..ops import get_op, infer_shapes
-from ..ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS
 from ..ops.pool import AveragePool
+from ..validate import validate_integer_graph  # also loading's validator; re-exported here
 from .scheme import QParams, QuantConfig, activation_qparams, quantize_weights
 
 PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad"}
@@ -188,9 +188,9 @@ class Lowering:
         self.bind(node.output, node.output, q_out)
 
     def lower_join(self, node):
-        ins = [self.env[t] for t in node.inputs if t]
         if any(t in self.fg.constants for t in node.inputs):
             raise IntqError(f"node {node.name}: {node.op} with a constant operand has no integer form")
+        ins = [self.env[t] for t in node.inputs if t]
         q_out = self.stored_qparams(node.output)
         bs, cs, zps = [], [], []
         for i, (name, q) in enumerate(ins):
@@ -289,30 +289,3 @@ class Lowering:
 
 def lower_to_integer(fg: Graph, calib, cfg: QuantConfig) -> Graph:
     return Lowering(fg, calib, cfg).run()
-
-
-_INTEGER_OPS = {s.name for s in INTEGER_SPECS} | SHARED_WITH_FLOAT
-
-
-def validate_integer_graph(ig: Graph) -> None:
-    """Reject any float tensor, float constant or float op after the graph input."""
-    problems = []
-    for node in ig.nodes:
-        if node.op not in _INTEGER_OPS:
-            problems.append(f"node {node.name} has non-integer op {node.op}")
-        if node.op == "QuantizeInput" and node.inputs[0] not in ig.inputs:
-            problems.append(f"node {node.name} quantizes a tensor that is not a graph input")
-        if node.op != "QuantizeInput":
-            for k, v in node.attrs.items():
-                if isinstance(v, float) or (isinstance(v, (list, tuple)) and any(isinstance(e, float) for e in v)):
-                    problems.append(f"node {node.name} has float attribute {k}")
-        for t in node.inputs + node.outputs:
-            if t in ig.inputs:
-                continue
-            if ig.values[t].dtype not in INTEGER_DTYPES:
-                problems.append(f"tensor {t} has dtype {ig.values[t].dtype}")
-    for name, arr in ig.constants.items():
-        if arr.dtype.kind not in "iu":
-            problems.append(f"constant {name} has dtype {arr.dtype}")
-    if problems:
-        raise IntqError("integer graph is not integer-only: " + "; ".join(problems[:5]))
