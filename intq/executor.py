@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import IntqError
-from .float_executor import check_feed
+from .float_executor import check_feed, feed_batch
 from .ir import Graph
 from .reference import dequantize, run_integer  # noqa: F401  (re-exported)
+from .validate import check_run_memory
 
 BACKENDS = ("numba", "reference")
 DEFAULT_BACKEND = "numba"
@@ -43,6 +44,7 @@ class NumbaExecutor:
 
     def run(self, x) -> list[np.ndarray]:
         x = check_feed(self.graph, self.graph.inputs[0], x)
+        check_run_memory(self.graph, feed_batch(x))  # before the plan binds its buffers
         return self.plan.run(x.astype(np.float32, copy=False))
 
 
