@@ -25,7 +25,7 @@ from ..ir import Graph
 from ..ops import get_op, infer_shapes
 from ..ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS
 from ..ops.pool import AveragePool
-from .scheme import QParams, QuantConfig, activation_qparams, quantize_weights
+from .scheme import QParams, QuantConfig, activation_qparams, bias_scale_floor, quantize_weights
 
 PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad"}
 LAYERS = ("Conv", "Linear")
@@ -153,7 +153,8 @@ class Lowering:
         m = w.shape[0]
         bias = (self.fg.constants[node.inputs[2]].astype(np.float64)
                 if len(node.inputs) > 2 and node.inputs[2] else np.zeros(m))
-        wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip)
+        wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip,
+                                  min_scales=bias_scale_floor(bias, qx.scale))
         acc_scales = qx.scale * sw
         bias_q = np.floor(bias / acc_scales + 0.5).astype(np.int64)
         flat = wq.reshape(m, -1).astype(np.int64)
