@@ -136,6 +136,11 @@ def add(ctx, node):
     ctx.emit(node, "Add", list(node.input))
 
 
+@importer("Mul", "Sub", "Div")
+def binary(ctx, node):
+    ctx.emit(node, node.op_type, list(node.input))
+
+
 @importer("Concat")
 def concat(ctx, node):
     ctx.emit(node, "Concat", list(node.input), {"axis": attr(node, "axis")})

@@ -48,7 +48,11 @@ def _same_shape_out(node, ins):
 
 
 class QuantizeInput(OpSpec):
-    """q = clamp(floor(x / scale + 1/2) + zero_point, lo, hi): the graph's only float op."""
+    """q = clamp(floor(x / scale + 1/2) + zero_point, lo, hi): the graph's only float op.
+
+    With the optional per-channel lists `in_scale`, `in_shift` (an input normalisation
+    folded in), x is first replaced by x * in_scale[c] + in_shift[c] (float64, axis 1).
+    """
 
     name = "QuantizeInput"
 
@@ -58,7 +62,12 @@ class QuantizeInput(OpSpec):
 
     @staticmethod
     def run(attrs, x):
-        q = np.floor(x.astype(np.float64) / attrs["scale"] + 0.5) + attrs["zero_point"]
+        x = x.astype(np.float64)
+        if "in_scale" in attrs:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = (x * np.reshape(attrs["in_scale"], shape).astype(np.float64)
+                 + np.reshape(attrs["in_shift"], shape).astype(np.float64))
+        q = np.floor(x / attrs["scale"] + 0.5) + attrs["zero_point"]
         return (np.clip(q, attrs["lo"], attrs["hi"]).astype(np.int64),)
 
 

@@ -25,6 +25,7 @@ from ..ir import Graph
 from ..ops import get_op, infer_shapes
 from ..ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS
 from ..ops.pool import AveragePool
+from ..passes.fold_affine import is_input_affine
 from .scheme import QParams, QuantConfig, activation_qparams, bias_scale_floor, quantize_weights
 
 PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad"}
@@ -257,12 +258,23 @@ class Lowering:
         fg, ig = self.fg, self.ig
         for t in fg.inputs:
             ig.add_input(t, fg.values[t].shape, "float32")
-            q = self.stored_qparams(t)
+            # An input normalisation (fold_affine leaves it) joins QuantizeInput's float step.
+            norm = next((n for n in fg.consumers(t) if is_input_affine(fg, n)), None)
+            src = norm.output if norm else t
+            q = self.stored_qparams(src)
             name = f"{t}.q"
-            ig.add_node("QuantizeInput", [t], [name], {"scale": q.scale, "zero_point": q.zero_point,
-                        "lo": q.qmin, "hi": q.qmax, "dtype": q.dtype}, name="quantize_input")
-            self.bind(t, name, q)
+            attrs = {"scale": q.scale, "zero_point": q.zero_point, "lo": q.qmin, "hi": q.qmax,
+                     "dtype": q.dtype}
+            if norm:
+                c = fg.values[t].shape[1]
+                attrs.update({k: np.broadcast_to(fg.constants[i], (c,)).astype(float).tolist()
+                              for k, i in zip(("in_scale", "in_shift"), norm.inputs[1:3])})
+            ig.add_node("QuantizeInput", [t], [name], attrs, name="quantize_input")
+            self.bind(src, name, q)
+            self.env[t] = (name, q)
         for node in fg.nodes:
+            if node.op == "ChannelAffine" and node.output in self.env:
+                continue   # folded into QuantizeInput above
             if node.op in LAYERS:
                 self.lower_layer(node)
             elif node.op in ("Add", "Concat"):
