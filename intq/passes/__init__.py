@@ -13,6 +13,7 @@ from .constant_fold import constant_fold
 from .dead_nodes import remove_dead_nodes
 from .remove_identity import remove_identity
 from .canonicalize_linear import canonicalize_linear
+from .fuse_gated_activation import fuse_gated_activation
 from .canonicalize_affine import canonicalize_affine
 from .fold_batchnorm import fold_batchnorm
 from .fold_affine import fold_affine
@@ -25,6 +26,7 @@ PIPELINE = [
     remove_identity,
     remove_dead_nodes,
     canonicalize_linear,
+    fuse_gated_activation,
     canonicalize_affine,
     fold_batchnorm,
     fold_affine,
@@ -45,5 +47,5 @@ def run_passes(graph, passes=None):
 
 
 __all__ = ["PIPELINE", "run_passes", "constant_fold", "remove_dead_nodes", "remove_identity",
-           "canonicalize_linear", "canonicalize_affine", "fold_batchnorm", "fold_affine", "fold_pad", "fuse_activation",
+           "canonicalize_linear", "fuse_gated_activation", "canonicalize_affine", "fold_batchnorm", "fold_affine", "fold_pad", "fuse_activation",
            "canonicalize_flatten"]

@@ -10,7 +10,9 @@ Where each activation lives:
 * A Conv/Linear whose only reader is an Add or Concat hands over its INT32 accumulator;
   the Add/Concat rescales it with a per-channel DN (eq. 7 and 18), so that path is rounded
   exactly once.
-* MaxPool, Flatten, Reshape, unfused ReLU/Clip and Pad keep their input's parameters.
+* MaxPool, data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split),
+  unfused ReLU/Clip and Pad keep their input's parameters.
+* Nonlinearities, products of two tensors and Softmax: see `lower_nonlinear`.
 Graph outputs are stored signed at `output_bits` with their scale in the metadata.
 """
 from __future__ import annotations
@@ -26,9 +28,11 @@ from ..ops import get_op, infer_shapes
 from ..ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS
 from ..ops.pool import AveragePool
 from ..passes.fold_affine import is_input_affine
+from .lower_nonlinear import LOWERINGS
 from .scheme import QParams, QuantConfig, activation_qparams, bias_scale_floor, quantize_weights
 
-PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad"}
+PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad", "Transpose", "Squeeze",
+                "Unsqueeze", "Slice", "Split"}
 LAYERS = ("Conv", "Linear")
 INT32_MAX = (1 << 31) - 1
 
@@ -65,9 +69,10 @@ class Lowering:
         out = []
         for n in self.fg.consumers(t):
             if n.op in PASS_THROUGH:
-                out += self.readers(n.output)
-                if n.output in self.fg.outputs:
-                    out.append(None)
+                for o in n.outputs:
+                    out += self.readers(o)
+                    if o in self.fg.outputs:
+                        out.append(None)
             else:
                 out.append(n)
         return out
@@ -251,8 +256,9 @@ class Lowering:
             op, attrs = "IntPad", {"pads": list(node.attrs["pads"]), "value": q.zero_point}
         elif node.op == "MaxPool":
             attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
-        self.ig.add_node(op, [x], [node.output], attrs, name=node.name)
-        self.bind(node.output, node.output, q)
+        self.ig.add_node(op, [x], list(node.outputs), attrs, name=node.name)
+        for o in node.outputs:
+            self.bind(o, o, q)
 
     def run(self) -> Graph:
         fg, ig = self.fg, self.ig
@@ -283,6 +289,8 @@ class Lowering:
                 self.lower_pool(node)
             elif node.op in PASS_THROUGH:
                 self.lower_pass_through(node)
+            elif node.op in LOWERINGS:
+                LOWERINGS[node.op](self, node)
             else:
                 raise IntqError(f"node {node.name}: no integer lowering for {node.op}")
         ig.outputs = []
