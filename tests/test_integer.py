@@ -395,6 +395,34 @@ def test_full_size_architectures_lower_and_run(name, res):
     assert cosine(li, run_float(fg, x[:2])[0]) > 0.98
 
 
+@pytest.mark.parametrize("name,res", [("squeezenet1_0", 96), ("shufflenet_v2_x1_0", 96),
+                                      ("densenet121", 64)])
+def test_classic_architectures_keep_logit_cosine_at_int8(name, res):
+    """SqueezeNet (fire concats), ShuffleNetV2 (channel split and shuffle) and DenseNet-121
+    (pre-activation BatchNorms as depthwise layers), seeded random weights and sane BN
+    statistics, fixed batch 2: INT8 logits keep cosine > 0.99 with the float model."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+    from models import zoo
+
+    torch.manual_seed(0)
+    model = zoo.sane_random_batchnorm(zoo.FULL_SIZE[name][0]().eval())
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, res, res),), f, dynamo=False, opset_version=13)
+    fg = float_graph(onnx.load_from_string(f.getvalue()))
+    x = np.random.default_rng(0).standard_normal((4, 3, res, res)).astype(np.float32)
+    ig = lower_to_integer(fg, Calibration(fg, x), QuantConfig(default_bits=8))
+    validate_integer_graph(ig)
+    li = dequantize(run_integer(ig, x[:2])[0], ig.metadata["outputs"][ig.outputs[0]])
+    lf = run_float(fg, x[:2])[0]
+    assert min(cosine(a, b) for a, b in zip(li, lf)) > 0.99
+
+
 def test_unwritable_outputs_fail_before_any_work(tmp_path, artifact_file):
     missing = tmp_path / "no" / "such" / "m.intq"
     assert_user_error(run_cli("compile", MODELS / "resnet.onnx", "-o", missing, "--calib",

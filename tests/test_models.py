@@ -71,20 +71,34 @@ def test_inspect_cli_on_bundled_model(path):
 
 # Published MACs at the native resolution (torchvision docs; HAWQ-V3 Table 1 for ResNet50's
 # original form, 3951 BOPS / 1024).
+# SqueezeNet 1.0, DenseNet-121: torchvision docs; ShuffleNetV2 1x: its paper's 146 MFLOPs
+# (multiply-adds; torchvision rounds it to 0.14), which our count misses by 0.75%.
 PUBLISHED_GMACS = {"resnet18": 1.814, "resnet50": 4.089, "resnet50_v1": 3.858,
-                   "inception_v3": 5.713, "mobilenet_v2": 0.3008}
+                   "inception_v3": 5.713, "mobilenet_v2": 0.3008, "squeezenet1_0": 0.82,
+                   "shufflenet_v2_x1_0": 0.146, "densenet121": 2.83}
+MACS_TOLERANCE = {"shufflenet_v2_x1_0": 0.01}
+# torchvision's parameter counts.
+PUBLISHED_PARAMS = {"squeezenet1_0": 1_248_424, "shufflenet_v2_x1_0": 2_278_604,
+                    "densenet121": 7_978_856}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
 def test_full_size_architecture_imports_with_right_macs(full_size_graphs, name):
     graph, torch_macs, torch_params = full_size_graphs[name]
     totals = layer_table(graph)["totals"]
-    assert totals["macs"] == torch_macs
-    assert abs(totals["macs"] / 1e9 - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < 0.005
+    # DenseNet's pre-activation BatchNorms (no conv before them) become depthwise 1x1
+    # layers: real integer work that torch's conv/linear hooks do not count.
+    from_bn = sum(r["macs"] for r in layer_table(graph)["layers"] if "BatchNormalization" in r["name"])
+    assert totals["macs"] - from_bn == torch_macs
+    assert (from_bn > 0) == (name == "densenet121")
+    tol = MACS_TOLERANCE.get(name, 0.005)
+    assert abs(torch_macs / 1e9 - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < tol
+    if name in PUBLISHED_PARAMS:
+        assert torch_params == PUBLISHED_PARAMS[name]
     assert not [n for n in graph.nodes if n.op == "BatchNormalization"]
     # Folding BN turns its 2 parameters per channel into 1 bias per channel.
     bn_channels = torch_params - totals["params"]
-    assert bn_channels > 0
+    assert bn_channels > 0 or name == "squeezenet1_0"   # SqueezeNet has no BatchNorm
 
 
 def test_full_size_dynamo_export_at_reduced_resolution():
