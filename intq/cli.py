@@ -13,7 +13,8 @@ def cmd_inspect(args) -> int:
     from .analysis import format_table, layer_table
     from .pipeline import float_graph
 
-    table = layer_table(float_graph(args.model))
+    # Unsupported ops are shown and marked, not errors: only an unreadable file fails.
+    table = layer_table(float_graph(args.model, allow_unsupported=True))
     print(json.dumps(table, indent=2) if args.json else format_table(table))
     return 0
 

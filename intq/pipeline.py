@@ -6,9 +6,10 @@ from .ir import Graph
 from .passes import run_passes
 
 
-def float_graph(model) -> Graph:
-    """Import an ONNX model (path or ModelProto) and run the whole float pass pipeline."""
-    return run_passes(import_onnx(model))
+def float_graph(model, allow_unsupported: bool = False) -> Graph:
+    """Import an ONNX model (path or ModelProto) and run the whole float pass pipeline;
+    allow_unsupported keeps nodes intq cannot import as placeholders (`intq inspect`)."""
+    return run_passes(import_onnx(model, allow_unsupported))
 
 
 def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data"):

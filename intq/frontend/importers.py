@@ -357,15 +357,25 @@ def dropout(ctx, node):
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
-def import_onnx(model) -> Graph:
-    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph."""
+def _placeholder(ctx, node, reason):
+    """An `Unsupported` node standing in for `node` (for `intq inspect` only)."""
+    shapes = [ctx.view.shapes.get(o) for o in node.output]
+    ctx.emit(node, "Unsupported", [i for i in node.input if i],
+             {"onnx_op": node.op_type, "reason": reason, "shapes": shapes}, outputs=list(node.output))
+
+
+def import_onnx(model, allow_unsupported: bool = False) -> Graph:
+    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph.
+
+    With allow_unsupported=True (for `intq inspect`), a node with no importer, or one whose
+    importer rejects it, becomes an `Unsupported` placeholder instead of an error."""
     proto = load_onnx(model)
     view = fold_onnx_constants(proto)
     unsupported: dict[str, list[str]] = {}
     for node in view.nodes:
         if node.op_type not in IMPORTERS or node.domain not in ("", "ai.onnx"):
             unsupported.setdefault(node.op_type, []).append(node.name or "<unnamed>")
-    if unsupported:
+    if unsupported and not allow_unsupported:
         raise UnsupportedOpsError(unsupported)
 
     graph = Graph(view.name)
@@ -389,7 +399,15 @@ def import_onnx(model) -> Graph:
             graph.values[name] = Value(name, tuple(value.shape), value.dtype.name)
     ctx = Context(view, graph)
     for node in view.nodes:
-        IMPORTERS[node.op_type](ctx, node)
+        if not allow_unsupported:
+            IMPORTERS[node.op_type](ctx, node)
+        elif node.op_type in unsupported:
+            _placeholder(ctx, node, "no importer")
+        else:
+            try:
+                IMPORTERS[node.op_type](ctx, node)
+            except IntqError as e:
+                _placeholder(ctx, node, str(e))
     graph.outputs = list(view.outputs)
     for out in graph.outputs:
         if out in graph.constants or out in graph.inputs:

@@ -308,6 +308,21 @@ class Lowering:
         return ig
 
 
+def lowering_problem(fg: Graph, node) -> str | None:
+    """Why `node` of a float graph after the passes has no integer lowering, or None."""
+    if node.op == "Unsupported":
+        return f"{node.attrs['onnx_op']}: {node.attrs['reason']}"
+    known = set(LAYERS) | PASS_THROUGH | set(LOWERINGS) | {
+        "Add", "Concat", "AveragePool", "GlobalAveragePool"}
+    if node.op == "ChannelAffine" and is_input_affine(fg, node):
+        return None
+    if node.op not in known:
+        return f"no integer lowering for {node.op}"
+    if node.op in ("Add", "Concat", "Mul") and any(t in fg.constants for t in node.inputs):
+        return f"{node.op} with a constant that is not per channel"
+    return None
+
+
 def lower_to_integer(fg: Graph, calib, cfg: QuantConfig) -> Graph:
     return Lowering(fg, calib, cfg).run()
 
