@@ -25,9 +25,10 @@ from torch import nn
 from models.digits import preprocess  # noqa: F401  (re-exported for convenience)
 
 __all__ = [
-    "DigitsResNet", "DigitsInception", "DigitsMobileNetV2", "SMALL_MODELS",
+    "DigitsResNet", "DigitsInception", "DigitsMobileNetV2", "DigitsMobileNetV3", "SMALL_MODELS",
     "resnet18", "resnet50", "inception_v3", "mobilenet_v2", "squeezenet1_0",
-    "shufflenet_v2_x1_0", "densenet121", "sane_random_batchnorm", "FULL_SIZE",
+    "shufflenet_v2_x1_0", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
+    "sane_random_batchnorm", "FULL_SIZE",
     "count_params", "count_macs", "preprocess",
 ]
 
@@ -268,10 +269,81 @@ class DigitsMobileNetV2(nn.Module):
         return self.classifier(x)
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 squeeze-and-excitation: global pool, 1x1 reduce + ReLU, 1x1 expand,
+    hard-sigmoid gate that scales every channel of the input (a product of two tensors)."""
+
+    def __init__(self, c, squeeze, act=partial(nn.ReLU, inplace=True), gate=nn.Hardsigmoid):
+        super().__init__()
+        # EfficientNet's variant: SiLU inside, a sigmoid gate.
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.relu = act()
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+        self.scale_activation = gate()
+
+    def forward(self, x):
+        return x * self.scale_activation(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
+
+
+class MobileNetV3Block(nn.Module):
+    """MobileNetV3 bneck: 1x1 expand, depthwise kxk, optional SE, linear 1x1 project,
+    residual when shapes allow; activation ReLU or hard-swish (torchvision layout)."""
+
+    def __init__(self, cin, exp, cout, k, stride, se, act):
+        super().__init__()
+        layers = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False),
+                   nn.BatchNorm2d(exp), act()]
+        if se:
+            layers.append(SqueezeExcite(exp, _make_divisible(exp // 4)))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.use_res_connect else y
+
+
+class DigitsMobileNetV3(nn.Module):
+    """Tiny MobileNetV3 (hard-swish, squeeze-and-excitation, Softmax head) for digits.
+
+    In eval mode the output is Softmax probabilities (the exported head ends in Softmax);
+    in training mode the logits, for the cross-entropy loss."""
+
+    # (kernel, expansion, out channels, SE, activation, stride), as MobileNetV3's table.
+    SETTING = [(3, 16, 16, True, "relu", 1), (3, 64, 24, False, "relu", 2),
+               (3, 72, 24, False, "relu", 1), (5, 96, 40, True, "hswish", 2),
+               (5, 120, 40, True, "hswish", 1)]
+
+    def __init__(self, num_classes=10, last_channel=128):
+        super().__init__()
+        acts = {"relu": partial(nn.ReLU, inplace=True), "hswish": nn.Hardswish}
+        layers = [nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+        cin = 16
+        for k, exp, c, se, act, s in self.SETTING:
+            layers.append(MobileNetV3Block(cin, exp, c, k, s, se, acts[act]))
+            cin = c
+        layers += [nn.Conv2d(cin, last_channel, 1, bias=False), nn.BatchNorm2d(last_channel),
+                   nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last_channel, num_classes)
+
+    def forward(self, x):
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        x = self.classifier(x)
+        return x if self.training else torch.softmax(x, dim=1)
+
+
 SMALL_MODELS: dict[str, type[nn.Module]] = {
     "resnet": DigitsResNet,
     "inception": DigitsInception,
     "mobilenet": DigitsMobileNetV2,
+    "mobilenetv3": DigitsMobileNetV3,
 }
 
 
@@ -741,6 +813,109 @@ def densenet121(num_classes=1000):
     return DenseNet(num_classes=num_classes)
 
 
+class MobileNetV3(nn.Module):
+    """MobileNetV3-Large, torchvision layout (5,483,032 parameters, ~0.22 GMACs at 224)."""
+
+    # (kernel, expansion, out channels, SE, activation, stride), torchvision's table.
+    SETTING = [(3, 16, 16, False, "relu", 1), (3, 64, 24, False, "relu", 2),
+               (3, 72, 24, False, "relu", 1), (5, 72, 40, True, "relu", 2),
+               (5, 120, 40, True, "relu", 1), (5, 120, 40, True, "relu", 1),
+               (3, 240, 80, False, "hswish", 2), (3, 200, 80, False, "hswish", 1),
+               (3, 184, 80, False, "hswish", 1), (3, 184, 80, False, "hswish", 1),
+               (3, 480, 112, True, "hswish", 1), (3, 672, 112, True, "hswish", 1),
+               (5, 672, 160, True, "hswish", 2), (5, 960, 160, True, "hswish", 1),
+               (5, 960, 160, True, "hswish", 1)]
+
+    def __init__(self, num_classes=1000, last_channel=1280):
+        super().__init__()
+        acts = {"relu": partial(nn.ReLU, inplace=True), "hswish": nn.Hardswish}
+        layers = [nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                nn.Hardswish())]
+        cin = 16
+        for k, exp, c, se, act, s in self.SETTING:
+            layers.append(MobileNetV3Block(cin, exp, c, k, s, se, acts[act]))
+            cin = c
+        layers.append(nn.Sequential(nn.Conv2d(cin, 6 * cin, 1, bias=False), nn.BatchNorm2d(6 * cin),
+                                    nn.Hardswish()))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(6 * cin, last_channel), nn.Hardswish(),
+                                        nn.Dropout(0.2), nn.Linear(last_channel, num_classes))
+        _fan_in_init(self)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def mobilenet_v3_large(num_classes=1000):
+    return MobileNetV3(num_classes)
+
+
+class MBConv(nn.Module):
+    """EfficientNet MBConv: 1x1 expand (unless ratio 1), depthwise kxk, SE (SiLU, sigmoid
+    gate, squeeze = input channels / 4), linear 1x1 project, residual when shapes allow."""
+
+    def __init__(self, cin, cout, expand, k, stride):
+        super().__init__()
+        exp = cin * expand
+        layers = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), nn.SiLU()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False),
+                   nn.BatchNorm2d(exp), nn.SiLU(),
+                   SqueezeExcite(exp, max(1, cin // 4), nn.SiLU, nn.Sigmoid),
+                   nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.use_res_connect else y
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet-B0, torchvision layout (5,288,548 parameters, ~0.39 GMACs at 224)."""
+
+    # (expansion, kernel, stride, in, out, repeats)
+    SETTING = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+               (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+               (6, 3, 1, 192, 320, 1)]
+
+    def __init__(self, num_classes=1000, last_channel=1280):
+        super().__init__()
+        layers = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU())]
+        for e, k, s, cin, cout, n in self.SETTING:
+            layers.append(nn.Sequential(*[MBConv(cin if i == 0 else cout, cout, e, k, s if i == 0 else 1)
+                                          for i in range(n)]))
+        layers.append(nn.Sequential(nn.Conv2d(320, last_channel, 1, bias=False),
+                                    nn.BatchNorm2d(last_channel), nn.SiLU()))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last_channel, num_classes))
+        _fan_in_init(self)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def efficientnet_b0(num_classes=1000):
+    return EfficientNet(num_classes)
+
+
+def _fan_in_init(model):
+    """Random weights that keep activations O(1) through a deep mobile net: fan_in with gain 1
+    (ReLU's gain of sqrt(2) compounds through hard-swish/SiLU stages and squeeze-excitation
+    to activations in the thousands, a regime no trained net is in)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 def sane_random_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm seeded statistics a trained net could have (gamma, var in
     [0.5, 1.5], beta, mean in [-0.1, 0.1]), so that folding and the depthwise form of
@@ -766,6 +941,8 @@ FULL_SIZE: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "squeezenet1_0": (squeezenet1_0, 224),
     "shufflenet_v2_x1_0": (shufflenet_v2_x1_0, 224),
     "densenet121": (densenet121, 224),
+    "mobilenet_v3_large": (mobilenet_v3_large, 224),
+    "efficientnet_b0": (efficientnet_b0, 224),
 }
 
 

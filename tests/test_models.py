@@ -19,7 +19,7 @@ from intq.analysis import layer_table
 from intq.float_executor import run_float
 from intq.pipeline import float_graph
 
-SMALL = ["resnet", "inception", "mobilenet"]
+SMALL = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 
 
 def test_every_small_model_is_bundled_from_both_exporters():
@@ -73,13 +73,17 @@ def test_inspect_cli_on_bundled_model(path):
 # original form, 3951 BOPS / 1024).
 # SqueezeNet 1.0, DenseNet-121: torchvision docs; ShuffleNetV2 1x: its paper's 146 MFLOPs
 # (multiply-adds; torchvision rounds it to 0.14), which our count misses by 0.75%.
+# MobileNetV3-Large and EfficientNet-B0: torchvision's 0.22 and 0.39, printed to two
+# decimals; we count 0.2166 and 0.3858 (the papers: 219 M and 390 M multiply-adds).
 PUBLISHED_GMACS = {"resnet18": 1.814, "resnet50": 4.089, "resnet50_v1": 3.858,
                    "inception_v3": 5.713, "mobilenet_v2": 0.3008, "squeezenet1_0": 0.82,
-                   "shufflenet_v2_x1_0": 0.146, "densenet121": 2.83}
-MACS_TOLERANCE = {"shufflenet_v2_x1_0": 0.01}
+                   "shufflenet_v2_x1_0": 0.146, "densenet121": 2.83,
+                   "mobilenet_v3_large": 0.22, "efficientnet_b0": 0.39}
+MACS_TOLERANCE = {"shufflenet_v2_x1_0": 0.01, "mobilenet_v3_large": 0.02, "efficientnet_b0": 0.02}
 # torchvision's parameter counts.
 PUBLISHED_PARAMS = {"squeezenet1_0": 1_248_424, "shufflenet_v2_x1_0": 2_278_604,
-                    "densenet121": 7_978_856}
+                    "densenet121": 7_978_856, "mobilenet_v3_large": 5_483_032,
+                    "efficientnet_b0": 5_288_548}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
