@@ -11,7 +11,7 @@ PKG = Path(intq.__file__).parent
 # Each stage may import only from stages listed before it (and itself).
 # `pipeline` chains the stages, so it comes after all of them.
 ORDER = ["errors", "ir", "dyadic", "packing", "ops", "frontend", "passes", "float_executor",
-         "quant", "reference", "artifact", "pipeline", "analysis", "report", "cli"]
+         "quant", "reference", "artifact", "images", "pipeline", "analysis", "report", "cli"]
 
 
 def stage(module: str) -> str:
