@@ -411,7 +411,7 @@ def test_full_size_architectures_lower_and_run(name, res):
                                       ("efficientnet_b0", 96)])
 def test_classic_architectures_keep_logit_cosine_at_int8(name, res):
     """SqueezeNet (fire concats), ShuffleNetV2 (channel split and shuffle), DenseNet-121
-    (pre-activation BatchNorms as depthwise layers), MobileNetV3-Large (hard-swish tables,
+    (pre-activation BatchNorms as IntAffine), MobileNetV3-Large (hard-swish tables,
     SE products) and EfficientNet-B0 (SiLU tables, sigmoid SE gates), seeded random weights
     and sane BN statistics, fixed batch 2: INT8 logits keep cosine > 0.99 with float."""
     import io

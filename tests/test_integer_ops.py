@@ -51,7 +51,7 @@ def test_input_normalisation_folds_into_quantize_input():
 
 def test_batchnorm_after_concat_and_constant_mul_add_run_on_integers():
     """DenseNet's pre-activation unit (Caffe2 export): concat -> BN -> Mul -> Add -> ReLU ->
-    conv; the affine chain becomes one depthwise 1x1 IntConv."""
+    conv; the affine chain becomes one IntAffine with the ReLU as its clamp."""
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Concat", ["c", "x"], ["k"], axis=1),
              helper.make_node("BatchNormalization", ["k", "g", "b", "mu", "v"], ["bn"]),
@@ -63,9 +63,25 @@ def test_batchnorm_after_concat_and_constant_mul_add_run_on_integers():
                         "s": w(8, 1, 1), "t": w(8, 1, 1), "W2": w(4, 8, 1, 1)})
     x = rng.uniform(-1, 1, (8, 3, 8, 8)).astype(np.float32)
     ig, got, ref = compiled_vs_ort(model, x)
-    convs = [n for n in ig.nodes if n.op == "IntConv"]
-    assert len(convs) == 3 and convs[1].attrs["groups"] == 8
+    ops = [n.op for n in ig.nodes]
+    assert ops.count("IntConv") == 2 and ops.count("IntAffine") == 1
     assert cosine(got, ref) > 0.995
+
+
+def test_int_affine_reference_arithmetic_and_dead_channels():
+    """y = DN_c(sign_c (x - z)) + zp_c per channel; a dead channel (b = 0) is its offset."""
+    from intq.dyadic import requantize_exact
+    from intq.ops.integer import IntAffine
+
+    x = rng.integers(-32768, 32768, (2, 3, 4, 4))
+    b, c = np.array([1 << 30, 0, 12345]), np.array([31, 0, 20])
+    sign, zps = np.array([1, 1, -1]), np.array([5, -77, 0])
+    attrs = {"in_zero_point": 9, "lo": -32768, "hi": 32767}
+    (got,) = IntAffine.run(attrs, x, b, c, sign, zps)
+    for ch in range(3):
+        want = [requantize_exact(v, b[ch], c[ch]) + zps[ch] for v in ((x[:, ch] - 9) * sign[ch]).ravel()]
+        assert np.array_equal(got[:, ch].ravel(), np.clip(want, -32768, 32767))
+    assert (got[:, 1] == -77).all()
 
 
 def conv_act_conv(act_nodes, extra=None, opset=13):

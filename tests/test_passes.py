@@ -104,22 +104,23 @@ def test_fold_batchnorm_shared_weights_not_corrupted():
     assert ops(g) == ["Conv", "Conv", "Add"]
 
 
-def test_orphan_batchnorm_becomes_a_depthwise_layer():
-    # DenseNet's pre-activation BN reads a concat: no layer to fold into, so it becomes a
-    # ChannelAffine and then a depthwise 1x1 conv (intq has no integer BatchNorm).
-    g = imported([helper.make_node("Concat", ["x", "x"], ["c"], axis=1), bn_node("c", "y")],
-                 bn_params(8))
+def test_orphan_batchnorm_becomes_a_channel_affine_that_takes_the_relu():
+    # DenseNet's pre-activation BN reads a concat: no layer to fold into, so it stays a
+    # ChannelAffine (lowered to IntAffine; intq has no integer BatchNorm) and the ReLU after
+    # it fuses into it.
+    g = imported([helper.make_node("Concat", ["x", "x"], ["c"], axis=1), bn_node("c", "b"),
+                  helper.make_node("Relu", ["b"], ["y"])], bn_params(8))
     g = apply(g, fold_batchnorm)
-    assert ops(g) == ["Concat", "ChannelAffine"]
-    g = apply(g, fold_affine)
-    assert ops(g) == ["Concat", "Conv"] and g.nodes[1].attrs["groups"] == 8
+    assert ops(g) == ["Concat", "ChannelAffine", "Relu"]
+    g = apply(g, fold_affine, fuse_activation)
+    assert ops(g) == ["Concat", "ChannelAffine"] and g.nodes[1].attrs["act_min"] == 0.0
 
 
 def test_batchnorm_after_conv_with_two_readers_is_not_folded():
     g = imported([helper.make_node("Conv", ["x", "W"], ["c"]), bn_node("c", "b"),
                   helper.make_node("Add", ["b", "c"], ["y"])], {"W": w(4, 4, 1, 1), **bn_params(4)})
     g = apply(g, fold_batchnorm, fold_affine)
-    assert ops(g) == ["Conv", "Conv", "Add"]
+    assert ops(g) == ["Conv", "ChannelAffine", "Add"]
 
 
 def test_constant_mul_add_sub_div_fold_into_the_conv():

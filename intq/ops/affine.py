@@ -2,14 +2,13 @@
 
 Constant Mul/Add/Sub/Div and BatchNorms with no layer to fold into become this op
 (`passes.canonicalize_affine`); `passes.fold_affine` folds it into the Conv/Linear that
-produces its input, or at the graph input into `QuantizeInput`, and otherwise rewrites it as
-a depthwise 1x1 convolution (rank 4) or a diagonal Linear (rank 2), so it never reaches the
-integer lowering. Inputs: x, scale (C,), shift (C,).
+produces its input, or at the graph input into `QuantizeInput`; what remains is lowered to
+`IntAffine`. Inputs: x, scale (C,), shift (C,); a fused ReLU/Clip leaves act_min/act_max.
 """
 import numpy as np
 
 from ..errors import IntqError
-from .base import OpSpec
+from .base import OpSpec, apply_activation
 
 
 def channel_view(a, ndim):
@@ -32,7 +31,7 @@ class ChannelAffine(OpSpec):
     def run(attrs, x, scale, shift):
         nd = x.ndim
         y = x.astype(np.float64) * channel_view(scale, nd) + channel_view(shift, nd)
-        return (y.astype(x.dtype),)
+        return (apply_activation(y.astype(x.dtype), attrs),)
 
     @staticmethod
     def params(node, graph):

@@ -247,6 +247,28 @@ class IntPad(OpSpec):
         return (np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=attrs["value"]),)
 
 
+class IntAffine(OpSpec):
+    """Per-channel affine map on integers (a constant Mul/Add/Sub/Div or a BatchNorm with no
+    conv to fold into), y = a[c] x + t[c] along axis 1:
+    y = clamp(DN_c(sign[c] * (x - in_zero_point)) + zero_points[c], lo, hi),
+    DN_c = |a[c]| S_in / S_out, zero_points[c] = round(t[c] / S_out) + z_out.
+    Inputs x, b, c, sign (+1/-1), zero_points (all per channel); attrs in_zero_point, lo,
+    hi, dtype. Two roundings (the shift t and the product), so |error| <= 1 output step; a
+    dead channel (a = 0, b = 0) outputs its shift alone, whatever its size."""
+
+    name = "IntAffine"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x, b, c, sign, zero_points):
+        nd = x.ndim
+        return (requantize((x - attrs["in_zero_point"]) * per_channel(sign, nd), per_channel(b, nd),
+                           per_channel(c, nd), attrs["lo"], attrs["hi"], per_channel(zero_points, nd)),)
+
+
 class IntLookup(OpSpec):
     """An elementwise function as a table: y = table[x - offset].
 
@@ -353,7 +375,7 @@ class IntSoftmax(OpSpec):
 
 
 SPECS = [QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
-         IntGlobalAvgPool, IntClamp, IntPad, IntLookup, IntLeakyRelu, IntMul, IntSoftmax]
+         IntGlobalAvgPool, IntClamp, IntPad, IntAffine, IntLookup, IntLeakyRelu, IntMul, IntSoftmax]
 # Ops shared with the float graph that run unchanged on integers (data movement).
 SHARED_WITH_FLOAT = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                      "Slice", "Split"}

@@ -1,18 +1,15 @@
-"""Fold every ChannelAffine (y = x * s + t per channel) away from the float graph.
+"""Fold ChannelAffine nodes (y = x * s + t per channel) wherever exact algebra allows.
 
-In order of preference, each is exact algebra:
+In order of preference:
 1. into the next ChannelAffine that alone reads it: s2 * (s1 x + t1) + t2;
 2. into the Conv/Linear that produces its input (alone, no fused clamp):
    W' = W * s per output channel, b' = b * s + t (as BatchNorm folding, HAWQ-V3 App. D);
 3. at the graph input (the input normalisation): kept, and lowering folds it into
    `QuantizeInput`'s float step (see `is_input_affine`);
-4. otherwise rewritten as a depthwise 1x1 Conv (4-D) or a diagonal Linear (2-D) with bias
-   t, so the integer lowering treats it as a layer: per-channel INT8 weight (one value per
-   channel, so its scale is exact to the dyadic multiplier), INT32 bias, one DN.
+4. otherwise kept, and lowered to `IntAffine` (a dyadic multiplier and an offset per
+   channel): DenseNet's pre-activation BatchNorms, which read a concat.
 """
 import numpy as np
-
-from ..errors import IntqError
 
 
 def foldable_layer(graph, t):
@@ -41,30 +38,14 @@ def is_input_affine(graph, node) -> bool:
     """A ChannelAffine that is the only reader of a 4-D graph input: the input
     normalisation, which lowering folds into QuantizeInput."""
     return (node.op == "ChannelAffine" and node.inputs[0] in graph.inputs
-            and graph.use_count(node.inputs[0]) == 1 and node.output not in graph.outputs)
+            and graph.use_count(node.inputs[0]) == 1 and node.output not in graph.outputs
+            and node.attrs.get("act_min") is None and node.attrs.get("act_max") is None)
 
 
 def _params(graph, node):
     c = graph.values[node.inputs[0]].shape[1]
     s, t = (np.broadcast_to(graph.constants[i].astype(np.float64), (c,)) for i in node.inputs[1:3])
     return s, t
-
-
-def _as_layer(graph, node, scale, shift):
-    c = len(scale)
-    rank = len(graph.values[node.inputs[0]].shape)
-    bias = graph.add_constant(f"{node.name}.bias", shift.astype(np.float32))
-    if rank == 4:
-        w = graph.add_constant(f"{node.name}.weight", scale.reshape(c, 1, 1, 1).astype(np.float32))
-        node.op, node.attrs = "Conv", {"strides": (1, 1), "pads": (0, 0, 0, 0),
-                                       "dilations": (1, 1), "groups": c}
-    elif rank == 2:
-        w = graph.add_constant(f"{node.name}.weight", np.diag(scale).astype(np.float32))
-        node.op, node.attrs = "Linear", {}
-    else:
-        raise IntqError(f"node {node.name}: per-channel affine on a rank-{rank} tensor has "
-                        f"no integer form")
-    node.inputs = [node.inputs[0], w, bias]
 
 
 def fold_affine(graph):
@@ -83,7 +64,5 @@ def fold_affine(graph):
             fold_into_layer(graph, layer, scale, shift)
             graph.remove_node(node)
             graph.replace_uses(node.output, layer.output)
-        elif not is_input_affine(graph, node):
-            _as_layer(graph, node, scale, shift)
     graph.prune()
     return graph

@@ -3,8 +3,8 @@
 With s = gamma / sqrt(var + eps) per output channel: W' = W * s, b' = (b - mean) * s + beta
 (HAWQ-V3 App. D). Folding happens in float64 so the folded layer matches the unfolded pair
 to float32 rounding. A BatchNorm with no such producer (DenseNet's pre-activation BN after
-a concat) becomes a ChannelAffine y = x * s + (beta - mean * s), which `fold_affine` then
-folds or turns into a depthwise 1x1 layer: intq has no integer BatchNorm, by design.
+a concat) becomes a ChannelAffine y = x * s + (beta - mean * s), which `fold_affine` folds
+where it can and lowering otherwise turns into `IntAffine`: no BatchNorm op of its own.
 """
 import numpy as np
 

@@ -314,8 +314,6 @@ def lowering_problem(fg: Graph, node) -> str | None:
         return f"{node.attrs['onnx_op']}: {node.attrs['reason']}"
     known = set(LAYERS) | PASS_THROUGH | set(LOWERINGS) | {
         "Add", "Concat", "AveragePool", "GlobalAveragePool"}
-    if node.op == "ChannelAffine" and is_input_affine(fg, node):
-        return None
     if node.op not in known:
         return f"no integer lowering for {node.op}"
     if node.op in ("Add", "Concat", "Mul") and any(t in fg.constants for t in node.inputs):

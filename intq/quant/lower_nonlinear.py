@@ -8,7 +8,9 @@
 * a product of two tensors becomes `IntMul`: INT32 product of the zero-point-corrected
   operands, then one DN to the output scale (an operand is narrowed to 8 bits first when
   the two widths add up to more than 30, so the product fits INT32);
-* Softmax becomes `IntSoftmax` with unsigned 8-bit probabilities at scale 1/256.
+* Softmax becomes `IntSoftmax` with unsigned 8-bit probabilities at scale 1/256;
+* a per-channel affine map that no pass could fold (ChannelAffine) becomes `IntAffine`:
+  a dyadic multiplier and an integer offset per channel, the input kept at its width.
 """
 from __future__ import annotations
 
@@ -103,5 +105,23 @@ def lower_softmax(lw, node):
     lw.bind(node.output, node.output, SOFTMAX_OUT)
 
 
+def lower_affine(lw, node):
+    x, q = lw.env[node.inputs[0]]
+    q_out = lw.stored_qparams(node.output)
+    c = lw.fg.values[node.inputs[0]].shape[1]
+    scale, shift = (np.broadcast_to(lw.fg.constants[i].astype(np.float64), (c,)) for i in node.inputs[1:3])
+    b, cc = lw.multipliers(node.output, np.abs(scale) * q.scale / q_out.scale)
+    sign = lw.const(f"{node.output}.sign", np.where(scale < 0, -1, 1).astype(np.int64))
+    # The shift in output steps; beyond the output range it only saturates, so clip it there.
+    zp = np.clip(np.floor(shift / q_out.scale + 0.5), q_out.qmin - q_out.qmax, q_out.qmax - q_out.qmin)
+    zps = lw.const(f"{node.output}.zero_points", (zp + q_out.zero_point).astype(np.int64))
+    lo, hi = q_out.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
+    lw.ig.add_node("IntAffine", [x, b, cc, sign, zps], [node.output],
+                   {"in_zero_point": q.zero_point, "lo": lo, "hi": hi, "dtype": q_out.dtype},
+                   name=node.name)
+    lw.bind(node.output, node.output, q_out)
+
+
 LOWERINGS = {**{op: lower_lookup for op in LOOKUP_OPS}, "LeakyRelu": lower_leaky_relu,
-             "PRelu": lower_leaky_relu, "Mul": lower_mul, "Softmax": lower_softmax}
+             "PRelu": lower_leaky_relu, "Mul": lower_mul, "Softmax": lower_softmax,
+             "ChannelAffine": lower_affine}
