@@ -113,3 +113,21 @@ def test_full_size_dynamo_export_at_reduced_resolution():
     graph = float_graph(proto)
     xs = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     assert rel_err(run_float(graph, xs)[0], ort_run(proto, xs)[0]) < 1e-4
+
+
+def test_dynamic_batch_channel_shuffle_resolves():
+    """torchvision's ShuffleNetV2 under a dynamic batch: chunk and channel_shuffle compute
+    their shapes with x.size(), so each Reshape's target waits for ONNX shape inference to
+    see through the previous one; folding re-infers shapes round by round until all resolve."""
+    import torch
+    from conftest import export_torch
+    from models import zoo
+
+    torch.manual_seed(0)
+    proto = export_torch(zoo.shufflenet_v2_x1_0(), torch.randn(2, 3, 64, 64), keep_bn=False,
+                         dynamic_batch=True)
+    graph = float_graph(proto)
+    assert graph.values[graph.inputs[0]].shape[0] is None
+    assert not {"Shape", "Gather", "Cast"} & {n.op for n in graph.nodes}
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    assert rel_err(run_float(graph, x)[0], ort_run(proto, x)[0]) < 1e-4
