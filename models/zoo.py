@@ -287,7 +287,15 @@ class SqueezeExcite(nn.Module):
         return x * self.scale_activation(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
 
 
-class MobileNetV3Block(nn.Module):
+class ResidualSequence(nn.Module):
+    """`self.block`, plus the input when `self.use_res_connect` (mobile inverted residuals)."""
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.use_res_connect else y
+
+
+class MobileNetV3Block(ResidualSequence):
     """MobileNetV3 bneck: 1x1 expand, depthwise kxk, optional SE, linear 1x1 project,
     residual when shapes allow; activation ReLU or hard-swish (torchvision layout)."""
 
@@ -303,10 +311,6 @@ class MobileNetV3Block(nn.Module):
         layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.block = nn.Sequential(*layers)
         self.use_res_connect = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = self.block(x)
-        return x + y if self.use_res_connect else y
 
 
 class DigitsMobileNetV3(nn.Module):
@@ -852,7 +856,7 @@ def mobilenet_v3_large(num_classes=1000):
     return MobileNetV3(num_classes)
 
 
-class MBConv(nn.Module):
+class MBConv(ResidualSequence):
     """EfficientNet MBConv: 1x1 expand (unless ratio 1), depthwise kxk, SE (SiLU, sigmoid
     gate, squeeze = input channels / 4), linear 1x1 project, residual when shapes allow."""
 
@@ -868,10 +872,6 @@ class MBConv(nn.Module):
                    nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.block = nn.Sequential(*layers)
         self.use_res_connect = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = self.block(x)
-        return x + y if self.use_res_connect else y
 
 
 class EfficientNet(nn.Module):
