@@ -1,8 +1,10 @@
-"""Per-layer cost tables for `intq inspect`: output shape, MACs and parameters per node."""
+"""Per-layer cost tables for `intq inspect`: output shape, MACs and parameters per node,
+and which nodes cannot be compiled to integers (marked `!`, with the reason)."""
 from __future__ import annotations
 
 from .ir import Graph
 from .ops import get_op
+from .quant.lower import lowering_problem
 
 
 def shape_str(shape) -> str:
@@ -18,6 +20,10 @@ def layer_table(graph: Graph) -> dict:
                "macs": spec.macs(node, graph), "params": spec.params(node, graph)}
         if node.attrs.get("activation"):
             row["activation"] = node.attrs["activation"]
+        problem = lowering_problem(graph, node)
+        if problem:
+            row["op"] = node.attrs.get("onnx_op", node.op)
+            row["unsupported"] = problem
         rows.append(row)
     return {
         "graph": graph.name,
@@ -25,13 +31,15 @@ def layer_table(graph: Graph) -> dict:
         "outputs": {n: ["N" if d is None else d for d in graph.values[n].shape] for n in graph.outputs},
         "layers": rows,
         "totals": {"nodes": len(rows), "macs": sum(r["macs"] for r in rows),
-                   "params": sum(r["params"] for r in rows)},
+                   "params": sum(r["params"] for r in rows),
+                   "unsupported": sum("unsupported" in r for r in rows)},
     }
 
 
 def format_table(table: dict) -> str:
     head = ["name", "op", "output", "MACs", "params"]
-    body = [[r["name"], r["op"] + (f"+{r['activation']}" if r.get("activation") else ""),
+    body = [[r["name"], ("! " if "unsupported" in r else "") + r["op"]
+             + (f"+{r['activation']}" if r.get("activation") else ""),
              shape_str(r["output_shape"]), f"{r['macs']:,}", f"{r['params']:,}"]
             for r in table["layers"]]
     t = table["totals"]
@@ -50,4 +58,8 @@ def format_table(table: dict) -> str:
     lines += [fmt(r) for r in body[:-1]] + [fmt(["-" * w for w in widths]), fmt(body[-1])]
     lines.append(f"{t['macs'] / 1e6:,.2f} M MACs ({t['macs'] / 1e9:.3f} G) and "
                  f"{t['params'] / 1e6:.3f} M parameters per sample")
+    bad = [r for r in table["layers"] if "unsupported" in r]
+    if bad:
+        lines.append(f"! {len(bad)} node(s) cannot be compiled to integers:")
+        lines += [f"!   {r['name']}: {r['unsupported']}" for r in bad]
     return "\n".join(lines)

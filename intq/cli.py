@@ -13,7 +13,8 @@ def cmd_inspect(args) -> int:
     from .analysis import format_table, layer_table
     from .pipeline import float_graph
 
-    table = layer_table(float_graph(args.model))
+    # Unsupported ops are shown and marked, not errors: only an unreadable file fails.
+    table = layer_table(float_graph(args.model, allow_unsupported=True))
     print(json.dumps(table, indent=2) if args.json else format_table(table))
     return 0
 
@@ -45,17 +46,20 @@ def _config(args):
 
 def cmd_compile(args) -> int:
     from .artifact import save_artifact
-    from .pipeline import compile_model, load_npz_images
+    from .pipeline import compile_model, load_data, onnx_input_chw
 
     _check_output(args.output)
-    x, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
+    chw = lambda: onnx_input_chw(args.model)  # noqa: E731  (read only for an image folder)
+    x, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
+                     preprocess=args.preprocess)
     ig, fg, info = compile_model(args.model, x, _config(args))
     info["source"] = str(args.model)
     info["calibration"]["data"] = str(args.calib)
     if args.eval_data:
         from .evaluate import evaluate
 
-        xe, ye = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
+        xe, ye = load_data(args.eval_data, chw, ("x", "x_eval"), ("y", "y_eval"), what="eval data",
+                           preprocess=args.preprocess)
         info["accuracy"] = dict(evaluate(ig, xe, ye, fg), data=str(args.eval_data))
     save_artifact(args.output, ig, fg, info)
     layers = ig.metadata["layers"]
@@ -99,17 +103,34 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import os
+
+    import numpy as np
+
     from .artifact import load_artifact
     from .errors import IntqError
-    from .evaluate import evaluate
+    from .evaluate import evaluate, logits, metrics
+    from .executor import make_executor
     from .pipeline import float_graph, load_npz_images
 
     art = load_artifact(args.model)
     fg = float_graph(args.float) if args.float else art.float
-    x, y = load_npz_images(args.data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
-    if y is None:
-        raise IntqError(f"eval data {args.data}: no labels (key y or y_eval)")
-    res = evaluate(art.integer, x, y, fg, backend=args.backend)
+    if os.path.isdir(args.data):   # an image folder, streamed batch by batch
+        from .images import image_batches
+
+        chw = art.integer.values[art.integer.inputs[0]].shape[1:]
+        ex = make_executor(art.integer, args.backend)
+        parts = [(*logits(art.integer, xb, fg, executor=ex, progress=False), yb)
+                 for xb, yb in image_batches(args.data, chw, args.preprocess, batch=256)]
+        if parts[0][2] is None:
+            raise IntqError(f"eval data {args.data}: no labels (no class subfolders)")
+        li, lf, y = (np.concatenate(p) for p in zip(*parts))
+        res = dict(metrics(li, lf, y), backend=args.backend)
+    else:
+        x, y = load_npz_images(args.data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
+        if y is None:
+            raise IntqError(f"eval data {args.data}: no labels (key y or y_eval)")
+        res = evaluate(art.integer, x, y, fg, backend=args.backend)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -179,6 +200,11 @@ def _backend_option(s) -> None:
                    help="integer executor: Numba kernels (default) or the numpy reference")
 
 
+def _add_preprocess(parser) -> None:
+    parser.add_argument("--preprocess", default="imagenet", choices=["imagenet", "inception", "none"],
+                        help="how images from a folder are resized, cropped and scaled (intq.images)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="intq", description="Integer-only inference compiler for CNNs.")
     p.add_argument("--version", action="version", version=f"intq {__version__}")
@@ -192,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compile", help="quantize an ONNX model to an integer-only .intq artifact")
     s.add_argument("model", help="ONNX file")
     s.add_argument("-o", "--output", required=True, help="output .intq file")
-    s.add_argument("--calib", required=True, help=".npz with float32 images under x (or x_calib)")
+    s.add_argument("--calib", required=True, help=".npz with float32 images under x (or x_calib), "
+                   "or a folder of images")
+    _add_preprocess(s)
     s.add_argument("--bits", default="8", help="8, 4, or a JSON file mapping layer names to 4/8 "
                    "(first conv and last linear stay at 8 unless the file says otherwise)")
     s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
@@ -212,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="top-1 of the integer model and of its float model")
     s.add_argument("model")
-    s.add_argument("--data", required=True, help=".npz with x/y (or x_eval/y_eval)")
+    s.add_argument("--data", required=True, help=".npz with x/y (or x_eval/y_eval), or a folder of "
+                   "class subfolders of images")
+    _add_preprocess(s)
     s.add_argument("--float", help="ONNX file for the float side (default: the one in the artifact)")
     s.add_argument("--json", action="store_true")
     _backend_option(s)

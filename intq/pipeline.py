@@ -6,9 +6,10 @@ from .ir import Graph
 from .passes import run_passes
 
 
-def float_graph(model) -> Graph:
-    """Import an ONNX model (path or ModelProto) and run the whole float pass pipeline."""
-    return run_passes(import_onnx(model))
+def float_graph(model, allow_unsupported: bool = False) -> Graph:
+    """Import an ONNX model (path or ModelProto) and run the whole float pass pipeline;
+    allow_unsupported keeps nodes intq cannot import as placeholders (`intq inspect`)."""
+    return run_passes(import_onnx(model, allow_unsupported))
 
 
 def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data"):
@@ -45,6 +46,32 @@ def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data")
     if y is not None and (y.ndim != 1 or len(y) != len(x)):
         raise IntqError(f"{what} {path}: labels must be one per image, got shape {y.shape}")
     return x.astype(np.float32), y
+
+
+def onnx_input_chw(model) -> tuple:
+    """(C, H, W) of an ONNX model's first input, read from the file without importing it."""
+    from .errors import IntqError
+    from .frontend.load import load_onnx
+
+    proto = load_onnx(model)
+    inits = {t.name for t in proto.graph.initializer}
+    vi = next(i for i in proto.graph.input if i.name not in inits)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    if len(dims) != 4 or None in dims[1:]:
+        raise IntqError(f"input {vi.name!r} must be NCHW with static C, H, W; got {dims}")
+    return tuple(dims[1:])
+
+
+def load_data(path, chw_fn, keys, label_keys=("y",), what="data", preprocess="imagenet"):
+    """(images, labels or None) from an .npz file, or from an image folder preprocessed to
+    the model's input shape `chw_fn()` (see `intq.images`)."""
+    import os
+
+    if os.path.isdir(os.fspath(path)):
+        from .images import load_image_folder
+
+        return load_image_folder(path, chw_fn(), preprocess)
+    return load_npz_images(path, keys, label_keys, what)
 
 
 def compile_model(model, calib_images, config):

@@ -102,6 +102,17 @@ def _optional_finite(v):
     return None if v is None else _finite(v)
 
 
+def _finites(v):
+    if not isinstance(v, (list, tuple)) or not v:
+        return f"must be a non-empty list of numbers, got {v!r}"
+    return next((e for e in map(_finite, v) if e), None)
+
+
+def _steps(v):
+    err = _ints(None, -MAX_DIM, MAX_DIM)(v)
+    return err or (f"must not contain a zero step, got {v!r}" if 0 in v else None)
+
+
 def _dtype(v):
     return None if isinstance(v, str) and v in ACTIVATION_DTYPES else f"must be an integer dtype, got {v!r}"
 
@@ -117,10 +128,13 @@ WINDOW = {"strides": PAIR, "pads": PADS, "dilations": PAIR}
 POOL = {"kernel_shape": PAIR, "strides": PAIR, "pads": PADS}
 REQUANT = {"lo": INT, "hi": INT, "out_zero_point": INT, "dtype": _dtype}
 ACT = {"activation": _text, "act_min": _optional_finite, "act_max": _optional_finite}
+AXES = _ints(None, -8, 8)
+BOUND = _int(-MAX_DIM, MAX_DIM)
 
 # Per op: required attributes, then optional ones (absent = the op's default).
 SCHEMAS = {
-    "QuantizeInput": ({"scale": _finite, "zero_point": INT, "lo": INT, "hi": INT, "dtype": _dtype}, {}),
+    "QuantizeInput": ({"scale": _finite, "zero_point": INT, "lo": INT, "hi": INT, "dtype": _dtype},
+                      {"in_scale": _finites, "in_shift": _finites}),
     "IntConv": ({"x_zero_point": INT, "groups": _int(1, MAX_DIM), **WINDOW}, {}),
     "IntLinear": ({"x_zero_point": INT}, {}),
     "Requantize": ({"in_zero_point": INT, **REQUANT}, {}),
@@ -131,7 +145,19 @@ SCHEMAS = {
     "IntGlobalAvgPool": ({"in_zero_point": INT, **REQUANT}, {"keepdims": _flag}),
     "IntClamp": ({"lo": INT, "hi": INT}, {}),
     "IntPad": ({"pads": PADS, "value": INT}, {}),
+    "IntAffine": ({"in_zero_point": INT, "lo": INT, "hi": INT, "dtype": _dtype}, {}),
+    "IntLookup": ({"offset": INT, "dtype": _dtype}, {}),
+    "IntLeakyRelu": ({"in_zero_point": INT, **REQUANT}, {}),
+    "IntMul": ({"a_zero_point": INT, "b_zero_point": INT, **REQUANT}, {}),
+    "IntSoftmax": ({"axes": AXES, "lo": INT, "hi": INT, "dtype": _dtype}, {}),
+    # shared data movement
     "MaxPool": (POOL, {"dilations": PAIR, "ceil_mode": _flag}),
+    "Transpose": ({"perm": _ints(None, 0, 7)}, {}),
+    "Squeeze": ({"axes": AXES}, {}),
+    "Unsqueeze": ({"axes": AXES}, {}),
+    "Slice": ({"axes": AXES, "starts": _ints(None, -MAX_DIM - 1, MAX_DIM + 1),
+               "ends": _ints(None, -MAX_DIM - 1, MAX_DIM + 1), "steps": _steps}, {}),
+    "Split": ({"axis": _int(-8, 8), "split": _ints(None, 1, MAX_DIM)}, {}),
     "Flatten": ({}, {"axis": _int(-8, 8)}),
     "Reshape": ({"shape": _ints(None, -1, MAX_DIM)}, {}),
     # float ops
@@ -149,6 +175,21 @@ SCHEMAS = {
     "Dropout": ({}, {}),
     "Gemm": ({}, {"alpha": _finite, "beta": _finite, "transA": _flag, "transB": _flag}),
     "MatMul": ({}, {}),
+    "Mul": ({}, {}),
+    "Sub": ({}, {}),
+    "Div": ({}, {}),
+    "ChannelAffine": ({}, ACT),
+    "Sigmoid": ({}, {}),
+    "Tanh": ({}, {}),
+    "Swish": ({}, {}),
+    "HardSigmoid": ({}, {"alpha": _finite, "beta": _finite}),
+    "HardSwish": ({}, {"alpha": _finite, "beta": _finite}),
+    "LeakyRelu": ({}, {"alpha": _finite}),
+    "PRelu": ({}, {}),
+    "Softmax": ({"axes": AXES}, {}),
+    # `intq inspect`'s placeholder for an op without importer: never valid in a graph that
+    # is compiled or loaded (_validate leaves it out of the allowed ops).
+    "Unsupported": ({}, {}),
 }
 
 # Per op: (minimum, maximum) number of inputs; None = 3 * attrs["n"] (branches, b, c).
@@ -158,7 +199,13 @@ ARITY = {"QuantizeInput": (1, 1), "IntConv": (3, 3), "IntLinear": (3, 3), "Requa
          "Reshape": (1, 1), "Conv": (2, 3), "Linear": (2, 3), "Add": (2, 1 << 16),
          "Concat": (1, 1 << 16), "AveragePool": (1, 1), "GlobalAveragePool": (1, 1),
          "Relu": (1, 1), "Clip": (1, 1), "Pad": (1, 1), "BatchNormalization": (5, 5),
-         "Identity": (1, 1), "Dropout": (1, 1), "Gemm": (2, 3), "MatMul": (2, 2)}
+         "Identity": (1, 1), "Dropout": (1, 1), "Gemm": (2, 3), "MatMul": (2, 2),
+         "IntAffine": (5, 5), "IntLookup": (2, 2), "IntLeakyRelu": (6, 6), "IntMul": (4, 4),
+         "IntSoftmax": (2, 2), "Transpose": (1, 1), "Squeeze": (1, 1), "Unsqueeze": (1, 1),
+         "Slice": (1, 1), "Split": (1, 1), "Mul": (2, 2), "Sub": (2, 2), "Div": (2, 2),
+         "ChannelAffine": (3, 3), "Sigmoid": (1, 1), "Tanh": (1, 1), "Swish": (1, 1),
+         "HardSigmoid": (1, 1), "HardSwish": (1, 1), "LeakyRelu": (1, 1), "PRelu": (2, 2),
+         "Softmax": (1, 1), "Unsupported": (0, 0)}
 
 
 class _Problems:
@@ -218,8 +265,10 @@ def _check_structure(p, g: Graph, allowed_ops):
             p.fail(f"{where}: attributes must be a mapping")
         if not isinstance(node.inputs, list) or not all(isinstance(i, str) for i in node.inputs):
             p.fail(f"{where}: inputs must be a list of tensor names")
-        if not isinstance(node.outputs, list) or len(node.outputs) != 1 or not isinstance(node.outputs[0], str):
-            p.fail(f"{where}: must have exactly one output")
+        n_out = len(node.outputs) if isinstance(node.outputs, list) else 0
+        if not (n_out == 1 or (node.op == "Split" and 1 <= n_out <= 1 << 16)) \
+                or not all(isinstance(o, str) for o in node.outputs):
+            p.fail(f"{where}: must have exactly one output (Split: one per piece)")
         arity = ARITY[node.op]
         if arity is None:
             n = node.attrs.get("n")
@@ -230,11 +279,11 @@ def _check_structure(p, g: Graph, allowed_ops):
             optional_bias = t == "" and i == 2 and node.op in ("Conv", "Linear", "Gemm")
             if t not in defined and not optional_bias:
                 p.fail(f"{where}: reads {t!r}, which no earlier node, input or constant defines")
-        out = node.outputs[0]
-        if out in defined or out not in g.values:
-            p.fail(f"{where}: output {out!r} is already defined or undeclared")
-        defined.add(out)
-    produced = {n.outputs[0] for n in g.nodes}
+        for out in node.outputs:
+            if out in defined or out not in g.values:
+                p.fail(f"{where}: output {out!r} is already defined or undeclared")
+            defined.add(out)
+    produced = {o for n in g.nodes for o in n.outputs}
     for name in g.outputs:
         if name not in produced:
             p.fail(f"graph output {name!r} is not computed by any node")
@@ -296,11 +345,14 @@ def _infer(p, node, g):
         outs = get_op(node.op).infer(node, ins, g)
     except IntqError as e:
         p.fail(f"node {node.name} ({node.op}): {e}")
-    (shape, dtype), = outs
-    declared = g.values[node.outputs[0]]
-    if tuple(shape) != declared.shape or dtype != declared.dtype:
-        p.fail(f"node {node.name} ({node.op}): output {declared.name!r} is declared "
-               f"{declared.shape} {declared.dtype} but computes {tuple(shape)} {dtype}")
+    if len(outs) != len(node.outputs):
+        p.fail(f"node {node.name} ({node.op}): computes {len(outs)} outputs, declares "
+               f"{len(node.outputs)}")
+    for (shape, dtype), out in zip(outs, node.outputs):
+        declared = g.values[out]
+        if tuple(shape) != declared.shape or dtype != declared.dtype:
+            p.fail(f"node {node.name} ({node.op}): output {declared.name!r} is declared "
+                   f"{declared.shape} {declared.dtype} but computes {tuple(shape)} {dtype}")
 
 
 def _check_constants(p, g: Graph, integer: bool):
@@ -394,6 +446,16 @@ def _multipliers(p, g, where, b, c, out_shape, per_channel=True):
     return bv, cv
 
 
+def _channel_constant(p, g, where, t, out_shape):
+    """A constant of one value or one per output channel, as int64."""
+    if t not in g.constants:
+        p.fail(f"{where}: {t!r} is not a constant")
+    v = g.constants[t]
+    if v.ndim > 1 or (v.size != 1 and (len(out_shape) < 2 or v.size != out_shape[1])):
+        p.fail(f"{where}: {t!r} needs one value or one per channel, has shape {v.shape}")
+    return v.astype(np.int64)
+
+
 def _max_rescaled(span, bv, cv) -> int:
     """An upper bound of |requantize(x, b, c)| for |x| <= span (before any clamp)."""
     return (span * int(bv.max()) >> int(cv.min())) + 1
@@ -432,7 +494,8 @@ def _check_layer(p, g, node, where):
 def _check_integer_node(p, g, node):
     a, where = node.attrs, f"node {node.name} ({node.op})"
     out = g.values[node.outputs[0]]
-    for t in node.inputs[:1] if node.op not in ("IntAdd", "IntConcat") else node.inputs[:a["n"]]:
+    activations = {"IntAdd": a.get("n"), "IntConcat": a.get("n"), "IntMul": 2}.get(node.op, 1)
+    for t in node.inputs[:activations]:
         if t in g.constants:
             p.fail(f"{where}: activation input {t!r} is a constant")
         if node.op != "QuantizeInput" and g.values[t].dtype not in ACTIVATION_DTYPES:
@@ -478,6 +541,64 @@ def _check_integer_node(p, g, node):
         _check_clamp(p, where, a, out.dtype)
     elif node.op == "IntPad":
         _in_range(p, where, "pad value", a["value"], out.dtype)
+    elif node.op in ("IntAffine", "IntLeakyRelu"):
+        x = node.inputs[0]
+        _check_clamp(p, where, a, a["dtype"])
+        _in_range(p, where, "in_zero_point", a["in_zero_point"], g.values[x].dtype)
+        pairs = [node.inputs[1:3]] if node.op == "IntAffine" else [node.inputs[1:3], node.inputs[3:5]]
+        for b, c in pairs:
+            _multipliers(p, g, where, b, c, out.shape)
+        sign = node.inputs[3] if node.op == "IntAffine" else node.inputs[5]
+        sv = _channel_constant(p, g, where, sign, out.shape)
+        if not np.isin(sv, (-1, 1)).all():
+            p.fail(f"{where}: sign {sign!r} must hold only +1 and -1")
+        if node.op == "IntAffine":
+            zv = _channel_constant(p, g, where, node.inputs[4], out.shape)
+            if np.abs(zv).max() >= 1 << 32:
+                p.fail(f"{where}: zero points {node.inputs[4]!r} outside +-2^32")
+        else:
+            _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
+    elif node.op == "IntLookup":
+        # The table covers exactly the input dtype's range, so every gather is in bounds.
+        x, table = node.inputs
+        lo, hi = dtype_range(g.values[x].dtype)
+        if hi - lo >= 1 << 16:
+            p.fail(f"{where}: input dtype {g.values[x].dtype} is wider than 16 bits")
+        if table not in g.constants or g.constants[table].shape != (hi - lo + 1,) or a["offset"] != lo:
+            p.fail(f"{where}: table {table!r} must be a constant of {hi - lo + 1} entries with "
+                   f"offset {lo} (the range of {g.values[x].dtype})")
+        tv = g.constants[table]
+        tlo, thi = dtype_range(a["dtype"])
+        if int(tv.min()) < tlo or int(tv.max()) > thi:
+            p.fail(f"{where}: table values outside the output dtype {a['dtype']}")
+    elif node.op == "IntMul":
+        qa, qb = node.inputs[:2]
+        _check_clamp(p, where, a, a["dtype"])
+        _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
+        _in_range(p, where, "a_zero_point", a["a_zero_point"], g.values[qa].dtype)
+        _in_range(p, where, "b_zero_point", a["b_zero_point"], g.values[qb].dtype)
+        bv, _ = _multipliers(p, g, where, node.inputs[2], node.inputs[3], out.shape)
+        if bv.size != 1:
+            p.fail(f"{where}: the product's multiplier must be one value")
+        if _span(g, qa, a["a_zero_point"]) * _span(g, qb, a["b_zero_point"]) > INT32_MAX:
+            p.fail(f"{where}: the product of the inputs may overflow INT32")
+    elif node.op == "IntSoftmax":
+        x, table = node.inputs
+        _check_clamp(p, where, a, a["dtype"])
+        if a["dtype"] != "uint8" or a["lo"] != 0 or a["hi"] != 255:
+            p.fail(f"{where}: output must be uint8 over [0, 255] (scale 1/256)")
+        rank = len(g.values[x].shape)
+        axes = {ax % rank for ax in a["axes"] if -rank <= ax < rank}
+        if len(axes) != len(a["axes"]) or 0 in axes or not axes:
+            p.fail(f"{where}: axes {a['axes']} must be distinct non-batch axes of rank {rank}")
+        if table not in g.constants or g.constants[table].ndim != 1 or g.constants[table].size < 2:
+            p.fail(f"{where}: exp table {table!r} must be a 1-D constant of at least 2 entries")
+        tv = g.constants[table].astype(np.int64)
+        count = numel([g.values[x].shape[ax] for ax in axes])
+        # The sum of table entries must stay in [1, 2^31): the reciprocal's Q31 scaling.
+        if int(tv.min()) < 0 or tv[-1] != 0 or int(tv[0]) < 1 or count * int(tv.max()) > INT32_MAX:
+            p.fail(f"{where}: exp table {table!r} must be non-negative, decreasing to 0, "
+                   f"with {count} x max below 2^31")
 
 
 def _check_metadata(p, ig):
@@ -500,7 +621,7 @@ def _validate(g: Graph, what: str, integer: bool) -> None:
         p.fail("metadata must be a mapping")
     # Every registered op passes here; check_integer_only then names a float op in an
     # integer graph in its own words.
-    known = set(known_ops())
+    known = set(known_ops()) - {"Unsupported"}
     _check_structure(p, g, known if integer else known - INTEGER_OPS | SHARED_WITH_FLOAT)
     for name in g.inputs:
         if g.values[name].dtype not in FLOAT_DTYPES:

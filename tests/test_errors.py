@@ -77,10 +77,10 @@ def test_text_file(tmp_path):
 
 def unsupported_model():
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv1"),
-             helper.make_node("Sigmoid", ["c"], ["s1"], name="gate_a"),
-             helper.make_node("Sigmoid", ["s1"], ["s2"], name="gate_b"),
-             helper.make_node("Mul", ["s2", "c"], ["m"], name="swish"),
-             helper.make_node("LeakyRelu", ["m"], ["y"], name="leaky")]
+             helper.make_node("LRN", ["c"], ["s1"], name="lrn_a", size=3),
+             helper.make_node("LRN", ["s1"], ["s2"], name="lrn_b", size=3),
+             helper.make_node("Erf", ["s2"], ["m"], name="erf"),
+             helper.make_node("Floor", ["m"], ["y"], name="floor")]
     return make_model(nodes, [("x", [1, 4, 8, 8])], [("y", None)],
                       {"W": np.ones((4, 4, 1, 1), np.float32)})
 
@@ -88,15 +88,42 @@ def unsupported_model():
 def test_unsupported_ops_listed_all_at_once_with_node_names():
     with pytest.raises(UnsupportedOpsError) as e:
         import_onnx(unsupported_model())
-    assert e.value.unsupported == {"LeakyRelu": ["leaky"], "Mul": ["swish"],
-                                   "Sigmoid": ["gate_a", "gate_b"]}
+    assert e.value.unsupported == {"Erf": ["erf"], "Floor": ["floor"], "LRN": ["lrn_a", "lrn_b"]}
 
 
 def test_unsupported_ops_cli(tmp_path):
     path = tmp_path / "u.onnx"
     path.write_bytes(unsupported_model().SerializeToString())
-    assert_user_error(run_cli("inspect", path), "Sigmoid (gate_a, gate_b)", "Mul (swish)",
-                      "LeakyRelu (leaky)")
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.zeros((2, 4, 8, 8), np.float32))
+    assert_user_error(run_cli("compile", path, "-o", tmp_path / "u.intq", "--calib", calib),
+                      "LRN (lrn_a, lrn_b)", "Erf (erf)", "Floor (floor)")
+
+
+def test_inspect_shows_and_marks_what_cannot_be_compiled(tmp_path):
+    """inspect reads the whole graph: nodes without an importer, nodes whose importer
+    rejects them (reflect padding) and nodes without an integer lowering (a per-pixel
+    constant Mul) are listed and marked, and it exits 0; only an unreadable file fails."""
+    import json
+
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect", name="reflect"),
+             helper.make_node("Conv", ["p", "W"], ["c"], name="conv1"),
+             helper.make_node("LRN", ["c"], ["l"], name="lrn", size=3),
+             helper.make_node("Mul", ["l", "pix"], ["y"], name="per_pixel")]
+    model = make_model(nodes, [("x", [1, 4, 8, 8])], [("y", None)],
+                       {"W": np.ones((4, 4, 3, 3), np.float32), "pix": np.ones((1, 1, 8, 8), np.float32),
+                        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}, opset=13)
+    path = tmp_path / "u.onnx"
+    path.write_bytes(model.SerializeToString())
+    proc = run_cli("inspect", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["layers"]}
+    assert "unsupported" not in rows["conv1"] and rows["conv1"]["macs"] == 4 * 8 * 8 * 36
+    assert rows["lrn"]["op"] == "LRN" and "no importer" in rows["lrn"]["unsupported"]
+    assert "constant zero padding" in rows["reflect"]["unsupported"]
+    assert "not per channel" in rows["per_pixel"]["unsupported"]
+    text = run_cli("inspect", path)
+    assert text.returncode == 0 and "! LRN" in text.stdout and "3 node(s) cannot be compiled" in text.stdout
 
 
 def test_shape_arithmetic_on_constants_does_not_count_as_unsupported():

@@ -11,8 +11,8 @@ PKG = Path(intq.__file__).parent
 # Each stage may import only from stages listed before it (and itself).
 # `pipeline` chains the stages, so it comes after all of them.
 ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
-         "float_executor", "quant", "reference", "artifact", "pipeline", "executor", "evaluate",
-         "analysis", "report", "model", "bench", "cli"]
+         "float_executor", "quant", "reference", "artifact", "images", "pipeline", "executor",
+         "evaluate", "analysis", "report", "model", "bench", "cli"]
 
 
 def stage(module: str) -> str:

@@ -19,7 +19,7 @@ from intq.analysis import layer_table
 from intq.float_executor import run_float
 from intq.pipeline import float_graph
 
-SMALL = ["resnet", "inception", "mobilenet"]
+SMALL = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 
 
 def test_every_small_model_is_bundled_from_both_exporters():
@@ -71,8 +71,19 @@ def test_inspect_cli_on_bundled_model(path):
 
 # Published MACs at the native resolution (torchvision docs; HAWQ-V3 Table 1 for ResNet50's
 # original form, 3951 BOPS / 1024).
+# SqueezeNet 1.0, DenseNet-121: torchvision docs; ShuffleNetV2 1x: its paper's 146 MFLOPs
+# (multiply-adds; torchvision rounds it to 0.14), which our count misses by 0.75%.
+# MobileNetV3-Large and EfficientNet-B0: torchvision's 0.22 and 0.39, printed to two
+# decimals; we count 0.2166 and 0.3858 (the papers: 219 M and 390 M multiply-adds).
 PUBLISHED_GMACS = {"resnet18": 1.814, "resnet50": 4.089, "resnet50_v1": 3.858,
-                   "inception_v3": 5.713, "mobilenet_v2": 0.3008}
+                   "inception_v3": 5.713, "mobilenet_v2": 0.3008, "squeezenet1_0": 0.82,
+                   "shufflenet_v2_x1_0": 0.146, "densenet121": 2.83,
+                   "mobilenet_v3_large": 0.22, "efficientnet_b0": 0.39}
+MACS_TOLERANCE = {"shufflenet_v2_x1_0": 0.01, "mobilenet_v3_large": 0.02, "efficientnet_b0": 0.02}
+# torchvision's parameter counts.
+PUBLISHED_PARAMS = {"squeezenet1_0": 1_248_424, "shufflenet_v2_x1_0": 2_278_604,
+                    "densenet121": 7_978_856, "mobilenet_v3_large": 5_483_032,
+                    "efficientnet_b0": 5_288_548}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
@@ -80,11 +91,14 @@ def test_full_size_architecture_imports_with_right_macs(full_size_graphs, name):
     graph, torch_macs, torch_params = full_size_graphs[name]
     totals = layer_table(graph)["totals"]
     assert totals["macs"] == torch_macs
-    assert abs(totals["macs"] / 1e9 - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < 0.005
+    tol = MACS_TOLERANCE.get(name, 0.005)
+    assert abs(torch_macs / 1e9 - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < tol
+    if name in PUBLISHED_PARAMS:
+        assert torch_params == PUBLISHED_PARAMS[name]
     assert not [n for n in graph.nodes if n.op == "BatchNormalization"]
     # Folding BN turns its 2 parameters per channel into 1 bias per channel.
     bn_channels = torch_params - totals["params"]
-    assert bn_channels > 0
+    assert bn_channels > 0 or name == "squeezenet1_0"   # SqueezeNet has no BatchNorm
 
 
 def test_full_size_dynamo_export_at_reduced_resolution():
@@ -99,3 +113,21 @@ def test_full_size_dynamo_export_at_reduced_resolution():
     graph = float_graph(proto)
     xs = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     assert rel_err(run_float(graph, xs)[0], ort_run(proto, xs)[0]) < 1e-4
+
+
+def test_dynamic_batch_channel_shuffle_resolves():
+    """torchvision's ShuffleNetV2 under a dynamic batch: chunk and channel_shuffle compute
+    their shapes with x.size(), so each Reshape's target waits for ONNX shape inference to
+    see through the previous one; folding re-infers shapes round by round until all resolve."""
+    import torch
+    from conftest import export_torch
+    from models import zoo
+
+    torch.manual_seed(0)
+    proto = export_torch(zoo.shufflenet_v2_x1_0(), torch.randn(2, 3, 64, 64), keep_bn=False,
+                         dynamic_batch=True)
+    graph = float_graph(proto)
+    assert graph.values[graph.inputs[0]].shape[0] is None
+    assert not {"Shape", "Gather", "Cast"} & {n.op for n in graph.nodes}
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    assert rel_err(run_float(graph, x)[0], ort_run(proto, x)[0]) < 1e-4

@@ -8,7 +8,8 @@ from conftest import make_model
 from intq.errors import IntqError
 from intq.float_executor import run_float
 from intq.frontend import import_onnx
-from intq.passes import (canonicalize_flatten, canonicalize_linear, constant_fold, fold_batchnorm,
+from intq.passes import (canonicalize_affine, canonicalize_flatten, canonicalize_linear, constant_fold,
+                         fold_affine, fold_batchnorm,
                          fold_pad, fuse_activation, remove_dead_nodes, remove_identity, run_passes)
 
 rng = np.random.default_rng(1)
@@ -103,17 +104,57 @@ def test_fold_batchnorm_shared_weights_not_corrupted():
     assert ops(g) == ["Conv", "Conv", "Add"]
 
 
-def test_orphan_batchnorm_is_an_error():
-    g = imported([bn_node("x", "y")], bn_params(4))
-    with pytest.raises(IntqError, match="no Conv or Gemm producer"):
-        fold_batchnorm(g)
+def test_orphan_batchnorm_becomes_a_channel_affine_that_takes_the_relu():
+    # DenseNet's pre-activation BN reads a concat: no layer to fold into, so it stays a
+    # ChannelAffine (lowered to IntAffine; intq has no integer BatchNorm) and the ReLU after
+    # it fuses into it.
+    g = imported([helper.make_node("Concat", ["x", "x"], ["c"], axis=1), bn_node("c", "b"),
+                  helper.make_node("Relu", ["b"], ["y"])], bn_params(8))
+    g = apply(g, fold_batchnorm)
+    assert ops(g) == ["Concat", "ChannelAffine", "Relu"]
+    g = apply(g, fold_affine, fuse_activation)
+    assert ops(g) == ["Concat", "ChannelAffine"] and g.nodes[1].attrs["act_min"] == 0.0
 
 
-def test_batchnorm_after_conv_with_two_readers_is_an_error():
+def test_batchnorm_after_conv_with_two_readers_is_not_folded():
     g = imported([helper.make_node("Conv", ["x", "W"], ["c"]), bn_node("c", "b"),
                   helper.make_node("Add", ["b", "c"], ["y"])], {"W": w(4, 4, 1, 1), **bn_params(4)})
-    with pytest.raises(IntqError, match="BatchNormalization"):
-        fold_batchnorm(g)
+    g = apply(g, fold_batchnorm, fold_affine)
+    assert ops(g) == ["Conv", "ChannelAffine", "Add"]
+
+
+def test_constant_mul_add_sub_div_fold_into_the_conv():
+    # Caffe2-style BN: BatchNormalization, then Mul and Add by per-channel constants.
+    g = imported([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Mul", ["c", "s"], ["m"]),
+                  helper.make_node("Add", ["t", "m"], ["a"]),
+                  helper.make_node("Div", ["a", "d"], ["v"]),
+                  helper.make_node("Sub", ["k", "v"], ["y"])],
+                 {"W": w(4, 4, 3, 3), "s": w(4, 1, 1), "t": w(1, 4, 1, 1), "d": np.float32(3.0),
+                  "k": w(4, 1, 1)})
+    g = apply(g, canonicalize_affine)
+    assert ops(g) == ["Conv"] + ["ChannelAffine"] * 4
+    g = apply(g, fold_affine)
+    assert ops(g) == ["Conv"]
+
+
+def test_non_channel_constants_and_tensor_products_stay():
+    g = imported([helper.make_node("Mul", ["x", "p"], ["m"]),
+                  helper.make_node("Mul", ["m", "x"], ["q"]),
+                  helper.make_node("Div", ["one", "q"], ["y"])],
+                 {"p": w(1, 1, 8, 8), "one": np.float32(1.0)})
+    g = apply(g, canonicalize_affine)
+    assert ops(g) == ["Mul", "Mul", "Div"]
+
+
+def test_input_normalisation_stays_and_chains_merge():
+    # (x - mean) / std at the input: kept as one ChannelAffine for QuantizeInput.
+    g = imported([helper.make_node("Sub", ["x", "m"], ["a"]),
+                  helper.make_node("Div", ["a", "s"], ["n"]),
+                  helper.make_node("Conv", ["n", "W"], ["y"], pads=[1, 1, 1, 1])],
+                 {"m": w(4, 1, 1), "s": np.abs(w(4, 1, 1)) + 0.5, "W": w(4, 4, 3, 3)})
+    g = apply(g, canonicalize_affine, fold_affine)
+    assert ops(g) == ["ChannelAffine", "Conv"]
 
 
 def pad(inp, out, pads=(1, 1, 1, 1)):

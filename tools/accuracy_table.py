@@ -29,7 +29,7 @@ SETTINGS = [("INT8 minmax", dict(default_bits=8)),
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["resnet", "inception", "mobilenet"])
+    p.add_argument("--models", nargs="+", default=["resnet", "inception", "mobilenet", "mobilenetv3"])
     args = p.parse_args()
     models = os.path.join(ROOT, "models")
     calib = np.load(os.path.join(models, "digits_calib.npz"))["x"]

@@ -68,7 +68,47 @@ def attr(node, name, default=None):
     return default
 
 
-def fold_onnx_constants(proto: onnx.ModelProto) -> OnnxView:
+def fold_onnx_constants(proto: onnx.ModelProto, rounds: int = 64) -> OnnxView:
+    """Fold `proto`. While Shape nodes remain and a round made progress (fewer of them, or a
+    batch-dependent Reshape got a constant target), ONNX shape inference runs again on the
+    folded graph, which it could not see through before, and folding repeats (at most
+    `rounds` rounds): this is how a channel split and shuffle written with x.size()
+    (ShuffleNet) resolve under a dynamic batch, a few nodes further per round."""
+    def pending(v):   # Shape nodes, and Reshapes still waiting for their input's shape
+        return sum(n.op_type == "Shape" or (n.op_type == "Reshape" and n.input[1] in v.symbolic)
+                   for n in v.nodes)
+
+    view, _ = _fold_once(proto)
+    left = pending(view)
+    while left and rounds > 1:
+        nxt, resolved = _fold_once(_reinferred(proto, view), view.symbolic)
+        nxt.folded += view.folded
+        view, rounds = nxt, rounds - 1
+        if pending(view) >= left and not resolved:
+            break
+        left = pending(view)
+    return view
+
+
+def _reinferred(proto, view) -> onnx.ModelProto:
+    """The folded graph as a model again (constants as initializers), shapes re-inferred."""
+    used = {i for n in view.nodes for i in n.input} | set(view.outputs)
+    inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in view.consts.items()
+             if name in used]
+    g = proto.graph
+    graph = helper.make_graph(list(view.nodes), g.name, [i for i in g.input if i.name in view.inputs],
+                              list(g.output), inits)
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:
+        raise IntqError(f"shape inference failed after folding: {str(e).splitlines()[0]}") from None
+
+
+def _fold_once(proto: onnx.ModelProto, symbolic=None):
+    """One folding pass: (view, whether a symbolic Reshape target was made constant).
+    `symbolic` carries the symbolic shape vectors of earlier rounds (their nodes are gone)."""
     g = proto.graph
     opset = onnx_opset(proto)
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -80,6 +120,8 @@ def fold_onnx_constants(proto: onnx.ModelProto) -> OnnxView:
     view = OnnxView([], consts, shapes, dtypes, inputs, [o.name for o in g.output], opset,
                     name=g.name or "graph")
     syms: dict[str, np.ndarray] = view.symbolic
+    syms.update(symbolic or {})
+    resolved = False
     for node in g.node:
         ins = [i for i in node.input if i]
         if all(i in consts for i in ins) and not _has_subgraph(node):
@@ -105,9 +147,11 @@ def fold_onnx_constants(proto: onnx.ModelProto) -> OnnxView:
                 view.folded += 1
                 continue
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in syms:
-            node = _resolve_reshape(node, syms[node.input[1]], shapes.get(node.input[0]), consts)
+            new = _resolve_reshape(node, syms[node.input[1]], shapes.get(node.input[0]), consts)
+            resolved |= new is not node
+            node = new
         view.nodes.append(node)
-    return view
+    return view, resolved
 
 
 def _has_subgraph(node) -> bool:

@@ -139,6 +139,11 @@ def add(ctx, node):
     ctx.emit(node, "Add", list(node.input))
 
 
+@importer("Mul", "Sub", "Div")
+def binary(ctx, node):
+    ctx.emit(node, node.op_type, list(node.input))
+
+
 @importer("Concat")
 def concat(ctx, node):
     ctx.emit(node, "Concat", list(node.input), {"axis": attr(node, "axis")})
@@ -247,6 +252,101 @@ def pad(ctx, node):
     ctx.emit(node, "Pad", [node.input[0]], {"pads": (pads[2], pads[3], pads[6], pads[7])})
 
 
+@importer("Sigmoid", "Tanh", "HardSwish")
+def unary(ctx, node):
+    ctx.emit(node, node.op_type, [node.input[0]])
+
+
+@importer("HardSigmoid")
+def hard_sigmoid(ctx, node):
+    ctx.emit(node, "HardSigmoid", [node.input[0]],
+             {"alpha": float(attr(node, "alpha", 0.2)), "beta": float(attr(node, "beta", 0.5))})
+
+
+@importer("LeakyRelu")
+def leaky_relu(ctx, node):
+    ctx.emit(node, "LeakyRelu", [node.input[0]], {"alpha": float(attr(node, "alpha", 0.01))})
+
+
+@importer("PRelu")
+def prelu(ctx, node):
+    slope = np.asarray(ctx.const(node.input[1], "PRelu slope"), dtype=np.float32)
+    shape = ctx.view.shapes.get(node.input[0])
+    c = shape[1] if shape and len(shape) > 1 else None
+    if slope.size not in (1, c) or (slope.size > 1 and max(slope.shape) != slope.size):
+        raise IntqError(f"node {node.name}: PRelu slope of shape {slope.shape} must be one "
+                        f"value per channel or a scalar")
+    name = ctx.graph.add_constant(f"{node.input[1]}.per_channel", slope.reshape(-1))
+    ctx.emit(node, "PRelu", [node.input[0], name])
+
+
+@importer("Softmax")
+def softmax(ctx, node):
+    shape = ctx.view.shapes.get(node.input[0])
+    rank = len(shape) if shape else 2
+    if ctx.opset < 13:   # over the input flattened from `axis` on
+        axes = list(range(attr(node, "axis", 1) % rank, rank))
+    else:
+        axes = [attr(node, "axis", -1) % rank]
+    ctx.emit(node, "Softmax", [node.input[0]], {"axes": axes})
+
+
+@importer("Transpose")
+def transpose(ctx, node):
+    shape = ctx.view.shapes.get(node.input[0])
+    perm = attr(node, "perm", None)
+    if perm is None:
+        perm = list(range(len(shape)))[::-1]
+    ctx.emit(node, "Transpose", [node.input[0]], {"perm": [int(p) for p in perm]})
+
+
+def _axes(ctx, node, what):
+    """Axes given as an attribute (before opset 13) or as a constant second input."""
+    if ctx.opset < 13:
+        axes = attr(node, "axes", None)
+    else:
+        axes = ctx.optional_const(node, 1)
+    if axes is None:
+        raise IntqError(f"node {node.name}: {what} needs explicit axes")
+    return [int(a) for a in np.ravel(axes)]
+
+
+@importer("Squeeze", "Unsqueeze")
+def squeeze(ctx, node):
+    ctx.emit(node, node.op_type, [node.input[0]], {"axes": _axes(ctx, node, node.op_type)})
+
+
+@importer("Slice")
+def slice_(ctx, node):
+    if ctx.opset < 10:
+        starts, ends = attr(node, "starts"), attr(node, "ends")
+        axes, steps = attr(node, "axes", None), None
+    else:
+        starts, ends = ctx.const(node.input[1]), ctx.const(node.input[2])
+        axes, steps = ctx.optional_const(node, 3), ctx.optional_const(node, 4)
+    starts, ends = [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)]
+    axes = list(range(len(starts))) if axes is None else [int(v) for v in np.ravel(axes)]
+    steps = [1] * len(starts) if steps is None else [int(v) for v in np.ravel(steps)]
+    big = np.iinfo(np.int64)
+    ends = [min(max(e, big.min + 1), big.max) for e in ends]   # INT64_MAX "to the end"
+    ctx.emit(node, "Slice", [node.input[0]],
+             {"starts": starts, "ends": ends, "axes": axes, "steps": steps})
+
+
+@importer("Split")
+def split(ctx, node):
+    shape = ctx.view.shapes.get(node.input[0])
+    axis = attr(node, "axis", 0) % len(shape)
+    sizes = attr(node, "split", None) if ctx.opset < 13 else ctx.optional_const(node, 1)
+    n = len(node.output)
+    if sizes is None:
+        if shape[axis] is None or shape[axis] % n:
+            raise IntqError(f"node {node.name}: cannot split axis {axis} of {shape} evenly")
+        sizes = [shape[axis] // n] * n
+    ctx.emit(node, "Split", [node.input[0]], {"axis": axis, "split": [int(v) for v in np.ravel(sizes)]},
+             outputs=list(node.output))
+
+
 @importer("Identity")
 def identity(ctx, node):
     ctx.emit(node, "Identity", [node.input[0]])
@@ -263,15 +363,25 @@ def dropout(ctx, node):
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
-def import_onnx(model) -> Graph:
-    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph."""
+def _placeholder(ctx, node, reason):
+    """An `Unsupported` node standing in for `node` (for `intq inspect` only)."""
+    shapes = [ctx.view.shapes.get(o) for o in node.output]
+    ctx.emit(node, "Unsupported", [i for i in node.input if i],
+             {"onnx_op": node.op_type, "reason": reason, "shapes": shapes}, outputs=list(node.output))
+
+
+def import_onnx(model, allow_unsupported: bool = False) -> Graph:
+    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph.
+
+    With allow_unsupported=True (for `intq inspect`), a node with no importer, or one whose
+    importer rejects it, becomes an `Unsupported` placeholder instead of an error."""
     proto = load_onnx(model)
     view = fold_onnx_constants(proto)
     unsupported: dict[str, list[str]] = {}
     for node in view.nodes:
         if node.op_type not in IMPORTERS or node.domain not in ("", "ai.onnx"):
             unsupported.setdefault(node.op_type, []).append(node.name or "<unnamed>")
-    if unsupported:
+    if unsupported and not allow_unsupported:
         raise UnsupportedOpsError(unsupported)
 
     graph = Graph(view.name)
@@ -295,7 +405,15 @@ def import_onnx(model) -> Graph:
             graph.values[name] = Value(name, tuple(value.shape), value.dtype.name)
     ctx = Context(view, graph)
     for node in view.nodes:
-        IMPORTERS[node.op_type](ctx, node)
+        if not allow_unsupported:
+            IMPORTERS[node.op_type](ctx, node)
+        elif node.op_type in unsupported:
+            _placeholder(ctx, node, "no importer")
+        else:
+            try:
+                IMPORTERS[node.op_type](ctx, node)
+            except IntqError as e:
+                _placeholder(ctx, node, str(e))
     graph.outputs = list(view.outputs)
     for out in graph.outputs:
         if out in graph.constants or out in graph.inputs:

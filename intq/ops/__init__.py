@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ..errors import IntqError
 from .base import OpSpec
-from . import activation, conv, batchnorm, elementwise, pool, shape_ops, linear, pad, integer
+from . import (activation, affine, conv, batchnorm, elementwise, nonlinear, pool, shape_ops, linear,
+               pad, integer, unsupported)
 
 _REGISTRY: dict[str, type[OpSpec]] = {}
 
@@ -19,7 +20,8 @@ def register(spec: type[OpSpec]) -> type[OpSpec]:
     return spec
 
 
-for _module in (activation, conv, batchnorm, elementwise, pool, shape_ops, linear, pad, integer):
+for _module in (activation, affine, conv, batchnorm, elementwise, nonlinear, pool, shape_ops, linear,
+                pad, integer, unsupported):
     for _spec in _module.SPECS:
         register(_spec)
 

@@ -1,6 +1,8 @@
-"""Add (n-ary, numpy broadcasting, optional fused clamp) and Concat.
+"""Add (n-ary, numpy broadcasting, optional fused clamp), Mul, Sub, Div and Concat.
 
-ONNX Sum imports as an n-ary Add. Residual adds and Inception concats are what the integer
+ONNX Sum imports as an n-ary Add. A Mul/Add/Sub/Div with one per-channel constant operand
+becomes a ChannelAffine (`passes.canonicalize_affine`); a Mul of two tensors (the SE gate)
+is lowered to an integer product. Residual adds and Inception concats are what the integer
 lowering later rescales branch by branch (HAWQ-V3 eq. 7 and 18).
 """
 from functools import reduce
@@ -20,6 +22,30 @@ class Add(OpSpec):
     def run(attrs, *xs):
         y = reduce(lambda a, b: a + b, xs)
         return (apply_activation(y.astype(xs[0].dtype, copy=False), attrs),)
+
+
+def _binary(fn):
+    class Binary(OpSpec):
+        @staticmethod
+        def infer(node, ins, graph):
+            return [(broadcast_shapes(*[v.shape for v in ins]), ins[0].dtype)]
+
+        @staticmethod
+        def run(attrs, a, b):
+            return (fn(a, b).astype(a.dtype, copy=False),)
+    return Binary
+
+
+class Mul(_binary(lambda a, b: a * b)):
+    name = "Mul"
+
+
+class Sub(_binary(lambda a, b: a - b)):
+    name = "Sub"
+
+
+class Div(_binary(lambda a, b: a / b)):
+    name = "Div"
 
 
 class Concat(OpSpec):
@@ -45,4 +71,4 @@ class Concat(OpSpec):
         return (np.concatenate(xs, axis=attrs["axis"]),)
 
 
-SPECS = [Add, Concat]
+SPECS = [Add, Mul, Sub, Div, Concat]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..dyadic import requantize
 from ..errors import IntqError
-from .base import OpSpec, require_rank, same_shape
+from .base import OpSpec, broadcast_shapes, require_rank, same_shape
 from .conv import Conv
 from .elementwise import Concat
 from .linear import Linear
@@ -48,7 +48,11 @@ def _same_shape_out(node, ins):
 
 
 class QuantizeInput(OpSpec):
-    """q = clamp(floor(x / scale + 1/2) + zero_point, lo, hi): the graph's only float op."""
+    """q = clamp(floor(x / scale + 1/2) + zero_point, lo, hi): the graph's only float op.
+
+    With the optional per-channel lists `in_scale`, `in_shift` (an input normalisation
+    folded in), x is first replaced by x * in_scale[c] + in_shift[c] (float64, axis 1).
+    """
 
     name = "QuantizeInput"
 
@@ -58,7 +62,12 @@ class QuantizeInput(OpSpec):
 
     @staticmethod
     def run(attrs, x):
-        q = np.floor(x.astype(np.float64) / attrs["scale"] + 0.5) + attrs["zero_point"]
+        x = x.astype(np.float64)
+        if "in_scale" in attrs:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x = (x * np.reshape(attrs["in_scale"], shape).astype(np.float64)
+                 + np.reshape(attrs["in_shift"], shape).astype(np.float64))
+        q = np.floor(x / attrs["scale"] + 0.5) + attrs["zero_point"]
         return (np.clip(q, attrs["lo"], attrs["hi"]).astype(np.int64),)
 
 
@@ -238,7 +247,135 @@ class IntPad(OpSpec):
         return (np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=attrs["value"]),)
 
 
+class IntAffine(OpSpec):
+    """Per-channel affine map on integers (a constant Mul/Add/Sub/Div or a BatchNorm with no
+    conv to fold into), y = a[c] x + t[c] along axis 1:
+    y = clamp(DN_c(sign[c] * (x - in_zero_point)) + zero_points[c], lo, hi),
+    DN_c = |a[c]| S_in / S_out, zero_points[c] = round(t[c] / S_out) + z_out.
+    Inputs x, b, c, sign (+1/-1), zero_points (all per channel); attrs in_zero_point, lo,
+    hi, dtype. Two roundings (the shift t and the product), so |error| <= 1 output step; a
+    dead channel (a = 0, b = 0) outputs its shift alone, whatever its size."""
+
+    name = "IntAffine"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x, b, c, sign, zero_points):
+        nd = x.ndim
+        return (requantize((x - attrs["in_zero_point"]) * per_channel(sign, nd), per_channel(b, nd),
+                           per_channel(c, nd), attrs["lo"], attrs["hi"], per_channel(zero_points, nd)),)
+
+
+class IntLookup(OpSpec):
+    """An elementwise function as a table: y = table[x - offset].
+
+    Inputs x and table; attrs `offset` (x's lowest integer) and `dtype`. Lowering fills the
+    table at compile time with clamp(round(f(S_in (q - z_in)) / S_out) + z_out) for every
+    input integer q (256 entries for 8 bits, 65,536 for 16), so the run is one gather.
+    """
+
+    name = "IntLookup"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x, table):
+        return (table[x - attrs["offset"]],)
+
+
+class IntLeakyRelu(OpSpec):
+    """LeakyRelu/PRelu by dyadic slopes: with d = x - in_zero_point,
+    y = clamp(DN_pos(d) + z_out, lo, hi) for d >= 0 and clamp(DN_neg(sign * d) + z_out, lo, hi)
+    for d < 0. Inputs x, b_pos, c_pos, b_neg, c_neg, sign (all per channel or scalar; sign
+    is +1 or -1, the slope's sign, since a dyadic multiplier is non-negative)."""
+
+    name = "IntLeakyRelu"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x, b_pos, c_pos, b_neg, c_neg, sign):
+        nd = x.ndim
+        d = x - attrs["in_zero_point"]
+        pos = requantize(d, per_channel(b_pos, nd), per_channel(c_pos, nd), attrs["lo"],
+                         attrs["hi"], attrs["out_zero_point"])
+        neg = requantize(d * per_channel(sign, nd), per_channel(b_neg, nd), per_channel(c_neg, nd),
+                         attrs["lo"], attrs["hi"], attrs["out_zero_point"])
+        return (np.where(d >= 0, pos, neg),)
+
+
+class IntMul(OpSpec):
+    """Elementwise product of two tensors (numpy broadcasting, e.g. the SE gate (N, C, 1, 1)
+    times the feature map): y = clamp(DN((a - z_a) * (b - z_b)) + z_out, lo, hi).
+
+    Inputs a, b, mult_b, mult_c (scalars, S_a S_b / S_out); attrs a_zero_point,
+    b_zero_point, out_zero_point, lo, hi, dtype. Lowering keeps bits(a) + bits(b) <= 30 so
+    the product fits INT32."""
+
+    name = "IntMul"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return [(broadcast_shapes(ins[0].shape, ins[1].shape), node.attrs["dtype"])]
+
+    @staticmethod
+    def run(attrs, a, b, mb, mc):
+        prod = (a - attrs["a_zero_point"]) * (b - attrs["b_zero_point"])
+        return (requantize(prod, mb, mc, attrs["lo"], attrs["hi"], attrs["out_zero_point"]),)
+
+
+def _bit_length(s):
+    """floor(log2(s)) + 1 for 1 <= s < 2^31, by comparisons only."""
+    return sum((s >= (1 << j)).astype(np.int64) for j in range(32))
+
+
+class IntSoftmax(OpSpec):
+    """Integer-only softmax over `axes`; output uint8 probabilities, scale 1/256, zero point 0:
+    p_i = min(round(256 * e_i / sum_j e_j), 255).
+
+    Inputs x and exp_table (table[d] = round(2^E exp(-S_in d)) for d = 0..D, table[D] = 0,
+    E = 30 - ceil(log2 n) for n reduced elements, so every sum stays below 2^31):
+    1. d = max(x) - x >= 0 over the axes (the max-subtracted input), e = table[min(d, D)];
+    2. s = sum(e), 2^E <= s < 2^31; k = bit length of s; m = s * 2^(31 - k) in [2^30, 2^31)
+       is s / 2^k as a Q31 number in [1/2, 1);
+    3. R ~ 2^29 * 2^31 / m (the reciprocal in Q29): R0 = 48/17 - 32/17 m (in Q29), then three
+       Newton steps R = (R * (2^30 - ((m * R) >> 31))) >> 29 (all below 2^62);
+    4. p = DN_{R, 21 + k}(e) clamped to [0, 255]: e * R / 2^(21 + k) = 256 e / s.
+    Only multiply, add, shift and compare; the one rounding is `requantize`'s.
+    """
+
+    name = "IntSoftmax"
+
+    C1 = round(48 / 17 * 2**29)
+    C2 = round(32 / 17 * 2**29)
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return _same_shape_out(node, ins)
+
+    @staticmethod
+    def run(attrs, x, table):
+        axes = tuple(attrs["axes"])
+        d = x.max(axis=axes, keepdims=True) - x
+        e = table[np.minimum(d, len(table) - 1)]
+        s = e.sum(axis=axes, keepdims=True)
+        k = _bit_length(s)
+        m = s << (31 - k)
+        r = IntSoftmax.C1 - ((IntSoftmax.C2 * m) >> 31)
+        for _ in range(3):
+            r = (r * ((2 << 29) - ((m * r) >> 31))) >> 29
+        return (requantize(e, r, 21 + k, attrs["lo"], attrs["hi"]),)
+
+
 SPECS = [QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
-         IntGlobalAvgPool, IntClamp, IntPad]
-# Ops shared with the float graph that run unchanged on integers.
-SHARED_WITH_FLOAT = {"MaxPool", "Flatten", "Reshape"}
+         IntGlobalAvgPool, IntClamp, IntPad, IntAffine, IntLookup, IntLeakyRelu, IntMul, IntSoftmax]
+# Ops shared with the float graph that run unchanged on integers (data movement).
+SHARED_WITH_FLOAT = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                     "Slice", "Split"}

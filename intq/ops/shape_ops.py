@@ -1,4 +1,6 @@
-"""Flatten, Reshape (constant target shape), and the no-ops Identity and Dropout.
+"""Data movement: Flatten, Reshape (constant target shape), Transpose, Squeeze, Unsqueeze,
+Slice and Split off the batch axis, and the no-ops Identity and Dropout. None of them
+computes, so on integers they run unchanged and keep their input's quantization.
 
 Reshape keeps ONNX's conventions: 0 copies the input dimension, -1 is inferred. The
 dynamic batch (None) may only be carried by a 0 or absorbed by a -1.
@@ -64,6 +66,105 @@ class Reshape(OpSpec):
         return (x.reshape(target),)
 
 
+def _off_batch(axes, rank, what):
+    axes = [int(a) % rank for a in axes]
+    if 0 in axes:
+        raise IntqError(f"{what} along the batch axis is not supported")
+    return axes
+
+
+class Transpose(OpSpec):
+    name = "Transpose"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        perm = list(node.attrs["perm"])
+        if sorted(perm) != list(range(len(ins[0].shape))) or perm[0] != 0:
+            raise IntqError(f"Transpose perm {perm} must keep the batch axis first")
+        return [(tuple(ins[0].shape[p] for p in perm), ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, x):
+        return (np.ascontiguousarray(x.transpose(attrs["perm"])),)
+
+
+class Squeeze(OpSpec):
+    name = "Squeeze"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        shape = ins[0].shape
+        axes = _off_batch(node.attrs["axes"], len(shape), "Squeeze")
+        if any(shape[a] != 1 for a in axes):
+            raise IntqError(f"cannot squeeze axes {axes} of shape {shape}")
+        return [(tuple(d for i, d in enumerate(shape) if i not in axes), ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, x):
+        return (np.squeeze(x, axis=tuple(int(a) % x.ndim for a in attrs["axes"])),)
+
+
+class Unsqueeze(OpSpec):
+    name = "Unsqueeze"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        rank = len(ins[0].shape) + len(node.attrs["axes"])
+        axes = _off_batch(node.attrs["axes"], rank, "Unsqueeze")
+        it = iter(ins[0].shape)
+        return [(tuple(1 if i in axes else next(it) for i in range(rank)), ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, x):
+        rank = x.ndim + len(attrs["axes"])
+        return (np.expand_dims(x, tuple(sorted(int(a) % rank for a in attrs["axes"]))),)
+
+
+class Slice(OpSpec):
+    """Constant starts, ends, axes and steps (ONNX clamping rules), off the batch axis."""
+
+    name = "Slice"
+
+    @staticmethod
+    def _slices(attrs, shape):
+        out = [slice(None)] * len(shape)
+        for a, s, e, st in zip(attrs["axes"], attrs["starts"], attrs["ends"], attrs["steps"]):
+            out[int(a) % len(shape)] = slice(int(s), int(e), int(st))
+        return tuple(out)
+
+    @staticmethod
+    def infer(node, ins, graph):
+        shape = ins[0].shape
+        _off_batch(node.attrs["axes"], len(shape), "Slice")
+        sl = Slice._slices(node.attrs, shape)
+        return [(tuple(d if d is None else len(range(d)[sl[i]]) for i, d in enumerate(shape)),
+                 ins[0].dtype)]
+
+    @staticmethod
+    def run(attrs, x):
+        return (x[Slice._slices(attrs, x.shape)],)
+
+
+class Split(OpSpec):
+    """Split along `axis` into pieces of the sizes in `split`."""
+
+    name = "Split"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        shape = ins[0].shape
+        axis, = _off_batch([node.attrs["axis"]], len(shape), "Split")
+        sizes = node.attrs["split"]
+        if sum(sizes) != shape[axis]:
+            raise IntqError(f"split sizes {sizes} do not add up to {shape[axis]}")
+        return [(shape[:axis] + (k,) + shape[axis + 1:], ins[0].dtype) for k in sizes]
+
+    @staticmethod
+    def run(attrs, x):
+        cuts = np.cumsum(attrs["split"])[:-1]
+        return tuple(np.split(x, cuts, axis=attrs["axis"]))
+
+
 class Identity(OpSpec):
     name = "Identity"
 
@@ -80,4 +181,4 @@ class Dropout(Identity):
     name = "Dropout"
 
 
-SPECS = [Flatten, Reshape, Identity, Dropout]
+SPECS = [Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, Identity, Dropout]

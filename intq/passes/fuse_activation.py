@@ -1,11 +1,12 @@
-"""Fuse ReLU, ReLU6 and other Clips into the Conv, Linear or Add that produces their input.
+"""Fuse ReLU, ReLU6 and other Clips into the Conv, Linear, Add or ChannelAffine that produces
+their input.
 
 The producer gets `activation` ("relu", "relu6" or "clip") and the clamp bounds `act_min`,
 `act_max`; integer lowering turns them into the bounds of the requantization clamp.
 Producers whose output has other readers keep a separate Relu/Clip.
 """
 
-FUSABLE = ("Conv", "Linear", "Add")
+FUSABLE = ("Conv", "Linear", "Add", "ChannelAffine")
 
 
 def _bounds(node):

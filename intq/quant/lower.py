@@ -10,7 +10,9 @@ Where each activation lives:
 * A Conv/Linear whose only reader is an Add or Concat hands over its INT32 accumulator;
   the Add/Concat rescales it with a per-channel DN (eq. 7 and 18), so that path is rounded
   exactly once.
-* MaxPool, Flatten, Reshape, unfused ReLU/Clip and Pad keep their input's parameters.
+* MaxPool, data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split),
+  unfused ReLU/Clip and Pad keep their input's parameters.
+* Nonlinearities, products of two tensors and Softmax: see `lower_nonlinear`.
 Graph outputs are stored signed at `output_bits` with their scale in the metadata.
 """
 from __future__ import annotations
@@ -24,10 +26,13 @@ from ..errors import IntqError
 from ..ir import Graph
 from ..ops import get_op, infer_shapes
 from ..ops.pool import AveragePool
+from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
-from .scheme import QParams, QuantConfig, activation_qparams, quantize_weights
+from .lower_nonlinear import LOWERINGS
+from .scheme import QParams, QuantConfig, activation_qparams, bias_scale_floor, quantize_weights
 
-PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad"}
+PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad", "Transpose", "Squeeze",
+                "Unsqueeze", "Slice", "Split"}
 LAYERS = ("Conv", "Linear")
 INT32_MAX = (1 << 31) - 1
 
@@ -64,9 +69,10 @@ class Lowering:
         out = []
         for n in self.fg.consumers(t):
             if n.op in PASS_THROUGH:
-                out += self.readers(n.output)
-                if n.output in self.fg.outputs:
-                    out.append(None)
+                for o in n.outputs:
+                    out += self.readers(o)
+                    if o in self.fg.outputs:
+                        out.append(None)
             else:
                 out.append(n)
         return out
@@ -153,7 +159,8 @@ class Lowering:
         m = w.shape[0]
         bias = (self.fg.constants[node.inputs[2]].astype(np.float64)
                 if len(node.inputs) > 2 and node.inputs[2] else np.zeros(m))
-        wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip)
+        wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip,
+                                  min_scales=bias_scale_floor(bias, qx.scale))
         acc_scales = qx.scale * sw
         bias_q = np.floor(bias / acc_scales + 0.5).astype(np.int64)
         flat = wq.reshape(m, -1).astype(np.int64)
@@ -249,19 +256,31 @@ class Lowering:
             op, attrs = "IntPad", {"pads": list(node.attrs["pads"]), "value": q.zero_point}
         elif node.op == "MaxPool":
             attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
-        self.ig.add_node(op, [x], [node.output], attrs, name=node.name)
-        self.bind(node.output, node.output, q)
+        self.ig.add_node(op, [x], list(node.outputs), attrs, name=node.name)
+        for o in node.outputs:
+            self.bind(o, o, q)
 
     def run(self) -> Graph:
         fg, ig = self.fg, self.ig
         for t in fg.inputs:
             ig.add_input(t, fg.values[t].shape, "float32")
-            q = self.stored_qparams(t)
+            # An input normalisation (fold_affine leaves it) joins QuantizeInput's float step.
+            norm = next((n for n in fg.consumers(t) if is_input_affine(fg, n)), None)
+            src = norm.output if norm else t
+            q = self.stored_qparams(src)
             name = f"{t}.q"
-            ig.add_node("QuantizeInput", [t], [name], {"scale": q.scale, "zero_point": q.zero_point,
-                        "lo": q.qmin, "hi": q.qmax, "dtype": q.dtype}, name="quantize_input")
-            self.bind(t, name, q)
+            attrs = {"scale": q.scale, "zero_point": q.zero_point, "lo": q.qmin, "hi": q.qmax,
+                     "dtype": q.dtype}
+            if norm:
+                c = fg.values[t].shape[1]
+                attrs.update({k: np.broadcast_to(fg.constants[i], (c,)).astype(float).tolist()
+                              for k, i in zip(("in_scale", "in_shift"), norm.inputs[1:3])})
+            ig.add_node("QuantizeInput", [t], [name], attrs, name="quantize_input")
+            self.bind(src, name, q)
+            self.env[t] = (name, q)
         for node in fg.nodes:
+            if node.op == "ChannelAffine" and node.output in self.env:
+                continue   # folded into QuantizeInput above
             if node.op in LAYERS:
                 self.lower_layer(node)
             elif node.op in ("Add", "Concat"):
@@ -270,6 +289,8 @@ class Lowering:
                 self.lower_pool(node)
             elif node.op in PASS_THROUGH:
                 self.lower_pass_through(node)
+            elif node.op in LOWERINGS:
+                LOWERINGS[node.op](self, node)
             else:
                 raise IntqError(f"node {node.name}: no integer lowering for {node.op}")
         ig.outputs = []
@@ -285,6 +306,19 @@ class Lowering:
             input={t: self.qparams[self.env[t][0]] for t in fg.inputs})
         validate_integer_graph(ig)
         return ig
+
+
+def lowering_problem(fg: Graph, node) -> str | None:
+    """Why `node` of a float graph after the passes has no integer lowering, or None."""
+    if node.op == "Unsupported":
+        return f"{node.attrs['onnx_op']}: {node.attrs['reason']}"
+    known = set(LAYERS) | PASS_THROUGH | set(LOWERINGS) | {
+        "Add", "Concat", "AveragePool", "GlobalAveragePool"}
+    if node.op not in known:
+        return f"no integer lowering for {node.op}"
+    if node.op in ("Add", "Concat", "Mul") and any(t in fg.constants for t in node.inputs):
+        return f"{node.op} with a constant that is not per channel"
+    return None
 
 
 def lower_to_integer(fg: Graph, calib, cfg: QuantConfig) -> Graph:

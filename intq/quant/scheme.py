@@ -151,12 +151,15 @@ def activation_qparams(lo: float, hi: float, bits: int, profile: str, narrow: bo
     return QParams(bits, signed, scale, zp)
 
 
-def quantize_weights(w: np.ndarray, bits: int, profile: str, clip: str = "max"):
+def quantize_weights(w: np.ndarray, bits: int, profile: str, clip: str = "max",
+                     min_scales=None):
     """Symmetric signed weights: (q int8 array, per-channel scales float64 array (M,)).
 
     q lies in [-(2^(b-1) - 1), 2^(b-1) - 1] (restricted range, so -q is representable).
     `clip="mse"` searches, per channel, the clipping threshold that minimises the squared
     quantization error (80 candidates between 30% and 100% of max|w|).
+    `min_scales` (M,) is a floor under each channel's scale (see `bias_scale_floor`); a
+    channel raised to it quantizes its weights to fewer levels (a dead channel's to 0).
     """
     qmax = (1 << (bits - 1)) - 1
     m = w.shape[0]
@@ -175,5 +178,26 @@ def quantize_weights(w: np.ndarray, bits: int, profile: str, clip: str = "max"):
                 err = ((q * s[:, None] - flat) ** 2).sum(axis=1)
                 better = err < best
                 best[better], scales[better] = err[better], s[better]
+    if min_scales is not None:
+        floor = np.broadcast_to(np.asarray(min_scales, dtype=np.float64), (m,))
+        if profile == "pot":
+            scales = np.full(m, max(scales[0], _pow2_ceil(max(float(floor.max()), 1e-300))))
+        else:
+            scales = np.maximum(scales, floor)
     q = np.clip(np.floor(flat / scales[:, None] + 0.5), -qmax, qmax).astype(np.int8)
     return q.reshape(w.shape), scales
+
+
+BIAS_BUDGET = 1 << 30  # |INT32 bias| may use half of INT32; sum(w * x) gets the other half
+
+
+def bias_scale_floor(bias: np.ndarray, x_scale: float) -> np.ndarray:
+    """Per channel, the smallest weight scale s_w with |round(bias / (x_scale * s_w))| <=
+    2^30, half of INT32 (what onnxruntime's quantizer does for INT32 biases, with a stated
+    bound). Real weights need it: after BatchNorm folding a dead channel (gamma ~ 0) has
+    weights ~1e-9 and a bias of order 1, and a pruned channel has weights exactly 0, so
+    max|w| / 127 would make the bias overflow INT32. Raised to this floor, such a channel's
+    weights quantize to 0 or +-1 and it outputs its bias, rounded once by the output DN.
+    For a live channel the floor is far below max|w| / 127 and changes nothing.
+    """
+    return np.abs(np.asarray(bias, dtype=np.float64)) / (float(x_scale) * BIAS_BUDGET)

@@ -1,0 +1,124 @@
+"""Elementwise nonlinearities of one tensor: Sigmoid, Tanh, HardSigmoid, HardSwish, Swish
+(SiLU, x * sigmoid(x)), LeakyRelu and PRelu.
+
+Each op's `fn` is its float function; the float `run` applies it and integer lowering
+evaluates it once per possible input integer to build a lookup table (LeakyRelu and PRelu
+get an exact dyadic form instead). `passes.fuse_gated_activation` turns x * sigmoid(x) and
+x * hardsigmoid(x) into Swish and HardSwish so each is one table.
+"""
+import numpy as np
+
+from ..errors import IntqError
+from .base import OpSpec, same_shape
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))   # no overflow warning for large |x|
+
+
+class Elementwise(OpSpec):
+    """An elementwise function of one tensor, attributes under their ONNX names."""
+
+    infer = staticmethod(same_shape)
+
+    @staticmethod
+    def fn(attrs, x):
+        raise NotImplementedError
+
+    @classmethod
+    def run(cls, attrs, x):
+        return (cls.fn(attrs, x.astype(np.float64)).astype(x.dtype),)
+
+
+class Sigmoid(Elementwise):
+    name = "Sigmoid"
+
+    @staticmethod
+    def fn(attrs, x):
+        return _sigmoid(x)
+
+
+class Tanh(Elementwise):
+    name = "Tanh"
+
+    @staticmethod
+    def fn(attrs, x):
+        return np.tanh(x)
+
+
+class HardSigmoid(Elementwise):
+    """max(0, min(1, alpha * x + beta)); ONNX defaults alpha 0.2, beta 0.5 (torch: 1/6, 1/2)."""
+
+    name = "HardSigmoid"
+
+    @staticmethod
+    def fn(attrs, x):
+        return np.clip(attrs.get("alpha", 0.2) * x + attrs.get("beta", 0.5), 0.0, 1.0)
+
+
+class HardSwish(Elementwise):
+    """x * max(0, min(1, alpha * x + beta)), alpha 1/6 and beta 1/2 for ONNX HardSwish."""
+
+    name = "HardSwish"
+
+    @staticmethod
+    def fn(attrs, x):
+        return x * np.clip(attrs.get("alpha", 1 / 6) * x + attrs.get("beta", 0.5), 0.0, 1.0)
+
+
+class Swish(Elementwise):
+    """SiLU: x * sigmoid(x)."""
+
+    name = "Swish"
+
+    @staticmethod
+    def fn(attrs, x):
+        return x * _sigmoid(x)
+
+
+class LeakyRelu(Elementwise):
+    name = "LeakyRelu"
+
+    @staticmethod
+    def fn(attrs, x):
+        return np.where(x >= 0, x, attrs.get("alpha", 0.01) * x)
+
+
+class PRelu(OpSpec):
+    """x for x >= 0, slope[c] * x otherwise; the slope is a constant per channel or scalar."""
+
+    name = "PRelu"
+
+    @staticmethod
+    def infer(node, ins, graph):
+        x, s = ins
+        if s.shape not in ((x.shape[1],), (1,)):
+            raise IntqError(f"PRelu slope must be one per channel or one scalar, got {s.shape}")
+        return [(x.shape, x.dtype)]
+
+    @staticmethod
+    def run(attrs, x, slope):
+        s = np.asarray(slope).reshape((1, -1) + (1,) * (x.ndim - 2))
+        return (np.where(x >= 0, x, x * s).astype(x.dtype),)
+
+    @staticmethod
+    def params(node, graph):
+        return graph.values[node.inputs[1]].shape[0]
+
+
+class Softmax(OpSpec):
+    """exp(x - max) / sum exp(x - max) over `axes` (opset < 13: every axis from `axis` on)."""
+
+    name = "Softmax"
+
+    infer = staticmethod(same_shape)
+
+    @staticmethod
+    def run(attrs, x):
+        axes = tuple(attrs["axes"])
+        e = np.exp(x.astype(np.float64) - x.max(axis=axes, keepdims=True))
+        return ((e / e.sum(axis=axes, keepdims=True)).astype(x.dtype),)
+
+
+LOOKUP_OPS = {s.name: s for s in (Sigmoid, Tanh, HardSigmoid, HardSwish, Swish)}
+SPECS = [Sigmoid, Tanh, HardSigmoid, HardSwish, Swish, LeakyRelu, PRelu, Softmax]
