@@ -8,8 +8,9 @@ anything is allocated. Every failure is one `IntqError` line naming the node or 
 Guarantees of a graph that passed `validate_integer_graph` (what the reference executor,
 the Numba kernels and the torch twin may rely on without checking again):
 
-* Structure. Every node's op is a known integer op (`ops.integer.SPECS` or a shared
-  MaxPool/Flatten/Reshape) with its fixed number of inputs and exactly one output. Every
+* Structure. Every node's op is a known integer op (`ops.integer.SPECS` or shared data
+  movement: MaxPool, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split) with
+  its fixed number of inputs and exactly one output (Split: one per piece). Every
   input is a graph input, a constant or the output of an *earlier* node (nodes are in
   topological order, no cycles); no tensor is produced twice or overwrites an input or a
   constant; every tensor named anywhere has a declared `Value`; graph outputs are node
@@ -31,6 +32,13 @@ the Numba kernels and the torch twin may rely on without checking again):
 * Ranges. Clamp bounds satisfy lo <= hi inside the output dtype; every zero point lies
   inside the dtype of the tensor it is subtracted from or added to; QuantizeInput's scale
   is finite and > 0. Hence every intermediate of `dyadic.requantize` fits int64.
+* Tables and products. An IntLookup table has exactly one entry per integer of its
+  input dtype (at most 16 bits) with `offset` its lowest value, and entries inside the
+  output dtype, so every gather is in bounds. IntMul's zero-point-corrected operands
+  multiply within INT32; its multiplier is one value. IntAffine/IntLeakyRelu signs are
+  +-1 and their multipliers and offsets are one value or one per channel. IntSoftmax
+  reduces over distinct non-batch axes into uint8 [0, 255], its exp table is
+  non-negative, ends in 0 and (elements reduced) x (largest entry) < 2^31.
 * Overflow. Each IntConv/IntLinear accumulator is bounded by sum|w| * max|x| + |bias| <=
   2^31 - 1 per output channel (the lowering's static bound, recomputed), every pool's INT32
   window sum of (x - z) is bounded the same way, and an IntAdd's sum of rescaled branches

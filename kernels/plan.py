@@ -25,14 +25,17 @@ import numpy as np
 
 from intq.errors import IntqError
 
-from . import conv, cpu, elementwise, pool
+from . import conv, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
               "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
 _ALIASES = ("Flatten", "Reshape")
 # Ops that only move elements; `MoveStep` runs any of them exactly.
-MOVEMENT = {"IntPad", "Flatten", "Reshape"}
+MOVEMENT = {"IntPad", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split"}
+# Elementwise ops whose kernels read channels as the NHWC layout's innermost axis: they
+# need a 4-D or 2-D tensor (other ranks keep channels elsewhere, see `ReferenceStep`).
+CHANNELWISE = {"IntAffine", "IntLookup", "IntLeakyRelu", "IntMul", "IntSoftmax"}
 
 
 class Layout:
@@ -104,14 +107,19 @@ class Layout:
         return off.reshape(shape)
 
     def to_reference(self, flat, n):
-        """The tensor as the reference executor holds it: int64, NCHW or (N, F)."""
+        """The tensor as the reference executor holds it: int64, in its own shape."""
         a = self.interior(flat, n)
-        a = a.transpose(0, 3, 1, 2) if self.rank == 4 else a.reshape(n, self.c)
+        a = a.transpose(0, 3, 1, 2) if self.rank == 4 else a.reshape((n,) + self.shape[1:])
         return np.ascontiguousarray(a, dtype=np.int64)
 
     def from_reference(self, a, flat, n):
         a = a.reshape(n, self.c, self.h, self.w) if self.rank == 4 else a.reshape(n, self.c, 1, 1)
         self.interior(flat, n)[...] = a.transpose(0, 2, 3, 1)
+
+    @property
+    def channels_inner(self) -> bool:
+        """Whether axis 1 of the tensor is the innermost axis of its buffer (4-D, 2-D)."""
+        return self.rank in (2, 4)
 
 
 def _scalars(*values):
@@ -372,6 +380,122 @@ class MoveStep(Step):
         return run
 
 
+def _per_channel(v, c):
+    """A constant of one value or one per channel, as int64 of length c."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.int64).reshape(-1), (c,)))
+
+
+class AffineStep(Step):
+    """IntAffine: per-channel dyadic multiplier, sign and output offset."""
+
+    def __init__(self, node, x: Layout, out: Layout, consts):
+        self.name, self.x, self.out = node.name, x, out
+        self.reads, self.writes = (x.name,), (out.name,)
+        b, c, sign, zps = consts
+        a = node.attrs
+        self.args = (int(a["in_zero_point"]), dn_table(b, c, x.c, x.c), _per_channel(sign, x.c),
+                     _per_channel(zps, x.c), int(a["lo"]), int(a["hi"]))
+
+    def bind(self, env, n):
+        zin, rq, sign, zps, lo, hi = self.args
+        xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
+        ob, og = env[self.out.name], self.out.geometry()
+        return lambda: elementwise.affine(xb, xg, dims, zin, rq, sign, zps, ob, og, lo, hi)
+
+
+class LookupStep(Step):
+    """IntLookup: one gather from the table per element."""
+
+    def __init__(self, node, x: Layout, out: Layout, table):
+        self.name, self.x, self.out = node.name, x, out
+        self.reads, self.writes = (x.name,), (out.name,)
+        self.table = np.ascontiguousarray(table, np.int64)
+        self.first = int(node.attrs["offset"])
+
+    def bind(self, env, n):
+        xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
+        ob, og, table, first = env[self.out.name], self.out.geometry(), self.table, self.first
+        return lambda: elementwise.lookup(xb, xg, dims, table, first, ob, og)
+
+
+class LeakyReluStep(Step):
+    """IntLeakyRelu: one dyadic slope per side (and sign of the negative one) per channel."""
+
+    def __init__(self, node, x: Layout, out: Layout, consts):
+        self.name, self.x, self.out = node.name, x, out
+        self.reads, self.writes = (x.name,), (out.name,)
+        bp, cp, bn, cn, sign = consts
+        a = node.attrs
+        self.args = (int(a["in_zero_point"]), dn_table(bp, cp, x.c, x.c), dn_table(bn, cn, x.c, x.c),
+                     _per_channel(sign, x.c), int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+
+    def bind(self, env, n):
+        zin, pos, neg, sign, zo, lo, hi = self.args
+        xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
+        ob, og = env[self.out.name], self.out.geometry()
+        return lambda: elementwise.leaky_relu(xb, xg, dims, zin, pos, neg, sign, ob, og, zo, lo, hi)
+
+
+class MulStep(Step):
+    """IntMul of two tensors, one broadcast over H, W or C (the SE gate)."""
+
+    def __init__(self, node, a: Layout, b: Layout, out: Layout, consts):
+        self.name, self.a, self.b, self.out = node.name, a, b, out
+        self.reads, self.writes = (a.name, b.name), (out.name,)
+        at = node.attrs
+        self.args = (int(at["a_zero_point"]), int(at["b_zero_point"]), dn_table(*consts, 1, 1),
+                     int(at["out_zero_point"]), int(at["lo"]), int(at["hi"]))
+
+    def bind(self, env, n):
+        za, zb, rq, zo, lo, hi = self.args
+        a, b, out = self.a, self.b, self.out
+        call = (env[a.name], a.geometry(), a.dims(n), za, env[b.name], b.geometry(), b.dims(n), zb,
+                rq, env[out.name], out.geometry(), out.dims(n), zo, lo, hi)
+        return lambda: elementwise.multiply(*call)
+
+
+class SoftmaxStep(Step):
+    """IntSoftmax over the channels of each pixel, or over each sample's whole map."""
+
+    def __init__(self, node, x: Layout, out: Layout, table, per_pixel: bool):
+        self.name, self.x, self.out = node.name, x, out
+        self.reads, self.writes = (x.name,), (out.name,)
+        self.table = np.ascontiguousarray(table, np.int64)
+        self.per_pixel = per_pixel
+        self.lohi = (int(node.attrs["lo"]), int(node.attrs["hi"]))
+
+    def bind(self, env, n):
+        xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
+        ob, og, table, pp = env[self.out.name], self.out.geometry(), self.table, self.per_pixel
+        lo, hi = self.lohi
+        return lambda: softmax.softmax(xb, xg, dims, table, ob, og, lo, hi, pp)
+
+
+class ReferenceStep(Step):
+    """An op whose tensors the kernels cannot address (an elementwise op on a 3-D or 5-D
+    tensor, a concat off the channel axis, a product broadcast over the batch): its
+    reference `run` on the tensors copied out to the reference layout and back. Integer
+    numpy, exact by construction, slow; no bundled or zoo model needs it."""
+
+    def __init__(self, node, ins: list, outs: list, consts: dict):
+        self.name, self.node, self.ins, self.outs, self.consts = node.name, node, ins, outs, consts
+        self.reads = tuple(x.name for x in ins if x is not None)
+        self.writes = tuple(o.name for o in outs)
+
+    def bind(self, env, n):
+        from intq.ops import get_op
+
+        run_op, attrs, node = get_op(self.node.op).run, self.node.attrs, self.node
+        ins, outs, consts = self.ins, self.outs, self.consts
+
+        def run():
+            args = [consts[t] if x is None else x.to_reference(env[x.name], n)
+                    for t, x in zip(node.inputs, ins)]
+            for o, y in zip(outs, run_op(attrs, *args)):
+                o.from_reference(np.asarray(y).reshape((n, o.c, o.h, o.w)), env[o.name], n)
+        return run
+
+
 class Plan:
     """An integer graph compiled to kernel calls; `run(x)` equals `run_integer(graph, x)`."""
 
@@ -552,7 +676,43 @@ class Plan:
             return ClampStep(node, self.layout(node.inputs[0]), out)
         if op in MOVEMENT:
             return MoveStep(node, self.layout(node.inputs[0]), [self.layout(o) for o in node.outputs])
+        if op in CHANNELWISE:
+            step = self._channelwise_step(node, out)
+            if step is not None:
+                return step
+            ins = [None if t in g.constants else self.layout(t) for t in node.inputs]
+            return ReferenceStep(node, ins, [out], {t: g.constants[t].astype(np.int64)
+                                                    for t in node.inputs if t in g.constants})
         raise IntqError(f"numba backend: no kernel for op {op} (node {node.name})")
+
+    def _channelwise_step(self, node, out):
+        """The kernel step of an elementwise op, or None where the layout does not allow
+        one (see `ReferenceStep`)."""
+        g, op = self.graph, node.op
+        x = self.layout(node.inputs[0])
+        consts = [g.constants[t] for t in node.inputs[1:] if t in g.constants]
+        if not (x.channels_inner and out.channels_inner):
+            return None
+        if op == "IntAffine":
+            return AffineStep(node, x, out, consts)
+        if op == "IntLookup":
+            return LookupStep(node, x, out, consts[0])
+        if op == "IntLeakyRelu":
+            return LeakyReluStep(node, x, out, consts)
+        if op == "IntSoftmax":
+            axes = sorted(a % x.rank for a in node.attrs["axes"])
+            if axes == [1] or (x.rank == 4 and axes == [1, 2, 3]):
+                return SoftmaxStep(node, x, out, consts[0], per_pixel=axes == [1])
+            return None
+        # IntMul: both operands 2-D or 4-D like the output, the batch not broadcast, and
+        # each other axis either the output's or 1.
+        b = self.layout(node.inputs[1])
+        va, vb, vo = (g.values[t].shape for t in (node.inputs[0], node.inputs[1], node.output))
+        if not (b.channels_inner and len(va) == len(vb) == len(vo)
+                and all(d in (1, e) for v in (va, vb) for d, e in zip(v[1:], vo[1:]))
+                and va[0] == vb[0] == vo[0]):
+            return None
+        return MulStep(node, x, b, out, consts)
 
     # -- execution ----------------------------------------------------------------
     def bind(self, n: int):

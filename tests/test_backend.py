@@ -21,7 +21,7 @@ from intq.pipeline import compile_model, float_graph
 from intq.quant.scheme import QuantConfig
 from intq.reference import run_integer
 
-SMALL = ["resnet", "inception", "mobilenet"]
+SMALL = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 BUNDLED = SMALL + [f"{n}.dynamo" for n in SMALL]
 PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else [])
 
@@ -61,7 +61,9 @@ def test_bundled_models_numba_equals_reference(name, bits, calib, images):
 
 
 @pytest.mark.parametrize("name,res", [("resnet18", 64), ("resnet50", 64), ("mobilenet_v2", 64),
-                                      ("inception_v3", 91)])
+                                      ("inception_v3", 91), ("mobilenet_v3_large", 64),
+                                      ("efficientnet_b0", 64), ("shufflenet_v2_x1_0", 64),
+                                      ("squeezenet1_0", 64), ("densenet121", 64)])
 def test_full_size_architectures_numba_equals_reference(name, res):
     import onnx
     import torch

@@ -266,3 +266,99 @@ def test_input_quantization_rounds_like_the_reference():
     x = np.array([[-0.25, 0.25, -1.75, 1.25, 1e30, -1e30, 127.74, 126.26],
                   [0.7499999, -0.7500001, 3.0, -1.5, 60.0, 61.25, 0.0, -0.0]], np.float32)
     check(g, x.reshape(1, 1, 2, 8))
+
+
+def _const(g, name, value, dtype):
+    t = g.add_constant(name, np.asarray(value))
+    g.values[t].dtype = dtype
+    return t
+
+
+def _softmax_table(scale, n):
+    """An exp table as `lower_softmax` builds it (2^E exp(-scale d), last entry 0)."""
+    e = 30 - max(1, int(np.ceil(np.log2(max(n, 2)))))
+    length = int(np.ceil((e + 1) * np.log(2) / scale)) + 1
+    table = np.floor(2.0**e * np.exp(-scale * np.arange(length)) + 0.5).astype(np.int64)
+    table[-1] = 0
+    return table
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 21), st.integers(1, 7), st.sampled_from(["uint8", "int8", "int16"]),
+       st.booleans(), st.integers(0, 2**16))
+def test_real_network_ops_equal_reference(n, c, hw, dtype, ties, seed):
+    """IntAffine (signs, offsets, per channel), IntLookup (a table over the whole input
+    range), IntLeakyRelu, IntMul as a squeeze-excitation gate (N, C, 1, 1) x (N, C, H, W),
+    IntSoftmax per pixel and over a whole sample, at extreme values and zero points."""
+    rng = np.random.default_rng(seed)
+    lo, hi = dtype_range(dtype)
+    g = Graph("mobile")
+    xq = quantized_input(g, (n, c, hw, hw), dtype)
+    zin = zero_point(rng, lo, hi)
+    # IntAffine to int16, its offsets anywhere in int16
+    b, cc = multipliers(rng, c, ties)
+    g.add_node("IntAffine", [xq, g.add_constant("af.b", b), g.add_constant("af.c", cc),
+                             g.add_constant("af.s", rng.choice([-1, 1], c)),
+                             g.add_constant("af.z", rng.integers(-40000, 40000, c))],
+               ["af"], {"in_zero_point": zin, "lo": -2**15, "hi": 2**15 - 1, "dtype": "int16"}, name="affine")
+    # IntLookup of the input (table over its dtype) and of the 16-bit affine output
+    _const_table = lambda name, lo_, hi_, out: _const(g, name, rng.integers(*dtype_range(out), hi_ - lo_ + 1,
+                                                                        endpoint=True), out)
+    g.add_node("IntLookup", [xq, _const_table("lk.t", lo, hi, "uint8")], ["lk"],
+               {"offset": lo, "dtype": "uint8"}, name="lookup")
+    g.add_node("IntLookup", ["af", _const_table("lk16.t", -2**15, 2**15 - 1, "int8")], ["lk16"],
+               {"offset": -2**15, "dtype": "int8"}, name="lookup16")
+    # IntLeakyRelu, per-channel slopes of either sign
+    pos, neg = multipliers(rng, c, ties), multipliers(rng, 1 if ties else c)
+    g.add_node("IntLeakyRelu", [xq, *(g.add_constant(f"lr.{k}", v) for k, v in
+                                     (("bp", pos[0]), ("cp", pos[1]), ("bn", neg[0]), ("cn", neg[1]))),
+                                g.add_constant("lr.s", rng.choice([-1, 1], c))],
+               ["lr"], {"in_zero_point": zin, "out_zero_point": zero_point(rng, -128, 127),
+                        "lo": -128, "hi": 127, "dtype": "int8"}, name="leaky")
+    # SE gate: global pool to (N, C, 1, 1), product with the 8-bit leaky output
+    g.add_node("IntGlobalAvgPool", [xq, g.add_constant("gp.b", np.array([int(rng.integers(1, 2**31))])),
+                                    g.add_constant("gp.c", np.array([int(rng.integers(20, 40))]))],
+               ["gate"], {"in_zero_point": zin, "out_zero_point": 0, "lo": 0, "hi": 255, "dtype": "uint8"},
+               name="pool")
+    mb, mc = multipliers(rng, 1, ties)
+    g.add_node("IntMul", ["lr", "gate", g.add_constant("mul.b", mb), g.add_constant("mul.c", mc)], ["se"],
+               {"a_zero_point": zero_point(rng, -128, 127), "b_zero_point": zero_point(rng, 0, 255),
+                "out_zero_point": zero_point(rng, 0, 255), "lo": 0, "hi": 255, "dtype": "uint8"},
+               name="gate_mul")
+    g.add_node("IntMul", ["gate", "lk", g.add_constant("mul2.b", mb), g.add_constant("mul2.c", mc)], ["se2"],
+               {"a_zero_point": 3, "b_zero_point": 0, "out_zero_point": -3, "lo": -128, "hi": 127,
+                "dtype": "int8"}, name="gate_mul2")
+    scale = float(rng.choice([0.02, 0.1, 0.7]))
+    g.add_node("IntSoftmax", ["se", _const(g, "sm.t", _softmax_table(scale, c), "int32")], ["sm"],
+               {"axes": [1], "lo": 0, "hi": 255, "dtype": "uint8"}, name="softmax")
+    g.add_node("IntSoftmax", ["lk16", _const(g, "sm2.t", _softmax_table(scale, c * hw * hw), "int32")],
+               ["sm2"], {"axes": [1, 2, 3], "lo": 0, "hi": 255, "dtype": "uint8"}, name="softmax_all")
+    g.outputs = ["af", "lk", "lk16", "lr", "se", "se2", "sm", "sm2"]
+    check(g, extreme_ints(rng, (n, c, hw, hw), lo, hi).astype(np.float32))
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.sampled_from([2, 4, 6]), st.integers(1, 5), st.integers(0, 2**16))
+def test_movement_ops_equal_reference(n, c, hw, seed):
+    """Channel shuffle (Reshape to 5-D, Transpose, Reshape), Split and Slice on channels,
+    Squeeze/Unsqueeze, and an elementwise op on a 3-D tensor (its reference fallback)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("movement")
+    xq = quantized_input(g, (n, c, hw, hw), "int8")
+    g.add_node("Reshape", [xq], ["r5"], {"shape": [-1, 2, c // 2, hw, hw]}, name="to5")
+    g.add_node("Transpose", ["r5"], ["t5"], {"perm": [0, 2, 1, 3, 4]}, name="shuffle")
+    g.add_node("Reshape", ["t5"], ["shuf"], {"shape": [-1, c, hw, hw]}, name="to4")
+    g.add_node("Split", ["shuf"], ["s0", "s1"], {"axis": 1, "split": [c // 2, c - c // 2]}, name="split")
+    g.add_node("Slice", ["s1"], ["sl"], {"axes": [1, 3], "starts": [0, 1], "ends": [c, 99], "steps": [1, 1]},
+               name="slice")
+    g.add_node("IntGlobalAvgPool", ["s0", g.add_constant("gp.b", np.array([1 << 30])),
+                                    g.add_constant("gp.c", np.array([30]))],
+               ["gp"], {"in_zero_point": 0, "out_zero_point": 0, "lo": -128, "hi": 127, "dtype": "int8",
+                        "keepdims": 1}, name="gap")
+    g.add_node("Squeeze", ["gp"], ["sq"], {"axes": [3]}, name="squeeze")
+    g.add_node("IntLookup", ["sq", _const(g, "t3", rng.integers(0, 256, 256), "uint8")], ["lk3"],
+               {"offset": -128, "dtype": "uint8"}, name="lookup3d")
+    g.add_node("Unsqueeze", ["lk3"], ["usq"], {"axes": [3]}, name="unsqueeze")
+    g.add_node("Transpose", ["xq"], ["nhwc"], {"perm": [0, 2, 3, 1]}, name="to_nhwc")
+    g.outputs = ["shuf", "s0", "sl", "usq", "nhwc", "lk3"]
+    check(g, extreme_ints(rng, (n, c, hw, hw), -128, 127).astype(np.float32))

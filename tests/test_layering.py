@@ -54,3 +54,15 @@ def test_no_stage_imports_a_later_one():
             target = stage(name)
             if target in ORDER and own in ORDER:
                 assert ORDER.index(target) <= ORDER.index(own), f"{path}: imports {name}"
+
+
+def test_every_subpackage_is_installed():
+    """setup.cfg lists every package under intq/ (a non-editable install ships only those)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(PKG.parent / "setup.cfg")
+    listed = {p.strip() for p in cfg["options"]["packages"].split(",")}
+    found = {"intq." + ".".join(p.parent.relative_to(PKG).parts) if p.parent != PKG else "intq"
+             for p in PKG.rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert found | {"intq.kernels"} <= listed, sorted(found - listed)
