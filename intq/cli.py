@@ -79,15 +79,11 @@ def cmd_run(args) -> int:
     from .artifact import atomic_write, load_artifact
     from .errors import IntqError
     from .executor import dequantize, make_executor
+    from .pipeline import load_npy
 
     _check_output(args.output)
     art = load_artifact(args.model)
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except FileNotFoundError:
-        raise IntqError(f"{args.input}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise IntqError(f"{args.input}: not a readable .npy file ({e})") from None
+    x = load_npy(args.input, "input")
     if x.dtype.kind not in "fiu":
         raise IntqError(f"{args.input}: input must be numeric, got {x.dtype}")
     q = make_executor(art.integer, args.backend).run(x.astype(np.float32))[0]

@@ -12,6 +12,47 @@ def float_graph(model, allow_unsupported: bool = False) -> Graph:
     return run_passes(import_onnx(model, allow_unsupported))
 
 
+def check_npy_header(f, what: str) -> None:
+    """Read an .npy header from the open file f and refuse, before anything is allocated,
+    an array whose declared size exceeds the memory limit (a crafted header can declare
+    petabytes in a few bytes). Leaves f anywhere; callers reopen or seek."""
+    import numpy as np
+
+    from .errors import IntqError
+    from .limits import check_bytes
+
+    try:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    except (OSError, ValueError, EOFError) as e:
+        raise IntqError(f"{what}: not a readable .npy array ({e})") from None
+    need = dtype.itemsize
+    for d in shape:
+        need *= int(d)
+    check_bytes(need, f"{what} (shape {tuple(shape)}, {dtype})")
+
+
+def load_npy(path, what: str):
+    """An .npy array, its size checked against the memory limit before it is read."""
+    import os
+
+    import numpy as np
+
+    from .errors import IntqError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise IntqError(f"{what} {path}: no such file")
+    with open(path, "rb") as f:
+        check_npy_header(f, f"{what} {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise IntqError(f"{what} {path}: not a readable .npy file ({e})") from None
+
+
 def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data"):
     """(images float32 NCHW, labels or None) from an .npz file, with one-line errors."""
     import os
@@ -30,8 +71,11 @@ def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data")
             if key is None:
                 raise IntqError(f"{what} {path}: no array named {' or '.join(keys)} "
                                 f"(found: {', '.join(z.files) or 'none'})")
-            x = np.asarray(z[key])
             lkey = next((k for k in label_keys if k in z.files), None)
+            for k in (key, lkey) if lkey else (key,):
+                with z.zip.open(f"{k}.npy") as f:
+                    check_npy_header(f, f"{what} {path} [{k}]")
+            x = np.asarray(z[key])
             y = np.asarray(z[lkey]) if lkey else None
     except IntqError:
         raise

@@ -63,18 +63,40 @@ def _row_base(m, cp, xg):
     return offset(xg, n, oh * cp[SH] - cp[PT], ow * cp[SW] - cp[PL])
 
 
-@njit(cache=True)
-def _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
+@njit(cache=True, inline="always")
+def _tile_pixels(m0, cp, xg, pix, bases):
+    """The tile's output pixels: pix[p] = (n, oh, ow) of GEMM row m0 + p and bases[p] its
+    `_row_base`, with one division per tile (stepping along the row), not two per pixel:
+    64-bit divisions cost more than a 1x1 layer's whole reduction. Rows past the last
+    repeat the last pixel, as `_row_base` does. Returns how many rows are real."""
     hw = cp[OH] * cp[OW]
-    rows = min(TILE_M, cp[N_] * hw - m0)
+    last = cp[N_] * hw - 1
+    mm = min(m0, last)
+    n = mm // hw
+    r = mm - n * hw
+    oh = r // cp[OW]
+    ow = r - oh * cp[OW]
+    for p in range(TILE_M):
+        pix[p, 0], pix[p, 1], pix[p, 2] = n, oh, ow
+        bases[p] = offset(xg, n, oh * cp[SH] - cp[PT], ow * cp[SW] - cp[PL])
+        if m0 + p < last:
+            ow += 1
+            if ow == cp[OW]:
+                ow = 0
+                oh += 1
+                if oh == cp[OH]:
+                    oh = 0
+                    n += 1
+    return min(TILE_M, last + 1 - m0)
+
+
+@njit(cache=True)
+def _finish_tile(tile, pix, rows, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     c0 = blk * TILE_N
     nc = min(TILE_N, cp[COUT] - c0)
     for p in range(rows):
-        m = m0 + p
-        n = m // hw
-        r = m - n * hw
-        oh = r // cp[OW]
-        store_pixel(tile, p * TILE_N, c0, nc, n, oh, r - oh * cp[OW], rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+        store_pixel(tile, p * TILE_N, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res, rg,
+                    rrq, out2, og2, rq2)
 
 
 @njit(cache=True)
@@ -107,13 +129,12 @@ def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2,
         chunk = task // nblk
         tile = np.empty(TILE_M * TILE_N, np.int32)
         bases = np.empty(TILE_M, np.int64)
+        pix = np.empty((TILE_M, 3), np.int64)
         wbase = blk * taps * cin * TILE_N
         for i in range(chunk * per, min(ntile, (chunk + 1) * per)):
-            m0 = i * TILE_M
-            for p in range(TILE_M):
-                bases[p] = _row_base(m0 + p, cp, xg)
+            rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
             _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile)
-            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+            _finish_tile(tile, pix, rows_here, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
 
 
 @njit(parallel=True, cache=True)

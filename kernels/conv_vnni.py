@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv import CIN, NBLK, N_, OH, OW, PER_TASK, TAPS, TILE_M, TILE_N, _finish_tile, _row_base
+from .conv import CIN, NBLK, N_, OH, OW, PER_TASK, TAPS, TILE_M, TILE_N, _finish_tile, _tile_pixels
 from .simd import vbroadcast4, vdpbusd, vload, vstore, vzero
 
 
@@ -105,11 +105,11 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
         blk = task % nblk
         chunk = task // nblk
         tile = np.empty(TILE_M * TILE_N, np.int32)
+        bases = np.empty(TILE_M, np.int64)
+        pix = np.empty((TILE_M, 3), np.int64)
         wbase = blk * taps * c4n * 256
         for i in range(chunk * per, min(ntile, (chunk + 1) * per)):
-            m0 = i * TILE_M
-            _tile_vnni(x, wp, wbase, toff, taps, c4n,
-                       _row_base(m0, cp, xg), _row_base(m0 + 1, cp, xg), _row_base(m0 + 2, cp, xg),
-                       _row_base(m0 + 3, cp, xg), _row_base(m0 + 4, cp, xg), _row_base(m0 + 5, cp, xg),
-                       tile)
-            _finish_tile(tile, m0, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+            rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
+            _tile_vnni(x, wp, wbase, toff, taps, c4n, bases[0], bases[1], bases[2], bases[3], bases[4],
+                       bases[5], tile)
+            _finish_tile(tile, pix, rows_here, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

@@ -367,3 +367,30 @@ def test_onnx_absurd_tensor_is_refused_before_allocation(tmp_path):
     rc, grew, err = cli_peak_mib("inspect", path)
     assert rc == "2" and "memory limit" in err and "Traceback" not in err, err
     assert grew < 64
+
+
+def _huge_npy(declared_shape) -> bytes:
+    """An .npy whose header declares `declared_shape` float32 but holds 16 bytes of data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": declared_shape})
+    return buf.getvalue() + bytes(16)
+
+
+def test_input_arrays_declaring_huge_shapes_are_refused_before_reading(tmp_path):
+    """`intq run` on an .npy, and compile on an .npz, whose header declares ~1 PiB: one line
+    naming the memory limit, not a MemoryError traceback."""
+    shape = (1 << 36, 1, 16, 16)
+    npy = tmp_path / "x.npy"
+    npy.write_bytes(_huge_npy(shape))
+    art = tmp_path / "m.intq"
+    assert run_cli("compile", MODELS / "resnet.onnx", "-o", art, "--calib",
+                   MODELS / "digits_calib.npz").returncode == 0
+    proc = run_cli("run", art, npy, "-o", tmp_path / "y.npy")
+    assert_user_error(proc, "input", "memory limit", str(shape))
+    npz = tmp_path / "calib.npz"
+    with zipfile.ZipFile(npz, "w") as z:
+        z.writestr("x.npy", _huge_npy(shape))
+    proc = run_cli("compile", MODELS / "resnet.onnx", "-o", tmp_path / "m2.intq", "--calib", npz)
+    assert_user_error(proc, "calibration data", "memory limit")
+    assert not (tmp_path / "y.npy").exists() and not (tmp_path / "m2.intq").exists()
