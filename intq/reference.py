@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import IntqError
 from .float_executor import check_feed, feed_batch
 from .ir import Graph
 from .ops import get_op

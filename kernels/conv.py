@@ -90,7 +90,7 @@ def _tile_pixels(m0, cp, xg, pix, bases):
     return min(TILE_M, last + 1 - m0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _finish_tile(tile, pix, rows, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     c0 = blk * TILE_N
     nc = min(TILE_N, cp[COUT] - c0)

@@ -74,6 +74,23 @@ def export_torch(module, x, dynamo=False, opset=13, dynamic_batch=False, keep_bn
         return onnx.load_from_string(f.getvalue())
 
 
+def export_full_size(name, res, prepare=None):
+    """A zoo.FULL_SIZE net (seeded weights, eval mode, `prepare` applied) exported at
+    res x res by the legacy exporter (opset 13, dynamic batch) as a ModelProto."""
+    import torch
+    from models import zoo
+
+    torch.manual_seed(0)
+    model = zoo.FULL_SIZE[name][0]().eval()
+    model = prepare(model) if prepare else model
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, res, res),), f, dynamo=False, opset_version=13,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    return onnx.load_from_string(f.getvalue())
+
+
 def bundled_onnx_files():
     return sorted(MODELS.glob("*.onnx"))
 

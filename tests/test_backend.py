@@ -2,18 +2,16 @@
 mixed bit file) and the full-size architectures at reduced resolution give exactly the
 reference executor's integers; `intq run` writes the same bytes with either backend;
 the kernel path can be forced; `intq bench`, the latency table and the Python API work."""
-import io
 import json
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 import intq
-from conftest import MODELS
+from conftest import MODELS, export_full_size
 from intq.cli import main as cli_main
 from intq.kernels import cpu
 from intq.kernels.plan import Plan
@@ -65,22 +63,12 @@ def test_bundled_models_numba_equals_reference(name, bits, calib, images):
                                       ("efficientnet_b0", 64), ("shufflenet_v2_x1_0", 64),
                                       ("squeezenet1_0", 64), ("densenet121", 64)])
 def test_full_size_architectures_numba_equals_reference(name, res):
-    import onnx
-    import torch
-    from models import zoo
-
-    torch.manual_seed(0)
-    model = zoo.FULL_SIZE[name][0]().eval()
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, res, res),), f, dynamo=False, opset_version=13,
-                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    model = export_full_size(name, res)
     x = np.random.default_rng(0).standard_normal((3, 3, res, res)).astype(np.float32)
-    names = [n.name for n in float_graph(onnx.load_from_string(f.getvalue())).nodes
+    names = [n.name for n in float_graph(model).nodes
              if n.op in ("Conv", "Linear")]
     cfg = QuantConfig(bits={k: 4 if i % 3 == 1 else 8 for i, k in enumerate(names)})
-    ig, _, _ = compile_model(onnx.load_from_string(f.getvalue()), x, cfg)
+    ig, _, _ = compile_model(model, x, cfg)
     want = run_integer(ig, x[:2])
     for kernels in PATHS:
         assert_same(Plan(ig, kernels).run(x[:2]), want)

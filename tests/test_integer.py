@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from conftest import MODELS, make_model
+from conftest import MODELS, export_full_size, make_model
 from intq.artifact import load_artifact, save_artifact
 from intq.errors import IntqError
 from intq.float_executor import run_float
@@ -384,21 +384,7 @@ def test_full_size_architectures_lower_and_run(name, res):
     """InceptionV3 (pools with count_include_pad, four-way concats), MobileNetV2 (linear
     bottlenecks, ReLU6) and ResNet50 lower to integer-only graphs that track the float
     model. Random weights and inputs, so the bar is agreement, not accuracy."""
-    import io
-    import warnings
-
-    import onnx
-    import torch
-    from models import zoo
-
-    torch.manual_seed(0)
-    model = zoo.FULL_SIZE[name][0]().eval()
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, res, res),), f, dynamo=False, opset_version=13,
-                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
-    fg = float_graph(onnx.load_from_string(f.getvalue()))
+    fg = float_graph(export_full_size(name, res))
     x = np.random.default_rng(0).standard_normal((4, 3, res, res)).astype(np.float32)
     ig = lower_to_integer(fg, Calibration(fg, x), QuantConfig(default_bits=8))
     validate_integer_graph(ig)
@@ -414,20 +400,9 @@ def test_classic_architectures_keep_logit_cosine_at_int8(name, res):
     (pre-activation BatchNorms as IntAffine), MobileNetV3-Large (hard-swish tables,
     SE products) and EfficientNet-B0 (SiLU tables, sigmoid SE gates), seeded random weights
     and sane BN statistics, fixed batch 2: INT8 logits keep cosine > 0.99 with float."""
-    import io
-    import warnings
-
-    import onnx
-    import torch
     from models import zoo
 
-    torch.manual_seed(0)
-    model = zoo.sane_random_batchnorm(zoo.FULL_SIZE[name][0]().eval())
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 3, res, res),), f, dynamo=False, opset_version=13)
-    fg = float_graph(onnx.load_from_string(f.getvalue()))
+    fg = float_graph(export_full_size(name, res, zoo.sane_random_batchnorm))
     x = np.random.default_rng(0).standard_normal((4, 3, res, res)).astype(np.float32)
     ig = lower_to_integer(fg, Calibration(fg, x), QuantConfig(default_bits=8))
     validate_integer_graph(ig)

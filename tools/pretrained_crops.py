@@ -129,7 +129,8 @@ def compare(lq, lf) -> dict:
             "cosine_min": float(cos.min())}
 
 
-def evaluate_export(model_bytes: bytes, calib: np.ndarray, x: np.ndarray, log=print) -> dict:
+def evaluate_export(model_bytes: bytes, calib: np.ndarray, x: np.ndarray, log=print,
+                    methods=("minmax",)) -> dict:
     import onnx
 
     import intq
@@ -143,14 +144,16 @@ def evaluate_export(model_bytes: bytes, calib: np.ndarray, x: np.ndarray, log=pr
                                 for lo, hi in ((0, 0.5), (0.5, 1), (1, 2), (2, 4), (4, 8), (8, 1e9))},
            "fp32_classes": {int(k): int(v) for k, v in zip(*np.unique(lf.argmax(1), return_counts=True))}}
     proto = onnx.load_from_string(model_bytes)
-    for bits in (8, 4):
-        t0 = time.perf_counter()
-        m = intq.compile(proto, calib, bits=bits)
-        validate_integer_graph(m.integer)  # integer-only after the input, proved again
-        compile_s = time.perf_counter() - t0
-        lq = np.concatenate([m.run(x[i:i + 16]) for i in range(0, len(x), 16)])
-        res[f"intq_int{bits}"] = dict(compare(lq, lf), compile_s=round(compile_s, 1))
-        log(f"  intq INT{bits}: {res[f'intq_int{bits}']}")
+    for method in methods:
+        for bits in (8, 4):
+            t0 = time.perf_counter()
+            m = intq.compile(proto, calib, bits=bits, calib_method=method)
+            validate_integer_graph(m.integer)  # integer-only after the input, proved again
+            compile_s = time.perf_counter() - t0
+            lq = np.concatenate([m.run(x[i:i + 16]) for i in range(0, len(x), 16)])
+            key = f"intq_int{bits}" + ("" if method == methods[0] else f"_{method}")
+            res[key] = dict(compare(lq, lf), compile_s=round(compile_s, 1), calib_method=method)
+            log(f"  intq INT{bits} ({method}): {res[key]}")
     with tempfile.TemporaryDirectory() as d:
         res["ort_int8"] = compare(ort_run(ort_quantize_static(model_bytes, calib, d), x), lf)
     log(f"  onnxruntime INT8: {res['ort_int8']}")
@@ -176,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--crops", type=int, default=200, help="evaluation crops")
     p.add_argument("--calib", type=int, default=32, help="calibration crops (another seed)")
     p.add_argument("--exporters", default="legacy,dynamo")
+    p.add_argument("--calib-methods", default="minmax",
+                   help="intq calibration methods, comma-separated; the first is the headline")
     p.add_argument("-o", "--output", default="crops.json")
     args = p.parse_args(argv)
 
@@ -189,10 +194,16 @@ def main(argv=None) -> int:
                "crops": args.crops, "calib_crops": args.calib, "cpu": cpu.cpu_name(), "exports": {}}
     for name in args.exporters.split(","):
         print(f"{name} export", flush=True)
-        results["exports"][name] = evaluate_export(export(model, name == "dynamo"), calib, x)
+        results["exports"][name] = evaluate_export(export(model, name == "dynamo"), calib, x,
+                                                   methods=tuple(args.calib_methods.split(",")))
     with open(args.output, "w") as f:
         json.dump(results, f, indent=1)
     print(table(results))
+    for name, r in results["exports"].items():
+        for key, v in r.items():
+            if key.startswith("intq_") and v.get("calib_method") != args.calib_methods.split(",")[0]:
+                print(f"{name} {key}: agreement all {100 * v['agree_all']:.1f}, margin > 1 "
+                      f"{100 * v['agree_margin_gt_1']:.1f}, cosine {v['cosine_mean']:.3f}")
     for name, r in results["exports"].items():
         print(f"{name}: FP32 margin quantiles {r['margin_quantiles']}; histogram {r['margin_histogram']}")
     return 0

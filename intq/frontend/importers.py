@@ -7,7 +7,6 @@ Each importer reads ONNX attributes under their ONNX names, resolves opset diffe
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 
 from ..errors import IntqError, UnsupportedOpsError

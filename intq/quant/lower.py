@@ -24,7 +24,7 @@ import numpy as np
 from ..dyadic import dyadic_multipliers
 from ..errors import IntqError
 from ..ir import Graph
-from ..ops import get_op, infer_shapes
+from ..ops import infer_shapes
 from ..ops.pool import AveragePool
 from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
