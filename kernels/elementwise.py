@@ -22,15 +22,21 @@ def quantize_input(x, in_scale, in_shift, scale, zp, lo, hi, out, og):
     (IEEE multiply, add, divide and floor, in that order and unfused, are deterministic),
     clamped before the integer conversion."""
     n_, c_, h_, w_ = x.shape
+    cb = og[2]
     for row in prange(n_ * h_):
         n = row // h_
         h = row - n * h_
-        for w in range(w_):
-            o = offset(og, n, h, w)
-            for c in range(c_):
-                v = np.float64(x[n, c, h, w]) * in_scale[c] + in_shift[c]
+        o = offset(og, n, h, 0)
+        y = out[o:o + w_ * cb]
+        # Channel by channel along the contiguous input row (LLVM vectorises the float
+        # math; the NHWC stores are strided).
+        for c in range(c_):
+            xr = x[n, c, h]
+            s, t = in_scale[c], in_shift[c]
+            for w in range(w_):
+                v = np.float64(xr[w]) * s + t
                 q = np.floor(v / scale + 0.5) + zp
-                out[o + c] = np.int64(min(max(q, lo), hi))
+                y[w * cb + c] = np.int64(min(max(q, lo), hi))
 
 
 @njit(parallel=True, cache=True)

@@ -92,16 +92,30 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
         ro = offset(rg, n, h, w) + c0
         r = res[ro:ro + nc]
         rmul, rs1, rrnd, rs2 = rrq[MUL, c0:c0 + nc], rrq[SHIFT1, c0:c0 + nc], rrq[ROUND, c0:c0 + nc], rrq[SHIFT2, c0:c0 + nc]
-        for j in range(nc):
-            v = np.int64(np.int32(a[j] + bias[j])) * np.int64(np.int32(mul[j]))
-            v = ((v >> s1[j]) + rnd[j]) >> s2[j]
-            v += ((((np.int64(r[j]) - zr) * rmul[j]) >> rs1[j]) + rrnd[j]) >> rs2[j]
-            y[j] = min(max(v + zo, lo), hi)
+        if r.itemsize <= 2:  # r - z_r fits int32 (the usual 8/16-bit residual stream)
+            for j in range(nc):
+                v = np.int64(np.int32(a[j] + bias[j])) * np.int64(np.int32(mul[j]))
+                v = ((v >> s1[j]) + rnd[j]) >> s2[j]
+                u = np.int64(np.int32(r[j] - zr)) * np.int64(np.int32(rmul[j]))
+                v += ((u >> rs1[j]) + rrnd[j]) >> rs2[j]
+                y[j] = min(max(v + zo, lo), hi)
+        else:
+            for j in range(nc):
+                v = np.int64(np.int32(a[j] + bias[j])) * np.int64(np.int32(mul[j]))
+                v = ((v >> s1[j]) + rnd[j]) >> s2[j]
+                v += ((((np.int64(r[j]) - zr) * rmul[j]) >> rs1[j]) + rrnd[j]) >> rs2[j]
+                y[j] = min(max(v + zo, lo), hi)
     if sc[5]:
         zy, z2, lo2, hi2 = sc[6], sc[7], sc[8], sc[9]
         o2 = offset(og2, n, h, w) + c0
         y2 = out2[o2:o2 + nc]
         m2, t1, r2, t2 = rq2[MUL, c0:c0 + nc], rq2[SHIFT1, c0:c0 + nc], rq2[ROUND, c0:c0 + nc], rq2[SHIFT2, c0:c0 + nc]
-        for j in range(nc):
-            v = ((((np.int64(y[j]) - zy) * m2[j]) >> t1[j]) + r2[j]) >> t2[j]
-            y2[j] = min(max(v + z2, lo2), hi2)
+        if y.itemsize <= 2:
+            for j in range(nc):
+                v = np.int64(np.int32(y[j] - zy)) * np.int64(np.int32(m2[j]))
+                v = ((v >> t1[j]) + r2[j]) >> t2[j]
+                y2[j] = min(max(v + z2, lo2), hi2)
+        else:
+            for j in range(nc):
+                v = ((((np.int64(y[j]) - zy) * m2[j]) >> t1[j]) + r2[j]) >> t2[j]
+                y2[j] = min(max(v + z2, lo2), hi2)
