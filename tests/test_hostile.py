@@ -394,3 +394,18 @@ def test_input_arrays_declaring_huge_shapes_are_refused_before_reading(tmp_path)
     proc = run_cli("compile", MODELS / "resnet.onnx", "-o", tmp_path / "m2.intq", "--calib", npz)
     assert_user_error(proc, "calibration data", "memory limit")
     assert not (tmp_path / "y.npy").exists() and not (tmp_path / "m2.intq").exists()
+
+
+def test_softmax_over_the_batch_axis_is_refused_in_one_line(tmp_path):
+    """Found by the ONNX fuzzer: a Softmax whose axis was changed to 0 (the dynamic batch)
+    crashed lowering with a TypeError; it is an unsupported form, said in one line."""
+    w = np.ones((4, 1, 3, 3), np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Softmax", ["c"], ["y"], axis=0)]
+    model = make_model(nodes, [("x", ["N", 1, 8, 8])], [("y", None)], {"w": w})
+    path = tmp_path / "softmax0.onnx"
+    path.write_bytes(model.SerializeToString())
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
+    proc = run_cli("compile", path, "-o", tmp_path / "m.intq", "--calib", calib)
+    assert_user_error(proc, "Softmax", "batch axis")

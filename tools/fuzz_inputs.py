@@ -46,7 +46,7 @@ from intq.report import cost_table, quantization_card  # noqa: E402
 
 MODELS = os.path.join(ROOT, "models")
 ARTIFACT_BASES = [("resnet", 4), ("inception", 8)]
-ONNX_BASES = ["resnet", "inception", "mobilenet"]
+ONNX_BASES = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 OUTCOMES = ("accepted-unchanged", "accepted-changed", "refused", "other")
 
 

@@ -287,6 +287,8 @@ def softmax(ctx, node):
         axes = list(range(attr(node, "axis", 1) % rank, rank))
     else:
         axes = [attr(node, "axis", -1) % rank]
+    if 0 in axes:  # the batch axis: samples would depend on each other (and its size is dynamic)
+        raise IntqError(f"Softmax {node.name}: normalising over the batch axis is not supported")
     ctx.emit(node, "Softmax", [node.input[0]], {"axes": axes})
 
 
