@@ -112,16 +112,25 @@ def cmd_eval(args) -> int:
     art = load_artifact(args.model)
     fg = float_graph(args.float) if args.float else art.float
     if os.path.isdir(args.data):   # an image folder, streamed batch by batch
-        from .images import image_batches
+        from .images import count_images, image_batches, list_images, report_skipped
 
+        if list_images(args.data)[1] is None:
+            raise IntqError(f"eval data {args.data}: no labels (no class subfolders)")
         chw = art.integer.values[art.integer.inputs[0]].shape[1:]
         ex = make_executor(art.integer, args.backend)
-        parts = [(*logits(art.integer, xb, fg, executor=ex, progress=False), yb)
-                 for xb, yb in image_batches(args.data, chw, args.preprocess, batch=256)]
-        if parts[0][2] is None:
-            raise IntqError(f"eval data {args.data}: no labels (no class subfolders)")
+        total, done, skipped, parts = count_images(args.data), 0, [], []
+        show = sys.stderr.isatty()
+        for xb, yb in image_batches(args.data, chw, args.preprocess, batch=256, skipped=skipped):
+            parts.append((*logits(art.integer, xb, fg, executor=ex, progress=False), yb))
+            done += len(xb)
+            if show:
+                bar = "#" * (30 * (done + len(skipped)) // total)
+                print(f"\r[{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+        if show:
+            print(file=sys.stderr)
+        report_skipped(skipped, f"eval data {args.data}")
         li, lf, y = (np.concatenate(p) for p in zip(*parts))
-        res = dict(metrics(li, lf, y), backend=args.backend)
+        res = dict(metrics(li, lf, y), backend=args.backend, unreadable=len(skipped))
     else:
         x, y = load_npz_images(args.data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
         if y is None:

@@ -12,6 +12,10 @@ float32 NCHW arrays of the model's input shape (C, H, W) by a named preprocessin
   Inception and EfficientNet-Lite-style ports expect;
 * ``none``: RGB (or grey for C = 1) in [0, 1], no resizing: every image must be H x W.
 Extensions read: .jpg .jpeg .png .bmp .ppm .pgm .webp (case-insensitive).
+
+A file that cannot be decoded (truncated, not an image) is skipped and counted, not fatal:
+`image_batches` appends it to its `skipped` list and the commands report the count; a
+folder in which no image can be read is an error.
 """
 from __future__ import annotations
 
@@ -23,6 +27,12 @@ from .errors import IntqError
 
 PREPROCESSING = ("imagenet", "inception", "none")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+class UnreadableImage(IntqError):
+    """One file that Pillow cannot decode: skipped and counted by `image_batches`."""
+
+
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
@@ -69,7 +79,7 @@ def load_image(path, chw, preprocess: str) -> np.ndarray:
                 im = im.crop((left, top, left + w, top + h))
             a = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, ValueError) as e:
-        raise IntqError(f"{path}: not a readable image ({e})") from None
+        raise UnreadableImage(f"{path}: not a readable image ({e})") from None
     a = a[None] if c == 1 else a.transpose(2, 0, 1)
     if a.shape != (c, h, w):
         raise IntqError(f"{path}: image is {a.shape[2]}x{a.shape[1]}, the model expects {w}x{h} "
@@ -81,18 +91,53 @@ def load_image(path, chw, preprocess: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def image_batches(folder, chw, preprocess: str, batch: int = 64, limit: int | None = None):
-    """Yield (images float32 NCHW, labels or None) batch by batch: one batch in memory."""
+def image_batches(folder, chw, preprocess: str, batch: int = 64, limit: int | None = None,
+                  skipped: list | None = None):
+    """Yield (images float32 NCHW, labels or None) batch by batch: one batch in memory.
+    Unreadable files are left out and appended to `skipped`; if no file at all can be
+    read, IntqError."""
     files, labels = list_images(folder)
     if limit is not None:
         files = files[:limit]
+    skipped = [] if skipped is None else skipped
+    read = 0
     for start in range(0, len(files), batch):
-        part = files[start:start + batch]
-        x = np.stack([load_image(f, chw, preprocess) for f in part])
-        yield x, None if labels is None else np.asarray(labels[start:start + batch], np.int64)
+        xs, ys = [], []
+        for i, f in enumerate(files[start:start + batch]):
+            try:
+                xs.append(load_image(f, chw, preprocess))
+            except UnreadableImage:
+                skipped.append(f)
+                continue
+            if labels is not None:
+                ys.append(labels[start + i])
+        if xs:
+            read += len(xs)
+            yield np.stack(xs), None if labels is None else np.asarray(ys, np.int64)
+    if not read:
+        raise IntqError(f"{folder}: none of its {len(files)} images can be read "
+                        f"(first: {skipped[0] if skipped else '?'})")
 
 
-def load_image_folder(folder, chw, preprocess: str, limit: int | None = None):
-    """All of a folder's images (up to `limit`) and labels as arrays."""
-    xs, ys = zip(*image_batches(folder, chw, preprocess, limit=limit))
+def count_images(folder, limit: int | None = None) -> int:
+    n = len(list_images(folder)[0])
+    return n if limit is None else min(n, limit)
+
+
+def report_skipped(skipped: list, what: str) -> None:
+    """One stderr line for the unreadable files of a folder, if any."""
+    import sys
+
+    if skipped:
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        print(f"intq: {what}: skipped {len(skipped)} unreadable image(s): {skipped[0]}{more}",
+              file=sys.stderr)
+
+
+def load_image_folder(folder, chw, preprocess: str, limit: int | None = None, what: str = "images"):
+    """All of a folder's readable images (up to `limit`) and labels as arrays; unreadable
+    files are reported on stderr and left out."""
+    skipped: list = []
+    xs, ys = zip(*image_batches(folder, chw, preprocess, limit=limit, skipped=skipped))
+    report_skipped(skipped, what)
     return np.concatenate(xs), None if ys[0] is None else np.concatenate(ys)

@@ -114,7 +114,7 @@ def load_data(path, chw_fn, keys, label_keys=("y",), what="data", preprocess="im
     if os.path.isdir(os.fspath(path)):
         from .images import load_image_folder
 
-        return load_image_folder(path, chw_fn(), preprocess)
+        return load_image_folder(path, chw_fn(), preprocess, what=what)
     return load_npz_images(path, keys, label_keys, what)
 
 

@@ -79,3 +79,25 @@ def test_cli_compile_and_eval_from_image_folders(tmp_path):
     assert res["images"] == 360 and res["int_top1"] > 0.98 and res["top1_agreement"] > 0.98
     proc = run_cli("eval", out, "--data", tmp_path / "calib", "--preprocess", "none")
     assert proc.returncode == 2 and "no labels" in proc.stderr
+    # A truncated and a non-image file among the labelled ones: skipped and counted, the
+    # other 360 still evaluated; calibration skips them the same way.
+    (tmp_path / "test" / "3" / "zz_truncated.png").write_bytes((tmp_path / "test" / "3").glob("*.png")
+                                                             .__next__().read_bytes()[:40])
+    (tmp_path / "test" / "5" / "zz_text.jpg").write_text("not an image")
+    (tmp_path / "calib" / "zz_text.png").write_text("not an image")
+    proc = run_cli("eval", out, "--data", tmp_path / "test", "--preprocess", "none", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["images"] == 360 and res["unreadable"] == 2, res
+    assert "skipped 2 unreadable image(s)" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("compile", MODELS / "resnet.onnx", "-o", tmp_path / "m2.intq", "--calib",
+                   tmp_path / "calib", "--preprocess", "none")
+    assert proc.returncode == 0 and "skipped 1 unreadable image(s)" in proc.stderr, proc.stderr
+
+
+def test_folder_without_a_readable_image_is_an_error(tmp_path):
+    for i in range(3):
+        (tmp_path / "bad" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / "a" / f"{i}.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(IntqError, match="none of its 3 images can be read"):
+        list(image_batches(tmp_path / "bad", (1, 8, 8), "none"))
