@@ -30,7 +30,8 @@ the Numba kernels and the torch twin may rely on without checking again):
   that broadcasts onto the output without changing it). Layer inputs (activations) are
   never constants.
 * Ranges. Clamp bounds satisfy lo <= hi inside the output dtype; every zero point lies
-  inside the dtype of the tensor it is subtracted from or added to; QuantizeInput's scale
+  inside the dtype of the tensor it is subtracted from or added to, and is 0 for an
+  IntConv/IntLinear accumulator (its offset lives in the bias); QuantizeInput's scale
   is finite and > 0. Hence every intermediate of `dyadic.requantize` fits int64.
 * Tables and products. An IntLookup table has exactly one entry per integer of its
   input dtype (at most 16 bits) with `offset` its lowest value, and entries inside the
@@ -506,6 +507,16 @@ def _check_integer_node(p, g, node):
     for t in node.inputs[:activations]:
         if t in g.constants:
             p.fail(f"{where}: activation input {t!r} is a constant")
+    # An IntConv/IntLinear accumulator has no zero point (its offset is in the bias): the
+    # Numba backend fuses the consumer into the layer's epilogue on that basis.
+    zps = {"Requantize": [a.get("in_zero_point")], "IntAdd": a.get("zero_points"),
+           "IntConcat": a.get("zero_points")}.get(node.op)
+    if zps is not None:
+        for t, z in zip(node.inputs[:activations], zps):
+            prod = g.producer(t)
+            if prod is not None and prod.op in ("IntConv", "IntLinear") and z != 0:
+                p.fail(f"{where}: zero point {z} for the accumulator {t!r} of {prod.name} "
+                       f"(accumulators have zero point 0)")
         if node.op != "QuantizeInput" and g.values[t].dtype not in ACTIVATION_DTYPES:
             p.fail(f"{where}: input {t!r} has dtype {g.values[t].dtype}")
     if out.dtype not in ACTIVATION_DTYPES:

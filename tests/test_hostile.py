@@ -149,6 +149,9 @@ CRAFTED = {
     "clamp outside dtype": (edit_attr("Requantize", "hi", 1 << 20), "clamp bound"),
     "clamp lo > hi": (lo_above_hi, "lo 9 > hi 8"),
     "zero point outside dtype": (edit_attr("Requantize", "out_zero_point", -1), "out_zero_point"),
+    # Found by the fuzzer once it ran the Numba backend on accepted artifacts: the fused
+    # epilogue has no accumulator zero point, the reference subtracted it.
+    "accumulator zero point": (edit_attr("Requantize", "in_zero_point", -1), "accumulators have zero point 0"),
     "accumulator overflow": (set_bias, "overflow"),
     "read before written": (rewire, "no earlier node"),
     "nodes out of order": (swap_first_nodes, "no earlier node"),

@@ -41,11 +41,12 @@ from intq.errors import IntqError  # noqa: E402
 from intq.float_executor import run_float  # noqa: E402
 from intq.pipeline import compile_model  # noqa: E402
 from intq.quant.scheme import QuantConfig  # noqa: E402
+from intq.executor import make_executor  # noqa: E402
 from intq.reference import run_integer  # noqa: E402
 from intq.report import cost_table, quantization_card  # noqa: E402
 
 MODELS = os.path.join(ROOT, "models")
-ARTIFACT_BASES = [("resnet", 4), ("inception", 8)]
+ARTIFACT_BASES = [("resnet", 4), ("inception", 8), ("mobilenetv3", 8)]
 ONNX_BASES = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 OUTCOMES = ("accepted-unchanged", "accepted-changed", "refused", "other")
 
@@ -202,9 +203,15 @@ def mutate_artifact(entries: dict[str, bytes], rng, marker: str) -> tuple[dict[s
 
 # -- running a case -------------------------------------------------------------------
 def exercise_artifact(path, x):
-    """Everything the CLI does with a loaded artifact: run, eval's float side, report."""
+    """Everything the CLI does with a loaded artifact: run (both backends), eval's float
+    side, report."""
     art = load_artifact(path)
     ints = run_integer(art.integer, x)[0]
+    # The default backend relies on the validator's guarantees: whatever was accepted must
+    # also run there, to the same integers (a mismatch is a bug, reported as "other").
+    fast = make_executor(art.integer, "numba").run(x)[0]
+    if fast.shape != ints.shape or not np.array_equal(fast, ints):
+        raise AssertionError("numba backend differs from the reference on an accepted artifact")
     floats = run_float(art.float, x)[0] if art.float is not None else None
     card = quantization_card(art.integer, art.info)
     json.dumps({**cost_table(art.integer), "card": card})
