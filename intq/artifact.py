@@ -142,6 +142,23 @@ def _read_member(z: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
         raise _Bad(f"{name} cannot be read: {e}") from None
 
 
+def read_npy_header(f):
+    """(shape, fortran_order, dtype) from the .npy header at the start of the open file f,
+    without reading the data. Anything but a well-formed version 1.0/2.0 header raises
+    ValueError with the reason (numpy parses the header as a Python literal, so its
+    SyntaxError and TokenError are folded in). Used for the artifact's arrays and for
+    every .npy/.npz a user passes in."""
+    try:
+        version = np.lib.format.read_magic(f)
+        header = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if header is None:
+            raise ValueError(f".npy version {version} is not supported")
+        return header(f)
+    except (SyntaxError, tokenize.TokenError) as e:
+        raise ValueError(f"bad .npy header ({e})") from None
+
+
 def _load_array(z, c, checksums) -> np.ndarray:
     """One constant: size, checksum, .npy header and length checked before numpy reads it."""
     key = c["array"]
@@ -152,12 +169,8 @@ def _load_array(z, c, checksums) -> np.ndarray:
         raise IntqError(f"corrupt artifact (checksum mismatch in {key})")
     f = io.BytesIO(blob)
     try:
-        version = np.lib.format.read_magic(f)
-        header = {(1, 0): np.lib.format.read_array_header_1_0,
-                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        _need(header is not None, f"array {key} has .npy version {version}")
-        got_shape, fortran, got_dtype = header(f)
-    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # numpy parses it as Python
+        got_shape, fortran, got_dtype = read_npy_header(f)
+    except ValueError as e:
         raise _Bad(f"array {key} has a bad .npy header ({e})") from None
     _need((got_shape, fortran, got_dtype) == (shape, False, dtype),
           f"array {key} holds {got_dtype} {got_shape}, its manifest declares {dtype} {shape}")

@@ -16,17 +16,13 @@ def check_npy_header(f, what: str) -> None:
     """Read an .npy header from the open file f and refuse, before anything is allocated,
     an array whose declared size exceeds the memory limit (a crafted header can declare
     petabytes in a few bytes). Leaves f anywhere; callers reopen or seek."""
-    import numpy as np
-
+    from .artifact import read_npy_header
     from .errors import IntqError
     from .limits import check_bytes
 
     try:
-        version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(f)
-    except (OSError, ValueError, EOFError) as e:
+        shape, _, dtype = read_npy_header(f)
+    except (OSError, ValueError) as e:
         raise IntqError(f"{what}: not a readable .npy array ({e})") from None
     need = dtype.itemsize
     for d in shape:

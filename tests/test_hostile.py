@@ -412,3 +412,19 @@ def test_softmax_over_the_batch_axis_is_refused_in_one_line(tmp_path):
     np.savez(calib, x=np.random.default_rng(0).random((4, 1, 8, 8), np.float32))
     proc = run_cli("compile", path, "-o", tmp_path / "m.intq", "--calib", calib)
     assert_user_error(proc, "Softmax", "batch axis")
+
+
+def test_input_array_with_a_malformed_header_is_refused_in_one_line(tmp_path):
+    """numpy parses an .npy header as a Python literal: a broken one raised tokenize's
+    TokenError through `intq run` as a traceback."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (1, 1, 16, 16)})
+    head = buf.getvalue().replace(b"'shape'", b"'shape(")
+    npy = tmp_path / "x.npy"
+    npy.write_bytes(head + bytes(1024))
+    art = tmp_path / "m.intq"
+    assert run_cli("compile", MODELS / "resnet.onnx", "-o", art, "--calib",
+                   MODELS / "digits_calib.npz").returncode == 0
+    assert_user_error(run_cli("run", art, npy, "-o", tmp_path / "y.npy"), "not a readable .npy array")
+    assert not (tmp_path / "y.npy").exists()
