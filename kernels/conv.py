@@ -64,6 +64,28 @@ def _row_base(m, cp, xg):
 
 
 @njit(cache=True, inline="always")
+def _task_count(cp):
+    """How many prange tasks a convolution splits into: runs of PER_TASK pixel tiles times
+    64-channel blocks (each task keeps one weight block hot)."""
+    ntile = -(-(cp[N_] * cp[OH] * cp[OW]) // TILE_M)
+    return -(-ntile // cp[PER_TASK]) * cp[NBLK]
+
+
+@njit(cache=True, inline="always")
+def _task(task, cp):
+    """(channel block, first tile, end tile, offset of the block's packed weights) of one
+    task, and its scratch: the tile's accumulators, input bases and output pixels."""
+    ntile = -(-(cp[N_] * cp[OH] * cp[OW]) // TILE_M)
+    blk = task % cp[NBLK]
+    chunk = task // cp[NBLK]
+    first = chunk * cp[PER_TASK]
+    end = min(ntile, first + cp[PER_TASK])
+    wbase = blk * cp[TAPS] * cp[CIN] * TILE_N  # both packings hold TAPS x CIN x 64 per block
+    tile = np.empty(TILE_M * TILE_N, np.int32)
+    return blk, first, end, wbase, tile, np.empty(TILE_M, np.int64), np.empty((TILE_M, 3), np.int64)
+
+
+@njit(cache=True, inline="always")
 def _tile_pixels(m0, cp, xg, pix, bases):
     """The tile's output pixels: pix[p] = (n, oh, ow) of GEMM row m0 + p and bases[p] its
     `_row_base`, with one division per tile (stepping along the row), not two per pixel:
@@ -119,19 +141,10 @@ def _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile):
 @njit(parallel=True, cache=True)
 def conv_portable(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Convolution (groups = 1) or Linear with fused epilogue, plain loops (any x86/ARM)."""
-    rows = cp[N_] * cp[OH] * cp[OW]
-    ntile = -(-rows // TILE_M)
-    nblk, per = cp[NBLK], cp[PER_TASK]
-    nchunk = -(-ntile // per)
     taps, cin = cp[TAPS], cp[CIN]
-    for task in prange(nchunk * nblk):
-        blk = task % nblk
-        chunk = task // nblk
-        tile = np.empty(TILE_M * TILE_N, np.int32)
-        bases = np.empty(TILE_M, np.int64)
-        pix = np.empty((TILE_M, 3), np.int64)
-        wbase = blk * taps * cin * TILE_N
-        for i in range(chunk * per, min(ntile, (chunk + 1) * per)):
+    for task in prange(_task_count(cp)):
+        blk, first, end, wbase, tile, bases, pix = _task(task, cp)
+        for i in range(first, end):
             rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
             _tile_portable(x, wp, wbase, toff, taps, cin, bases, tile)
             _finish_tile(tile, pix, rows_here, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

@@ -11,10 +11,9 @@ Compiled only when `intq.kernels.cpu.PATH` is "vnni" (a CPU without VNNI would f
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
-from .conv import CIN, NBLK, N_, OH, OW, PER_TASK, TAPS, TILE_M, TILE_N, _finish_tile, _tile_pixels
+from .conv import CIN, TAPS, TILE_M, _finish_tile, _task, _task_count, _tile_pixels
 from .simd import vbroadcast4, vdpbusd, vload, vstore, vzero
 
 
@@ -96,19 +95,10 @@ def _tile_vnni(x, wp, wbase, toff, taps, c4n, b0, b1, b2, b3, b4, b5, tile):
 def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
     """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp packed by
     `conv.pack_vnni`; arguments as `conv.conv_portable`."""
-    rows = cp[N_] * cp[OH] * cp[OW]
-    ntile = -(-rows // TILE_M)
-    nblk, per = cp[NBLK], cp[PER_TASK]
-    nchunk = -(-ntile // per)
     taps, c4n = cp[TAPS], cp[CIN] // 4
-    for task in prange(nchunk * nblk):
-        blk = task % nblk
-        chunk = task // nblk
-        tile = np.empty(TILE_M * TILE_N, np.int32)
-        bases = np.empty(TILE_M, np.int64)
-        pix = np.empty((TILE_M, 3), np.int64)
-        wbase = blk * taps * c4n * 256
-        for i in range(chunk * per, min(ntile, (chunk + 1) * per)):
+    for task in prange(_task_count(cp)):
+        blk, first, end, wbase, tile, bases, pix = _task(task, cp)
+        for i in range(first, end):
             rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
             _tile_vnni(x, wp, wbase, toff, taps, c4n, bases[0], bases[1], bases[2], bases[3], bases[4],
                        bases[5], tile)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .epilogue import MUL, ROUND, SHIFT1, SHIFT2, offset
+from .epilogue import MUL, ROUND, SHIFT1, SHIFT2, offset, round_shift
 
 
 @njit(parallel=True, cache=True)
@@ -52,7 +52,7 @@ def requantize(x, xg, dims, zin, rq, out, og, zo, lo, hi):
             o = offset(og, n, h, w)
             xr, y = x[i:i + c_], out[o:o + c_]
             for c in range(c_):
-                v = ((((np.int64(xr[c]) - zin) * mul[c]) >> s1[c]) + rnd[c]) >> s2[c]
+                v = round_shift((np.int64(xr[c]) - zin) * mul[c], s1[c], rnd[c], s2[c])
                 y[c] = min(max(v + zo, lo), hi)
 
 
@@ -69,7 +69,7 @@ def add_branch(x, xg, dims, zin, rq, total, first):
             t = ((n * h_ + h) * w_ + w) * c_
             xr, tr = x[i:i + c_], total[t:t + c_]
             for c in range(c_):
-                v = ((((np.int64(xr[c]) - zin) * mul[c]) >> s1[c]) + rnd[c]) >> s2[c]
+                v = round_shift((np.int64(xr[c]) - zin) * mul[c], s1[c], rnd[c], s2[c])
                 tr[c] = v if first else tr[c] + v
 
 
@@ -124,7 +124,7 @@ def affine(x, xg, dims, zin, rq, sign, zps, out, og, lo, hi):
             o = offset(og, n, h, w)
             xr, y = x[i:i + c_], out[o:o + c_]
             for c in range(c_):
-                v = ((((np.int64(xr[c]) - zin) * sign[c] * mul[c]) >> s1[c]) + rnd[c]) >> s2[c]
+                v = round_shift((np.int64(xr[c]) - zin) * sign[c] * mul[c], s1[c], rnd[c], s2[c])
                 y[c] = min(max(v + zps[c], lo), hi)
 
 
@@ -160,9 +160,9 @@ def leaky_relu(x, xg, dims, zin, pos, neg, sign, out, og, zo, lo, hi):
             for c in range(c_):
                 d = np.int64(xr[c]) - zin
                 if d >= 0:
-                    v = (((d * pm[c]) >> p1[c]) + pr[c]) >> p2[c]
+                    v = round_shift(d * pm[c], p1[c], pr[c], p2[c])
                 else:
-                    v = (((d * sign[c] * nm[c]) >> n1[c]) + nr[c]) >> n2[c]
+                    v = round_shift(d * sign[c] * nm[c], n1[c], nr[c], n2[c])
                 y[c] = min(max(v + zo, lo), hi)
 
 
@@ -183,5 +183,5 @@ def multiply(a, ag, adims, za, b, bg, bdims, zb, rq, out, og, dims, zo, lo, hi):
             for c in range(c_):
                 va = np.int64(a[ia + (c if adims[3] > 1 else 0)]) - za
                 vb = np.int64(b[ib + (c if bdims[3] > 1 else 0)]) - zb
-                v = ((((va * vb) * mul) >> s1) + rnd) >> s2
+                v = round_shift(va * vb * mul, s1, rnd, s2)
                 y[c] = min(max(v + zo, lo), hi)

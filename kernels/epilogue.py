@@ -53,10 +53,19 @@ def offset(g, n, h, w):
 
 
 @njit(cache=True, inline="always")
+def round_shift(p, h, rnd, s):
+    """The rounding half of DN, applied to the product p = v * b: ((p >> h) + rnd) >> s,
+    i.e. floor(p / 2**c + 1/2), ties toward +infinity (see the module docstring). Every
+    kernel's requantization goes through here; callers form p themselves so that they
+    can say when both factors fit int32 (one `vpmuldq`)."""
+    return ((p >> h) + rnd) >> s
+
+
+@njit(cache=True, inline="always")
 def dn(v, rq, k):
     """DN of the int64 value v with column k's multiplier in table rq (the form used
     where a whole row of channels shares one column, e.g. a pooled position)."""
-    return ((v * rq[MUL, k] >> rq[SHIFT1, k]) + rq[ROUND, k]) >> rq[SHIFT2, k]
+    return round_shift(v * rq[MUL, k], rq[SHIFT1, k], rq[ROUND, k], rq[SHIFT2, k])
 
 
 @njit(cache=True, inline="always")
@@ -85,7 +94,7 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
     if mode == REQUANT:
         for j in range(nc):
             v = np.int64(np.int32(a[j] + bias[j])) * np.int64(np.int32(mul[j]))
-            v = ((v >> s1[j]) + rnd[j]) >> s2[j]
+            v = round_shift(v, s1[j], rnd[j], s2[j])
             y[j] = min(max(v + zo, lo), hi)
     else:
         zr = sc[4]
@@ -95,15 +104,15 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
         if r.itemsize <= 2:  # r - z_r fits int32 (the usual 8/16-bit residual stream)
             for j in range(nc):
                 v = np.int64(np.int32(a[j] + bias[j])) * np.int64(np.int32(mul[j]))
-                v = ((v >> s1[j]) + rnd[j]) >> s2[j]
+                v = round_shift(v, s1[j], rnd[j], s2[j])
                 u = np.int64(np.int32(r[j] - zr)) * np.int64(np.int32(rmul[j]))
-                v += ((u >> rs1[j]) + rrnd[j]) >> rs2[j]
+                v += round_shift(u, rs1[j], rrnd[j], rs2[j])
                 y[j] = min(max(v + zo, lo), hi)
         else:
             for j in range(nc):
                 v = np.int64(np.int32(a[j] + bias[j])) * np.int64(np.int32(mul[j]))
-                v = ((v >> s1[j]) + rnd[j]) >> s2[j]
-                v += ((((np.int64(r[j]) - zr) * rmul[j]) >> rs1[j]) + rrnd[j]) >> rs2[j]
+                v = round_shift(v, s1[j], rnd[j], s2[j])
+                v += round_shift((np.int64(r[j]) - zr) * rmul[j], rs1[j], rrnd[j], rs2[j])
                 y[j] = min(max(v + zo, lo), hi)
     if sc[5]:
         zy, z2, lo2, hi2 = sc[6], sc[7], sc[8], sc[9]
@@ -113,9 +122,9 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
         if y.itemsize <= 2:
             for j in range(nc):
                 v = np.int64(np.int32(y[j] - zy)) * np.int64(np.int32(m2[j]))
-                v = ((v >> t1[j]) + r2[j]) >> t2[j]
+                v = round_shift(v, t1[j], r2[j], t2[j])
                 y2[j] = min(max(v + z2, lo2), hi2)
         else:
             for j in range(nc):
-                v = ((((np.int64(y[j]) - zy) * m2[j]) >> t1[j]) + r2[j]) >> t2[j]
+                v = round_shift((np.int64(y[j]) - zy) * m2[j], t1[j], r2[j], t2[j])
                 y2[j] = min(max(v + z2, lo2), hi2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from intq.errors import IntqError
+from intq.ops.integer import SHARED_WITH_FLOAT
 
 from . import conv, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
@@ -31,8 +32,9 @@ from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
               "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
 _ALIASES = ("Flatten", "Reshape")
-# Ops that only move elements; `MoveStep` runs any of them exactly.
-MOVEMENT = {"IntPad", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split"}
+# Ops that only move elements; `MoveStep` runs any of them exactly: the integer IR's data
+# movement shared with the float graph (MaxPool aside, it compares) and the integer pad.
+MOVEMENT = (SHARED_WITH_FLOAT - {"MaxPool"}) | {"IntPad"}
 # Elementwise ops whose kernels read channels as the NHWC layout's innermost axis: they
 # need a 4-D or 2-D tensor (other ranks keep channels elsewhere, see `ReferenceStep`).
 CHANNELWISE = {"IntAffine", "IntLookup", "IntLeakyRelu", "IntMul", "IntSoftmax"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .epilogue import offset
+from .epilogue import offset, round_shift
 
 # Newton start for the reciprocal of m in [1/2, 1): 48/17 - 32/17 m, in Q29.
 C1 = round(48 / 17 * 2**29)
@@ -36,7 +36,7 @@ def _normalise(e, out, lo, hi):
         r = (r * ((np.int64(2) << 29) - ((m * r) >> 31))) >> 29
     c = 21 + k
     for i in range(e.size):
-        v = (((e[i] * r) >> (c - 1)) + 1) >> 1
+        v = round_shift(e[i] * r, c - 1, 1, 1)  # c = 21 + k >= 22: h = c - 1, rnd = s = 1
         out[i] = min(max(v, lo), hi)
 
 
