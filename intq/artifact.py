@@ -25,6 +25,7 @@ import os
 import tempfile
 import tokenize
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -274,7 +275,7 @@ def load_artifact(path) -> Artifact:
     except _Bad as e:
         raise IntqError(f"{path}: invalid artifact: {e}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
-            UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+            UnicodeDecodeError, RecursionError, zlib.error) as e:  # RecursionError: absurdly nested JSON
         raise IntqError(f"{path}: corrupt or truncated intq artifact ({type(e).__name__}: {e})") from None
 
 

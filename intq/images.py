@@ -78,7 +78,7 @@ def load_image(path, chw, preprocess: str) -> np.ndarray:
                 left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
                 im = im.crop((left, top, left + w, top + h))
             a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # the bomb: an absurd size
         raise UnreadableImage(f"{path}: not a readable image ({e})") from None
     a = a[None] if c == 1 else a.transpose(2, 0, 1)
     if a.shape != (c, h, w):

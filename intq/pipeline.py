@@ -53,6 +53,7 @@ def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data")
     """(images float32 NCHW, labels or None) from an .npz file, with one-line errors."""
     import os
     import zipfile
+    import zlib
 
     import numpy as np
 
@@ -68,14 +69,16 @@ def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data")
                 raise IntqError(f"{what} {path}: no array named {' or '.join(keys)} "
                                 f"(found: {', '.join(z.files) or 'none'})")
             lkey = next((k for k in label_keys if k in z.files), None)
+            members = set(z.zip.namelist())
             for k in (key, lkey) if lkey else (key,):
-                with z.zip.open(f"{k}.npy") as f:
+                # numpy lists member "x.npy" as "x", and a member stored as plain "x" too
+                with z.zip.open(f"{k}.npy" if f"{k}.npy" in members else k) as f:
                     check_npy_header(f, f"{what} {path} [{k}]")
             x = np.asarray(z[key])
             y = np.asarray(z[lkey]) if lkey else None
     except IntqError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise IntqError(f"{what} {path}: not a readable .npz file ({e})") from None
     if x.dtype.kind not in "fiu":
         raise IntqError(f"{what} {path}: images must be numeric, got {x.dtype}")
@@ -95,7 +98,9 @@ def onnx_input_chw(model) -> tuple:
 
     proto = load_onnx(model)
     inits = {t.name for t in proto.graph.initializer}
-    vi = next(i for i in proto.graph.input if i.name not in inits)
+    vi = next((i for i in proto.graph.input if i.name not in inits), None)
+    if vi is None:
+        raise IntqError("the model has no input besides its initializers")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     if len(dims) != 4 or None in dims[1:]:
         raise IntqError(f"input {vi.name!r} must be NCHW with static C, H, W; got {dims}")

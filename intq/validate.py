@@ -500,25 +500,24 @@ def _check_layer(p, g, node, where):
                    f"output channel {ch})")
 
 
-def _check_integer_node(p, g, node):
+def _check_integer_node(p, g, node, producers):
     a, where = node.attrs, f"node {node.name} ({node.op})"
     out = g.values[node.outputs[0]]
     activations = {"IntAdd": a.get("n"), "IntConcat": a.get("n"), "IntMul": 2}.get(node.op, 1)
     for t in node.inputs[:activations]:
         if t in g.constants:
             p.fail(f"{where}: activation input {t!r} is a constant")
+        if node.op != "QuantizeInput" and g.values[t].dtype not in ACTIVATION_DTYPES:
+            p.fail(f"{where}: input {t!r} has dtype {g.values[t].dtype}")
     # An IntConv/IntLinear accumulator has no zero point (its offset is in the bias): the
     # Numba backend fuses the consumer into the layer's epilogue on that basis.
     zps = {"Requantize": [a.get("in_zero_point")], "IntAdd": a.get("zero_points"),
            "IntConcat": a.get("zero_points")}.get(node.op)
-    if zps is not None:
-        for t, z in zip(node.inputs[:activations], zps):
-            prod = g.producer(t)
-            if prod is not None and prod.op in ("IntConv", "IntLinear") and z != 0:
-                p.fail(f"{where}: zero point {z} for the accumulator {t!r} of {prod.name} "
-                       f"(accumulators have zero point 0)")
-        if node.op != "QuantizeInput" and g.values[t].dtype not in ACTIVATION_DTYPES:
-            p.fail(f"{where}: input {t!r} has dtype {g.values[t].dtype}")
+    for t, z in zip(node.inputs[:activations], zps or ()):
+        prod = producers.get(t)
+        if prod is not None and prod.op in ("IntConv", "IntLinear") and z != 0:
+            p.fail(f"{where}: zero point {z} for the accumulator {t!r} of {prod.name} "
+                   f"(accumulators have zero point 0)")
     if out.dtype not in ACTIVATION_DTYPES:
         p.fail(f"{where}: output dtype {out.dtype} is not an activation dtype")
     if node.op == "QuantizeInput":
@@ -648,13 +647,14 @@ def _validate(g: Graph, what: str, integer: bool) -> None:
     if integer:
         check_integer_only(g)
     _check_constants(p, g, integer)
+    producers = {o: node for node in g.nodes for o in node.outputs}
     for node in g.nodes:
         _check_attrs(p, node)
         _check_window(p, node, g)
         _check_axes(p, node, g)
         _infer(p, node, g)
         if integer:
-            _check_integer_node(p, g, node)
+            _check_integer_node(p, g, node, producers)
     if integer:
         _check_metadata(p, g)
 

@@ -428,3 +428,63 @@ def test_input_array_with_a_malformed_header_is_refused_in_one_line(tmp_path):
                    MODELS / "digits_calib.npz").returncode == 0
     assert_user_error(run_cli("run", art, npy, "-o", tmp_path / "y.npy"), "not a readable .npy array")
     assert not (tmp_path / "y.npy").exists()
+
+
+def _flip_inside(path, member_index=1, count=24):
+    """Copies of the zip at `path`, each with one byte of one member's compressed data
+    flipped (the loaders' own mutations change members, not their deflate stream)."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        info = z.infolist()[member_index]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    step = max(1, info.compress_size // count)
+    for k in range(start, start + info.compress_size, step):
+        yield data[:k] + bytes([data[k] ^ 0x5A]) + data[k + 1:]
+
+
+def test_damaged_deflate_streams_are_refused_in_one_line(tmp_path, resnet_entries):
+    """Found in review: a byte flipped inside an artifact's or an .npz's compressed data
+    raised zlib.error through the loaders."""
+    from intq.artifact import load_artifact
+    from intq.pipeline import load_npz_images
+
+    art = tmp_path / "m.intq"
+    write_entries(art, resnet_entries)
+    npz = tmp_path / "x.npz"
+    np.savez_compressed(npz, x=np.random.default_rng(0).random((8, 1, 16, 16), np.float32))
+    for src, load in ((art, load_artifact), (npz, load_npz_images)):
+        for i, blob in enumerate(_flip_inside(src, member_index=1 if src is art else 0)):
+            bad = tmp_path / f"bad{i}{src.suffix}"
+            bad.write_bytes(blob)
+            try:
+                load(bad)
+            except IntqError as e:
+                assert "\n" not in str(e)
+
+
+def test_npz_member_stored_without_npy_suffix_loads(tmp_path):
+    """numpy lists a member stored as plain `x` like `x.npy`; the header check opened
+    `x.npy` and raised KeyError."""
+    from intq.pipeline import load_npz_images
+
+    x = np.random.default_rng(0).random((2, 1, 4, 4), np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+    path = tmp_path / "plain.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x", buf.getvalue())
+    got, _ = load_npz_images(path)
+    assert np.array_equal(got, x)
+
+
+def test_onnx_model_without_a_real_input_is_refused_in_one_line(tmp_path):
+    from intq.pipeline import onnx_input_chw
+
+    w = numpy_helper.from_array(np.ones((1, 1, 4, 4), np.float32), name="w")
+    graph = helper.make_graph([helper.make_node("Relu", ["w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], [w])
+    path = tmp_path / "noinput.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    with pytest.raises(IntqError, match="no input besides its initializers"):
+        onnx_input_chw(path)

@@ -101,3 +101,20 @@ def test_folder_without_a_readable_image_is_an_error(tmp_path):
         (tmp_path / "bad" / "a" / f"{i}.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(IntqError, match="none of its 3 images can be read"):
         list(image_batches(tmp_path / "bad", (1, 8, 8), "none"))
+
+
+def test_decompression_bomb_is_an_unreadable_image(tmp_path):
+    """Found in review: Pillow's DecompressionBombError (a 20000 x 20000 header) is not an
+    OSError and escaped as a traceback."""
+    import struct
+    import zlib
+
+    save(tmp_path / "a" / "small.png", np.zeros((1, 1)))
+    png = bytearray((tmp_path / "a" / "small.png").read_bytes())
+    ihdr = png[12:29]  # b"IHDR" + width, height, depth, colour, ...
+    ihdr[4:12] = struct.pack(">II", 20000, 20000)
+    png[12:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    (tmp_path / "a" / "small.png").write_bytes(bytes(png))
+    with pytest.raises(IntqError, match="none of its 1 images can be read"):
+        list(image_batches(tmp_path, (1, 8, 8), "none"))

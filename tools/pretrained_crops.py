@@ -196,8 +196,10 @@ def main(argv=None) -> int:
         print(f"{name} export", flush=True)
         results["exports"][name] = evaluate_export(export(model, name == "dynamo"), calib, x,
                                                    methods=tuple(args.calib_methods.split(",")))
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=1)
+    from intq.artifact import atomic_write
+
+    with atomic_write(args.output) as f:
+        f.write(json.dumps(results, indent=1).encode())
     print(table(results))
     for name, r in results["exports"].items():
         for key, v in r.items():
