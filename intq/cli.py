@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -49,7 +50,8 @@ def cmd_compile(args) -> int:
     from .pipeline import compile_model, load_data, onnx_input_chw
 
     _check_output(args.output)
-    chw = lambda: onnx_input_chw(args.model)  # noqa: E731  (read only for an image folder)
+    # Read only for an image folder, and then once for calibration and eval data together.
+    chw = functools.cache(lambda: onnx_input_chw(args.model))
     x, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
                      preprocess=args.preprocess)
     ig, fg, info = compile_model(args.model, x, _config(args))
@@ -112,22 +114,22 @@ def cmd_eval(args) -> int:
     art = load_artifact(args.model)
     fg = float_graph(args.float) if args.float else art.float
     if os.path.isdir(args.data):   # an image folder, streamed batch by batch
-        from .images import count_images, image_batches, list_images, report_skipped
+        from .evaluate import ProgressBar
+        from .images import image_batches, list_images, report_skipped
 
-        if list_images(args.data)[1] is None:
+        listing = list_images(args.data)
+        if listing[1] is None:
             raise IntqError(f"eval data {args.data}: no labels (no class subfolders)")
         chw = art.integer.values[art.integer.inputs[0]].shape[1:]
         ex = make_executor(art.integer, args.backend)
-        total, done, skipped, parts = count_images(args.data), 0, [], []
-        show = sys.stderr.isatty()
-        for xb, yb in image_batches(args.data, chw, args.preprocess, batch=256, skipped=skipped):
+        done, skipped, parts = 0, [], []
+        bar = ProgressBar(len(listing[0]))
+        for xb, yb in image_batches(args.data, chw, args.preprocess, batch=256, skipped=skipped,
+                                    listing=listing):
             parts.append((*logits(art.integer, xb, fg, executor=ex, progress=False), yb))
             done += len(xb)
-            if show:
-                bar = "#" * (30 * (done + len(skipped)) // total)
-                print(f"\r[{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
-        if show:
-            print(file=sys.stderr)
+            bar.update(done + len(skipped), label=done)
+        bar.close()
         report_skipped(skipped, f"eval data {args.data}")
         li, lf, y = (np.concatenate(p) for p in zip(*parts))
         res = dict(metrics(li, lf, y), backend=args.backend, unreadable=len(skipped))

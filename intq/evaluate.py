@@ -16,6 +16,24 @@ from .float_executor import batches, run_float
 from .ir import Graph
 
 
+class ProgressBar:
+    """`[#####     ] done/total` on stderr, redrawn in place; silent unless stderr is a
+    terminal (and `show`), so logs and pipes stay clean."""
+
+    def __init__(self, total: int, show: bool = True):
+        self.total, self.show = max(int(total), 1), show and sys.stderr.isatty()
+
+    def update(self, done: int, label: int | None = None) -> None:
+        if self.show:
+            bar = "#" * min(30, 30 * done // self.total)
+            print(f"\r[{bar:<30}] {done if label is None else label}/{self.total}", end="",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.show:
+            print(file=sys.stderr)
+
+
 def logits(int_graph: Graph, x, float_graph: Graph | None = None, backend=DEFAULT_BACKEND,
            batch: int = 64, progress: bool = True, executor=None):
     """(integer logits dequantized, float logits or None) over x, with a progress bar on
@@ -24,17 +42,14 @@ def logits(int_graph: Graph, x, float_graph: Graph | None = None, backend=DEFAUL
     oq = int_graph.metadata["outputs"][int_graph.outputs[0]]
     outs_i, outs_f = [], []
     done = 0
-    show = progress and len(x) > batch and sys.stderr.isatty()
+    bar = ProgressBar(len(x), show=progress and len(x) > batch)
     for xb, n in batches(int_graph, x, batch):
         outs_i.append(dequantize(ex.run(xb)[0], oq)[:n])
         if float_graph is not None:
             outs_f.append(run_float(float_graph, xb)[0][:n])
         done += n
-        if show:
-            bar = "#" * (30 * done // len(x))
-            print(f"\r[{bar:<30}] {done}/{len(x)}", end="", file=sys.stderr, flush=True)
-    if show:
-        print(file=sys.stderr)
+        bar.update(done)
+    bar.close()
     return np.concatenate(outs_i), (np.concatenate(outs_f) if outs_f else None)
 
 
@@ -55,6 +70,6 @@ def metrics(li, lf, y) -> dict:
 
 
 def evaluate(int_graph: Graph, x, y=None, float_graph: Graph | None = None,
-             backend=DEFAULT_BACKEND, batch: int = 64, progress: bool = True) -> dict:
-    li, lf = logits(int_graph, x, float_graph, backend, batch, progress)
+             backend=DEFAULT_BACKEND, batch: int = 64, progress: bool = True, executor=None) -> dict:
+    li, lf = logits(int_graph, x, float_graph, backend, batch, progress, executor)
     return dict(metrics(li, lf, y), backend=backend)

@@ -41,10 +41,14 @@ class NumbaExecutor:
         self.graph = graph
         self.plan = Plan(graph)
         self.path = cpu.PATH
+        self._checked: set[int] = set()  # batch sizes whose memory need passed the limit
 
     def run(self, x) -> list[np.ndarray]:
         x = check_feed(self.graph, self.graph.inputs[0], x)
-        check_run_memory(self.graph, feed_batch(x))  # before the plan binds its buffers
+        n = feed_batch(x)
+        if n not in self._checked:  # once per batch size, before the plan binds its buffers
+            check_run_memory(self.graph, n)
+            self._checked.add(n)
         return self.plan.run(x.astype(np.float32, copy=False))
 
 

@@ -92,11 +92,11 @@ def load_image(path, chw, preprocess: str) -> np.ndarray:
 
 
 def image_batches(folder, chw, preprocess: str, batch: int = 64, limit: int | None = None,
-                  skipped: list | None = None):
+                  skipped: list | None = None, listing=None):
     """Yield (images float32 NCHW, labels or None) batch by batch: one batch in memory.
     Unreadable files are left out and appended to `skipped`; if no file at all can be
-    read, IntqError."""
-    files, labels = list_images(folder)
+    read, IntqError. `listing`: the folder's `list_images`, if the caller has it."""
+    files, labels = listing or list_images(folder)
     if limit is not None:
         files = files[:limit]
     skipped = [] if skipped is None else skipped
@@ -117,11 +117,6 @@ def image_batches(folder, chw, preprocess: str, batch: int = 64, limit: int | No
     if not read:
         raise IntqError(f"{folder}: none of its {len(files)} images can be read "
                         f"(first: {skipped[0] if skipped else '?'})")
-
-
-def count_images(folder, limit: int | None = None) -> int:
-    n = len(list_images(folder)[0])
-    return n if limit is None else min(n, limit)
 
 
 def report_skipped(skipped: list, what: str) -> None:

@@ -53,7 +53,7 @@ class Model:
 
     def evaluate(self, x, y=None, backend: str = DEFAULT_BACKEND, batch: int = 64) -> dict:
         return evaluate(self.integer, np.asarray(x, np.float32), y, self.float, backend, batch,
-                        progress=False)
+                        progress=False, executor=self.executor(backend))
 
     def report(self) -> dict:
         return {**cost_table(self.integer), "card": quantization_card(self.integer, self.info)}
