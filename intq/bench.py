@@ -45,11 +45,15 @@ def _layer_macs(graph: Graph) -> dict:
     return {n.name: get_op(n.op).macs(n, graph) for n in graph.nodes if n.op in ("IntConv", "IntLinear")}
 
 
+def _check_counts(batch, repeat) -> None:
+    if repeat < 1 or batch < 1:
+        raise IntqError("--repeat and --batch must be at least 1")
+
+
 def bench(graph: Graph, batch: int = 1, repeat: int = 20, backend: str = DEFAULT_BACKEND,
           per_layer: bool = False, warmup: int = 2) -> dict:
     """Whole-network latency (and per-layer times with per_layer=True, Numba only)."""
-    if repeat < 1 or batch < 1:
-        raise IntqError("--repeat and --batch must be at least 1")
+    _check_counts(batch, repeat)
     x = _input(graph, batch)
     t0 = time.perf_counter()
     ex = make_executor(graph, backend)
@@ -107,6 +111,7 @@ def latency_table(float_graph: Graph, batch: int = 1, repeat: int = 10, seed: in
     from .pipeline import compile_model
     from .quant.scheme import QuantConfig
 
+    _check_counts(batch, repeat)
     shape = tuple(float_graph.values[float_graph.inputs[0]].shape[1:])
     calib = np.random.default_rng(seed).standard_normal((8,) + shape).astype(np.float32)
     layers: dict[str, dict] = {}

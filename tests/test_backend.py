@@ -159,6 +159,10 @@ def test_bench_user_errors(artifacts, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "at least 1" in proc.stderr
     proc = run_cli("bench", tmp_path / "missing.intq")
     assert proc.returncode == 2 and "no such file" in proc.stderr
+    # the latency table used to write NaN milliseconds for --repeat 0
+    out = tmp_path / "table.json"
+    proc = run_cli("bench", "--latency-table", out, MODELS / "resnet.onnx", "--repeat", "0")
+    assert proc.returncode == 2 and "at least 1" in proc.stderr and not out.exists()
 
 
 def test_python_api(tmp_path, calib, images):
