@@ -8,7 +8,9 @@ clamp, fused), onnxruntime QLinearConv / MatMulInteger (uint8 activations, int8
 per-channel weights: its VNNI path), torch's quantized conv (x86 engine) and torch float32.
 End to end: ResNet18, ResNet50 and MobileNetV2 at 224x224, batch 1 and 8, intq INT8, INT4
 and a mixed bit file, against the same float model quantized by onnxruntime's
-`quantize_static` (QDQ, per channel, uint8 activations, int8 weights).
+`quantize_static` (QDQ, per channel, uint8 activations, int8 weights), after onnxruntime's
+recommended `quant_pre_process`. Evaluation: the integer executor on 64 images, numba
+against the reference backend, for the bundled digits nets and full-size ResNet18.
 
 Each peer runs in its own process (Numba's and onnxruntime's thread pools fight inside
 one), all with 2 threads, one after the other; results are medians over repeats, reported
@@ -36,6 +38,8 @@ import numpy as np  # noqa: E402
 THREADS = 2
 E2E_MODELS = ["resnet18", "resnet50", "mobilenet_v2"]
 BATCHES = [1, 8]
+EVAL_MODELS = ["resnet", "inception", "mobilenet", "mobilenetv3", "resnet18"]
+NEEDS_WORKDIR = ("intq-e2e", "ort-e2e", "eval")  # workers that read the exported models
 
 
 # -- shapes --------------------------------------------------------------------------
@@ -266,6 +270,32 @@ def worker_intq_e2e(models, repeat, workdir):
     return res
 
 
+def worker_eval(models, repeat, workdir):
+    """The integer executor on 64 images, numba against the reference backend (what `intq
+    eval` spends on the integer side): the four bundled digits nets and full-size ResNet18."""
+    import intq
+    from intq.executor import make_executor
+
+    digits = np.load(os.path.join(ROOT, "models", "digits_test.npz"))["x"][:64]
+    big = np.random.default_rng(0).standard_normal((64, 3, 224, 224)).astype(np.float32)
+    calib = np.load(os.path.join(workdir, "calib.npz"))["x"]
+    res = []
+    for name in models:
+        if name == "resnet18":
+            model, x = intq.compile(os.path.join(workdir, "resnet18.onnx"), calib, bits=8), big
+        else:
+            model, x = intq.compile(os.path.join(ROOT, "models", f"{name}.onnx"),
+                                    os.path.join(ROOT, "models", "digits_calib.npz"), bits=8), digits
+        row = {"model": name, "images": len(x)}
+        for backend in ("numba", "reference"):
+            ex = make_executor(model.integer, backend)
+            ex.run(x[:2])  # JIT and plan building, excluded
+            # the reference takes a minute on ResNet18: one timed run there, medians elsewhere
+            row[backend] = timeit(lambda: ex.run(x), 1 if backend == "reference" else 3, min_time=0)
+        res.append(row)
+    return res
+
+
 def worker_ort_e2e(models, repeat, workdir):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -305,7 +335,7 @@ def worker_ort_e2e(models, repeat, workdir):
 
 WORKERS = {"intq-layers": worker_intq_layers, "ort-layers": worker_ort_layers,
            "torch-layers": worker_torch_layers, "peak": worker_peak,
-           "intq-e2e": worker_intq_e2e, "ort-e2e": worker_ort_e2e}
+           "intq-e2e": worker_intq_e2e, "ort-e2e": worker_ort_e2e, "eval": worker_eval}
 
 
 def run_worker(kind, payload, repeat, workdir):
@@ -356,6 +386,10 @@ def tables(result) -> str:
                 continue
             lines.append(f"| {m} | {b} | {o * 1e3:.2f} | {e['INT8'] * 1e3:.2f} | {e['INT4'] * 1e3:.2f} | "
                          f"{e['mixed'] * 1e3:.2f} | {e['INT8'] / o:.2f} | {e['INT4'] / o:.2f} | {e['mixed'] / o:.2f} |")
+    lines += ["", "| model (64 images) | numba s | reference s | reference / numba |", "|---|---|---|---|"]
+    for r in result.get("eval", []):
+        lines.append(f"| {r['model']} | {r['numba']:.4f} | {r['reference']:.3f} | "
+                     f"{r['reference'] / r['numba']:.0f}x |")
     return "\n".join(lines)
 
 
@@ -365,7 +399,7 @@ def main():
         with open(spec) as f:
             payload = json.load(f)
         fn = WORKERS[kind]
-        args = (payload, int(repeat), workdir) if kind.endswith("e2e") else (payload, int(repeat))
+        args = (payload, int(repeat), workdir) if kind in NEEDS_WORKDIR else (payload, int(repeat))
         with open(out, "w") as f:
             json.dump(fn(*args), f)
         return
@@ -395,13 +429,14 @@ def main():
         np.savez(os.path.join(workdir, "calib.npz"), x=rng.standard_normal((8, 3, 224, 224)).astype(np.float32))
         e2e = run_worker("intq-e2e", models, max(5, args.repeat // 2), workdir)
         ort_e2e = run_worker("ort-e2e", models, max(5, args.repeat // 2), workdir)
+        evals = run_worker("eval", EVAL_MODELS if not args.quick else ["resnet"], 1, workdir)
     layers = []
     for i, s in enumerate(shapes):
         i8, i4 = intq[2 * i], intq[2 * i + 1]
         layers.append({"shape": s, "macs": macs(s, s["batch"]), "intq8": i8["seconds"], "intq4": i4["seconds"],
                        "ort": ort[i]["seconds"], "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
     result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
-              "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e,
+              "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals,
               "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
