@@ -202,6 +202,42 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .artifact import load_artifact
+    from .model import Model
+    from .pipeline import load_data
+
+    if args.plot and not args.naive:
+        raise IntqError("--plot draws the --naive measurement; give --naive too")
+    if args.plot:
+        _check_output(args.plot)
+    if args.images is not None and args.images < 1:
+        raise IntqError(f"--images must be at least 1, got {args.images}")
+    art = load_artifact(args.model)
+    chw = art.integer.values[art.integer.inputs[0]].shape[1:]
+    x, _ = load_data(args.inputs, lambda: chw, ("x", "x_eval", "x_calib"), what="inputs",
+                     preprocess=args.preprocess)
+    if tuple(x.shape[1:]) != tuple(chw):
+        raise IntqError(f"inputs {args.inputs}: images have shape {tuple(x.shape[1:])}, the model "
+                        f"expects {tuple(chw)}")
+    x = x[:args.images] if args.images else x
+    try:
+        from .twin.verify import drift_plot, format_report, verify
+    except ImportError as e:  # torch (or matplotlib) missing from this environment
+        raise IntqError(f"verify needs torch: {e}") from None
+    res = verify(Model(art.integer, art.float, art.info), x, args.backend, naive=args.naive)
+    res["model"] = str(args.model)
+    if args.plot:
+        drift_plot({f"{args.model}": res}, args.plot)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(format_report(res))
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0 if res["all_exact"] else 1
+
+
 def _backend_option(s) -> None:
     s.add_argument("--backend", default="numba", choices=["numba", "reference"],
                    help="integer executor: Numba kernels (default) or the numpy reference")
@@ -266,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     _backend_option(s)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("verify", help="compare every integer tensor of the executor with the "
+                       "torch twin's, layer by layer (exit 0 only when all are exact)")
+    s.add_argument("model", help=".intq file")
+    s.add_argument("--inputs", required=True, help=".npz with float32 images under x (or x_eval, "
+                   "x_calib), or a folder of images")
+    _add_preprocess(s)
+    s.add_argument("--images", type=int, help="use only the first N images")
+    s.add_argument("--naive", action="store_true", help="also run naive fake quantization (float "
+                   "requantization, float residual adds) and report its drift per layer")
+    s.add_argument("--plot", metavar="OUT.png", help="with --naive: plot the drift (HAWQ-V3 Fig. G.1)")
+    s.add_argument("--json", action="store_true")
+    _backend_option(s)
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("report", help="per-layer bits, size, BOPS and the quantization card")
     s.add_argument("model")

@@ -5,7 +5,8 @@
   built once per graph; it returns exactly the reference's integers.
 
 Both take float32 NCHW input and return the graph's outputs as int64 arrays in the
-reference layout. `intq run`, `eval` and `bench` and the Python API all go through here.
+reference layout; `run(x, trace=True)` returns a dict of every integer tensor the executor
+stores instead (what `intq verify` compares). `intq run`, `eval` and `bench` and the Python API all go through here.
 """
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ class ReferenceExecutor:
     def __init__(self, graph: Graph):
         self.graph = graph
 
-    def run(self, x) -> list[np.ndarray]:
-        return run_integer(self.graph, x)
+    def run(self, x, trace: bool = False):
+        if not trace:
+            return run_integer(self.graph, x)
+        env = run_integer(self.graph, x, trace=True)
+        return {o: env[o] for node in self.graph.nodes for o in node.outputs}
 
 
 class NumbaExecutor:
@@ -43,13 +47,13 @@ class NumbaExecutor:
         self.path = cpu.PATH
         self._checked: set[int] = set()  # batch sizes whose memory need passed the limit
 
-    def run(self, x) -> list[np.ndarray]:
+    def run(self, x, trace: bool = False):
         x = check_feed(self.graph, self.graph.inputs[0], x)
         n = feed_batch(x)
         if n not in self._checked:  # once per batch size, before the plan binds its buffers
             check_run_memory(self.graph, n)
             self._checked.add(n)
-        return self.plan.run(x.astype(np.float32, copy=False))
+        return self.plan.run(x.astype(np.float32, copy=False), trace=trace)
 
 
 def make_executor(graph: Graph, backend: str = DEFAULT_BACKEND):

@@ -752,15 +752,28 @@ class Plan:
         return self._bound[n]
 
     def run(self, x, trace=False):
-        """Integer outputs (int64, reference layout) for float NCHW input x."""
+        """Integer outputs (int64, reference layout) for float NCHW input x. trace=True: a
+        dict of every tensor the plan stores, copied out right after the step that writes
+        it (before its buffer is reused); a fused conv's accumulator never exists, so the
+        trace holds its Requantize/add/concat output instead. Aliased tensors (a Flatten
+        read by a Linear) are given reshaped."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = x.shape[0]
         env, calls = self.bind(n)
         env["__feeds__"][self.graph.inputs[0]] = x
-        for call in calls:
+        if not trace:
+            for call in calls:
+                call()
+            return [self.layouts[self.alias.get(o, o)].to_reference(env[self.alias.get(o, o)], n)
+                    for o in self.graph.outputs]
+        seen = {}
+        for step, call in zip(self.steps, calls):
             call()
-        return [self.layouts[self.alias.get(o, o)].to_reference(env[self.alias.get(o, o)], n)
-                for o in self.graph.outputs]
+            for t in step.writes:  # a concat written in parts: the last write is complete
+                seen[t] = self.layouts[t].to_reference(env[t], n)
+        for name, src in self.alias.items():
+            seen[name] = seen[src].reshape((n,) + tuple(self.graph.values[name].shape[1:]))
+        return seen
 
 
 def _with_halos(halos, call, n):

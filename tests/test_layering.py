@@ -1,6 +1,8 @@
 """Data flows one way: ONNX -> frontend -> passes -> quantization -> executors. The core
 never imports torch or pulp (they are for the twin and the ILP, which read the graph), and
-no stage imports a later one."""
+no stage imports a later one. The twin is a second implementation of the integer graph, so
+it never imports the first (the numpy reference, the op specs, the kernels, the dyadic
+helpers)."""
 import ast
 from pathlib import Path
 
@@ -12,7 +14,8 @@ PKG = Path(intq.__file__).parent
 # `pipeline` chains the stages, so it comes after all of them.
 ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
          "float_executor", "quant", "reference", "artifact", "images", "pipeline", "executor",
-         "evaluate", "analysis", "report", "model", "bench", "cli"]
+         "evaluate", "analysis", "report", "model", "twin", "bench", "cli"]
+CONSUMERS = {"twin": ("torch",)}  # subpackages that may import what the core may not
 
 
 def stage(module: str) -> str:
@@ -38,8 +41,21 @@ def imports(path: Path):
 
 def test_core_never_imports_torch_or_pulp():
     for path in PKG.rglob("*.py"):
+        allowed = CONSUMERS.get(path.relative_to(PKG).parts[0], ())
         for name in imports(path):
-            assert not name.split(".")[0] in ("torch", "pulp", "onnxruntime"), (path, name)
+            top = name.split(".")[0]
+            assert top not in ("torch", "pulp", "onnxruntime") or top in allowed, (path, name)
+
+
+def test_twin_is_independent_of_the_specification():
+    """The twin's ops, arithmetic and model read the graph only: no numpy reference, op
+    `run`s, kernels, dyadic helpers or lowering code. (verify.py, the harness that compares
+    the two, runs the executors through the model object.)"""
+    banned = ("intq.reference", "intq.ops", "intq.kernels", "intq.dyadic", "intq.quant",
+              "intq.executor", "intq.float_executor")
+    for path in (PKG / "twin").glob("*.py"):
+        for name in imports(path):
+            assert not any(name == b or name.startswith(b + ".") for b in banned), (path, name)
 
 
 def test_no_stage_imports_a_later_one():
