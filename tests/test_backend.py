@@ -15,6 +15,7 @@ from conftest import MODELS, export_full_size
 from intq.cli import main as cli_main
 from intq.kernels import cpu
 from intq.kernels.plan import Plan
+from intq.model import Model
 from intq.pipeline import compile_model, float_graph
 from intq.quant.scheme import QuantConfig
 from intq.reference import run_integer
@@ -62,7 +63,7 @@ def test_bundled_models_numba_equals_reference(name, bits, calib, images):
                                       ("inception_v3", 91), ("mobilenet_v3_large", 64),
                                       ("efficientnet_b0", 64), ("shufflenet_v2_x1_0", 64),
                                       ("squeezenet1_0", 64), ("densenet121", 64)])
-def test_full_size_architectures_numba_equals_reference(name, res):
+def test_full_size_architectures_numba_equals_reference_and_twin(name, res):
     model = export_full_size(name, res)
     x = np.random.default_rng(0).standard_normal((3, 3, res, res)).astype(np.float32)
     names = [n.name for n in float_graph(model).nodes
@@ -72,6 +73,15 @@ def test_full_size_architectures_numba_equals_reference(name, res):
     want = run_integer(ig, x[:2])
     for kernels in PATHS:
         assert_same(Plan(ig, kernels).run(x[:2]), want)
+    # ... and the torch twin equals both executors at every stored tensor (intq verify)
+    from intq.twin import from_compiled
+    from intq.twin.verify import verify
+
+    m = Model(ig)
+    twin = from_compiled(m)
+    for backend in ("reference", "numba"):
+        res = verify(m, x[:2], backend, twin=twin)
+        assert res["all_exact"], res["first_differing"]
 
 
 @pytest.fixture(scope="module")
