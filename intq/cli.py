@@ -238,6 +238,51 @@ def cmd_verify(args) -> int:
     return 0 if res["all_exact"] else 1
 
 
+def cmd_qat(args) -> int:
+    from .pipeline import load_npz_images
+
+    _check_output(args.output)
+    x, y = load_npz_images(args.data, ("x", "x_train"), ("y", "y_train"), what="training data")
+    if y is None:
+        raise IntqError(f"training data {args.data}: no labels (key y or y_train)")
+    if y.dtype.kind not in "iu":
+        raise IntqError(f"training data {args.data}: labels must be integers, got {y.dtype}")
+    calib = None
+    if args.calib:
+        calib, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
+    ev = None
+    if args.eval_data:
+        ev = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
+        if ev[1] is None:
+            raise IntqError(f"eval data {args.eval_data}: no labels (key y or y_eval)")
+    cfg = _config(args)
+    try:
+        from .twin.qat import train
+    except ImportError as e:
+        raise IntqError(f"qat needs torch: {e}") from None
+    from .pipeline import compile_model
+
+    if ev is not None:  # the post-training model it starts from, for comparison
+        ig0, _, _ = compile_model(args.model, x[:256] if calib is None else calib, cfg)
+        from .evaluate import evaluate
+
+        before = evaluate(ig0, ev[0], ev[1], progress=False)["int_top1"]
+        print(f"before QAT (post-training quantization): int top-1 {before:.4f}")
+    model, history = train(args.model, x, y, cfg, epochs=args.epochs, lr=args.lr,
+                           batch=args.batch, calib=calib, seed=args.seed)
+    model.info["source"] = str(args.model)
+    model.info["qat"]["data"] = str(args.data)
+    if ev is not None:
+        from .evaluate import evaluate
+
+        model.info["accuracy"] = dict(evaluate(model.integer, ev[0], ev[1], model.float,
+                                               progress=False), data=str(args.eval_data))
+        print(f"after QAT: int top-1 {model.info['accuracy']['int_top1']:.4f}")
+    model.save(args.output)
+    print(f"wrote {args.output} (check it with: intq verify {args.output} --inputs ...)")
+    return 0
+
+
 def _backend_option(s) -> None:
     s.add_argument("--backend", default="numba", choices=["numba", "reference"],
                    help="integer executor: Numba kernels (default) or the numpy reference")
@@ -316,6 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     _backend_option(s)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("qat", help="quantization-aware fine-tuning of an ONNX model; writes an "
+                       ".intq artifact")
+    s.add_argument("model", help="ONNX file")
+    s.add_argument("--data", required=True, help=".npz with training images x (or x_train) and "
+                   "integer labels y (or y_train)")
+    s.add_argument("-o", "--output", required=True, help="output .intq file")
+    s.add_argument("--bits", default="4", help="8, 4, or a JSON file mapping layer names to 4/8")
+    s.add_argument("--epochs", type=int, default=6)
+    s.add_argument("--lr", type=float, default=2e-4)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--calib", help=".npz whose images set the starting activation ranges "
+                   "(default: the first 256 training images)")
+    s.add_argument("--eval-data", help=".npz with x/y: top-1 before and after, recorded in the card")
+    s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
+    s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
+    s.set_defaults(func=cmd_qat, calib_method="minmax", weight_clip="max")
 
     s = sub.add_parser("report", help="per-layer bits, size, BOPS and the quantization card")
     s.add_argument("model")

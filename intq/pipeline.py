@@ -119,9 +119,11 @@ def load_data(path, chw_fn, keys, label_keys=("y",), what="data", preprocess="im
     return load_npz_images(path, keys, label_keys, what)
 
 
-def compile_model(model, calib_images, config):
+def compile_model(model, calib_images, config, calibration=None):
     """ONNX model (path, ModelProto, or an already imported float Graph) + calibration
-    images + QuantConfig -> (integer graph, float graph, info)."""
+    images + QuantConfig -> (integer graph, float graph, info). `calibration` replaces the
+    statistics gathered from the images (anything with `Calibration.range`'s signature:
+    quantization-aware training passes the activation ranges it trained with)."""
     import time
 
     from .errors import IntqError
@@ -138,7 +140,7 @@ def compile_model(model, calib_images, config):
         raise IntqError(f"calibration images have shape {calib_images.shape[1:]} per sample, "
                         f"the model expects {tuple(want[1:])}")
     t0 = time.perf_counter()
-    calib = Calibration(fg, calib_images)
+    calib = calibration if calibration is not None else Calibration(fg, calib_images)
     ig = lower_to_integer(fg, calib, config)
     info = {"calibration": {"images": int(len(calib_images)), "method": config.calib_method,
                             "seconds": round(time.perf_counter() - t0, 3)}}
