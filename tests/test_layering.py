@@ -14,8 +14,8 @@ PKG = Path(intq.__file__).parent
 # `pipeline` chains the stages, so it comes after all of them.
 ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
          "float_executor", "quant", "reference", "artifact", "images", "pipeline", "executor",
-         "evaluate", "analysis", "report", "model", "twin", "bench", "cli"]
-CONSUMERS = {"twin": ("torch",)}  # subpackages that may import what the core may not
+         "evaluate", "analysis", "report", "model", "twin", "bench", "alloc", "cli"]
+CONSUMERS = {"twin": ("torch",), "alloc": ("torch", "pulp")}  # subpackages that may import what the core may not
 
 
 def stage(module: str) -> str:

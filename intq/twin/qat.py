@@ -140,6 +140,10 @@ class QATModel(torch.nn.Module):
         self.lw = Lowering(fg, FrozenRanges(self.ranges, self.calib), cfg)
         self.frozen_bn = False
         self.frozen_ranges = False
+        # quantize=False runs the float model, except the layers in `only` ({name: bits}),
+        # whose weights and input are quantized: the perturbation sensitivity of one layer.
+        self.quantize = True
+        self.only: dict = {}
         self.weights = torch.nn.ParameterDict()
         self.bn = torch.nn.ModuleDict()
         self.keys = {}
@@ -182,6 +186,8 @@ class QATModel(torch.nn.Module):
 
     def _stored(self, t, v, act=None):
         """v fake-quantized as tensor t is stored (its range observed first)."""
+        if not self.quantize:
+            return v
         self._observe(t, v)
         qp = self.lw.stored_qparams(t)
         lo, hi = qp.clamp_bounds(*act) if act else (None, None)
@@ -190,6 +196,8 @@ class QATModel(torch.nn.Module):
     def _layer_input(self, t, v, bits):
         """A Conv/Linear input: its stored value, requantized to the layer's narrow format
         when it is stored otherwise (what lowering's `narrow_input` emits)."""
+        if not self.quantize:
+            return v
         qs = self.lw.stored_qparams(t)
         if qs.bits == bits and not qs.signed:
             return v
@@ -208,13 +216,17 @@ class QATModel(torch.nn.Module):
 
     # -- forward --------------------------------------------------------------------
     def _layer(self, node, x):
-        bits = self.lw.bits[node.name]
-        x = self._layer_input(node.inputs[0], x, bits)
+        bits = self.only.get(node.name, self.lw.bits[node.name])
+        if node.name in self.only:
+            x = fake_quant_act(x, self.lw.act_qparams(node.inputs[0], bits, narrow=True))
+        else:
+            x = self._layer_input(node.inputs[0], x, bits)
         key = self.keys[node.name]
         unfolded = key in self.bn and not self.frozen_bn and self.training
         w, b = ((self.weights[key + "_w"], self.weights[key + "_b"]) if unfolded
                 else self.folded(node.name))
-        wq = fake_quant_weight(w, bits, self.cfg.profile)
+        quantized = self.quantize or node.name in self.only
+        wq = fake_quant_weight(w, bits, self.cfg.profile) if quantized else w
         if node.op == "Conv":
             a = node.attrs
             pt, pl, pb, pr = a["pads"]
