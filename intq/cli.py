@@ -283,6 +283,67 @@ def cmd_qat(args) -> int:
     return 0
 
 
+def _limit(text: str) -> tuple[float, bool]:
+    """A limit: an absolute number, or a percentage / fraction of the way from the smallest
+    reachable value to all-INT8 ("60%")."""
+    t = text.strip()
+    try:
+        return (float(t[:-1]) / 100, True) if t.endswith("%") else (float(t), False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a percentage: {text!r}") from None
+
+
+def cmd_allocate(args) -> int:
+    from .artifact import atomic_write
+    from .pipeline import load_npz_images
+
+    _check_output(args.output)
+    for p in (args.plot,):
+        if p:
+            _check_output(p)
+    calib, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
+    x = y = None
+    if args.data:
+        x, y = load_npz_images(args.data, ("x", "x_train", "x_eval"), ("y", "y_train", "y_eval"),
+                               what="data")
+    limits = {}
+    if args.frac is not None:
+        limits = {k: (args.frac, True) for k in ("size_mb", "bops_g", "latency_ms")}
+    for key, val in (("size_mb", args.max_size_mb), ("bops_g", args.max_bops_g),
+                     ("latency_ms", args.max_latency_ms)):
+        if val is not None:
+            limits[key] = val
+    from .evaluate import ProgressBar
+    from .quant.scheme import QuantConfig
+    try:
+        from .alloc.allocate import allocate, allocation_plot, format_allocation
+    except ImportError as e:
+        raise IntqError(f"allocate needs torch and pulp: {e}") from None
+
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        bar = bar or ProgressBar(total)
+        bar.update(done)
+
+    res = allocate(args.model, calib, x, y, limits, args.sensitivity, latency_table=args.latency_table,
+                   fix_ends=not args.free_ends, images=args.images, progress=progress,
+                   config=QuantConfig(profile=args.profile))
+    if bar:
+        bar.close()
+    with atomic_write(args.output) as f:
+        f.write(json.dumps(res["bits"], indent=2).encode())
+    if args.plot:
+        allocation_plot(res, args.plot)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(format_allocation(res))
+        print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
 def _backend_option(s) -> None:
     s.add_argument("--backend", default="numba", choices=["numba", "reference"],
                    help="integer executor: Numba kernels (default) or the numpy reference")
@@ -379,6 +440,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
     s.set_defaults(func=cmd_qat, calib_method="minmax", weight_clip="max")
+
+    s = sub.add_parser("allocate", help="choose 4 or 8 bits per layer by an ILP under size, "
+                       "BOPS and latency limits; writes the bits file compile reads")
+    s.add_argument("model", help="ONNX file")
+    s.add_argument("--calib", required=True, help=".npz with calibration images x")
+    s.add_argument("--data", help=".npz with images x and labels y for the sensitivities "
+                   "(default: the calibration images, KL divergence / own predictions)")
+    s.add_argument("-o", "--output", required=True, help="output bits file (JSON)")
+    s.add_argument("--max-size-mb", type=_limit, metavar="X|P%%")
+    s.add_argument("--max-bops-g", type=_limit, metavar="Y|P%%")
+    s.add_argument("--max-latency-ms", type=_limit, metavar="Z|P%%",
+                   help="limits: absolute, or P%% of the way from all-INT4 to all-INT8")
+    s.add_argument("--frac", type=float, help="all three limits at this fraction (0..1) of the way "
+                   "from all-INT4 to all-INT8 (a limit given explicitly wins)")
+    s.add_argument("--sensitivity", default="perturbation", choices=["perturbation", "hessian"])
+    s.add_argument("--latency-table", help="per-layer latencies of the target device (the JSON of "
+                   "`intq bench --latency-table`); default: measured here, cached")
+    s.add_argument("--images", type=int, default=256, help="images used for the sensitivities")
+    s.add_argument("--free-ends", action="store_true", help="let the ILP choose the first and last "
+                   "layer's bits too (default: 8)")
+    s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
+    s.add_argument("--plot", metavar="OUT.png", help="per-layer bits, sensitivity and INT4 gain "
+                   "(HAWQ-V3 Fig. I.1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_allocate)
 
     s = sub.add_parser("report", help="per-layer bits, size, BOPS and the quantization card")
     s.add_argument("model")

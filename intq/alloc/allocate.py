@@ -134,50 +134,119 @@ def resolve_limits(limits: dict, cost: dict, layers, bits, groups, fixed) -> dic
     return out
 
 
+class Problem:
+    """Every input of the ILP for one model, measured once: layer names, per-layer costs at
+    each width ({layer: {b: {"omega", "size_mb", "bops_g", "latency_ms"?, "macs"}}}), ties,
+    fixed layers. `solve(limits)` answers any limits from it."""
+
+    def __init__(self, model, calib, x=None, y=None, method="perturbation", bits=(4, 8),
+                 latency_table=None, need_latency=False, fix_ends=True, images=256, samples=32,
+                 progress=None, config=None):
+        from ..quant.scheme import QuantConfig
+        from ..twin.qat import float_graph_with_batchnorms
+
+        self.cfg = config or QuantConfig()
+        self.bits = tuple(sorted(set(bits)))
+        if not set(self.bits) <= {4, 8}:
+            raise IntqError(f"allowed bit widths are 4 and 8 (the kernels intq has), got {list(bits)}")
+        fg, bns = float_graph_with_batchnorms(model)
+        self.fg = fg
+        calib = np.asarray(calib, np.float32)
+        x = (calib if x is None else np.asarray(x, np.float32))[:images]
+        y = None if y is None else np.asarray(y)[:images]
+        self.images = int(len(x))
+        self.names = [n.name for n in graph_costs.layer_nodes(fg)]
+        omega, self.sensitivity_cached = sensitivities(model, fg, bns, self.cfg, calib, x, y, method,
+                                                       self.bits, samples, progress)
+        self.method = method
+        self.cost = graph_costs.size_bops(fg, self.bits)
+        self.latency = None
+        if need_latency or latency_table:
+            lat, self.latency = latencies(model, fg, latency_table)
+        for n in self.names:
+            for b in self.bits:
+                self.cost[n][b]["omega"] = omega[n][b]
+                if self.latency is not None:
+                    self.cost[n][b]["latency_ms"] = lat[n][b]
+        self.fixed = {n: 8 for n in graph_costs.ends(fg)} if fix_ends else {}
+        self.ties = graph_costs.ties(fg)
+        self.groups = groups_of(self.names, self.ties)
+
+    def totals(self, assignment: dict) -> dict:
+        keys = [k for k in self.cost[self.names[0]][self.bits[0]] if k != "macs"]
+        return {k: sum(self.cost[n][assignment[n]][k] for n in self.names) for k in keys}
+
+    def solve(self, limits: dict) -> dict:
+        """limits: {"size_mb"|"bops_g"|"latency_ms": (value, is_fraction)}."""
+        if "latency_ms" in limits and self.latency is None:
+            raise IntqError("a latency limit needs latencies (measured unless --latency-table)")
+        absolute = resolve_limits(limits, self.cost, self.names, self.bits, self.groups, self.fixed)
+        res = solve(self.names, self.cost, absolute, self.bits, self.ties, self.fixed)
+        bits, cost = self.bits, self.cost
+        res.update(
+            layers=[{"name": n, "bits": res["bits"][n], **{f"omega{b}": cost[n][b]["omega"] for b in bits},
+                     "macs": cost[n][bits[0]]["macs"],
+                     **{f"{k}{b}": cost[n][b][k] for b in bits for k in KEYS if k in cost[n][b]}}
+                    for n in self.names],
+            int8=self.totals({n: 8 for n in self.names}), limits=absolute, ties=self.ties,
+            fixed=self.fixed, sensitivity=self.method, sensitivity_cached=self.sensitivity_cached,
+            latency=self.latency, images=self.images)
+        return res
+
+
 def allocate(model, calib, x=None, y=None, limits=None, method="perturbation", bits=(4, 8),
              latency_table=None, fix_ends=True, images=256, samples=32, progress=None,
              config=None) -> dict:
     """The allocation: {"bits": {layer: b}, "layers": [...], "totals", "int8", "limits",
     "solve_s", ...}. limits: {"size_mb"|"bops_g"|"latency_ms": (value, is_fraction)}."""
-    from ..quant.scheme import QuantConfig
-    from ..twin.qat import float_graph_with_batchnorms
-
-    cfg = config or QuantConfig()
     limits = dict(limits or {})
-    bits = tuple(sorted(set(bits)))
-    if not set(bits) <= {4, 8}:
-        raise IntqError(f"allowed bit widths are 4 and 8 (the kernels intq has), got {list(bits)}")
-    fg, bns = float_graph_with_batchnorms(model)
-    calib = np.asarray(calib, np.float32)
-    x = calib if x is None else np.asarray(x, np.float32)
-    if y is not None:
-        y = np.asarray(y)[:images]
-    x = x[:images]
-    names = [n.name for n in graph_costs.layer_nodes(fg)]
-    omega, hit = sensitivities(model, fg, bns, cfg, calib, x, y, method, bits, samples, progress)
-    cost = graph_costs.size_bops(fg, bits)
-    lat_src = None
-    need_latency = "latency_ms" in limits
-    if need_latency or latency_table:
-        lat, lat_src = latencies(model, fg, latency_table)
-    for n in names:
-        for b in bits:
-            cost[n][b]["omega"] = omega[n][b]
-            if lat_src is not None:
-                cost[n][b]["latency_ms"] = lat[n][b]
-    fixed = {n: 8 for n in graph_costs.ends(fg)} if fix_ends else {}
-    ties = graph_costs.ties(fg)
-    groups = groups_of(names, ties)
-    absolute = resolve_limits(limits, cost, names, bits, groups, fixed)
-    res = solve(names, cost, absolute, bits, ties, fixed)
-    int8 = {k: sum(cost[n][8][k] for n in names) for k in cost[names[0]][8] if k != "macs"}
-    res.update(layers=[{"name": n, "bits": res["bits"][n], **{f"omega{b}": cost[n][b]["omega"] for b in bits},
-                        "macs": cost[n][bits[0]]["macs"],
-                        **{f"{k}{b}": cost[n][b][k] for b in bits for k in KEYS if k in cost[n][b]}}
-                       for n in names],
-               int8=int8, limits=absolute, ties=ties, fixed=fixed, sensitivity=method,
-               sensitivity_cached=hit, latency=lat_src, images=int(len(x)))
-    return res
+    prob = Problem(model, calib, x, y, method, bits, latency_table, "latency_ms" in limits,
+                   fix_ends, images, samples, progress, config)
+    return prob.solve(limits)
+
+
+def sweep(prob: Problem, key="size_mb", steps=11, evaluate=None) -> list[dict]:
+    """The ILP at `steps` limits on `key` from the smallest reachable value to all-INT8:
+    per point the limit, the chosen totals and, with `evaluate(bits) -> top-1`, accuracy."""
+    points = []
+    for f in np.linspace(0.0, 1.0, steps):
+        res = prob.solve({key: (float(f), True)})
+        p = {"fraction": float(f), "limit": res["limits"][key], **res["totals"],
+             "n4": sum(b == 4 for b in res["bits"].values())}
+        if evaluate is not None:
+            p["top1"] = float(evaluate(res["bits"]))
+        points.append(p)
+    return points
+
+
+def sweep_plot(points, path, key="size_mb", title="") -> None:
+    """Pareto plot: sensitivity (and accuracy, when measured) against `key` over a sweep."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..artifact import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    xs = [p[key] for p in points]
+    ax.plot(xs, [p["omega"] for p in points], "o-", color="tab:blue", label="sum of sensitivities")
+    ax.set_xlabel({"size_mb": "model size (MB)", "bops_g": "GBOPS", "latency_ms": "latency (ms)"}[key])
+    ax.set_ylabel("sum of sensitivities", color="tab:blue")
+    if all("top1" in p for p in points):
+        ax2 = ax.twinx()
+        ax2.plot(xs, [100 * p["top1"] for p in points], "s--", color="tab:red", label="top-1")
+        ax2.set_ylabel("top-1 (%)", color="tab:red")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
 
 
 def format_allocation(res: dict) -> str:
