@@ -298,7 +298,7 @@ def cmd_allocate(args) -> int:
     from .pipeline import load_npz_images
 
     _check_output(args.output)
-    for p in (args.plot,):
+    for p in (args.plot, args.sweep):
         if p:
             _check_output(p)
     calib, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
@@ -316,7 +316,7 @@ def cmd_allocate(args) -> int:
     from .evaluate import ProgressBar
     from .quant.scheme import QuantConfig
     try:
-        from .alloc.allocate import allocate, allocation_plot, format_allocation
+        from .alloc.allocate import Problem, allocation_plot, format_allocation, sweep, sweep_plot
     except ImportError as e:
         raise IntqError(f"allocate needs torch and pulp: {e}") from None
 
@@ -327,11 +327,30 @@ def cmd_allocate(args) -> int:
         bar = bar or ProgressBar(total)
         bar.update(done)
 
-    res = allocate(args.model, calib, x, y, limits, args.sensitivity, latency_table=args.latency_table,
-                   fix_ends=not args.free_ends, images=args.images, progress=progress,
-                   config=QuantConfig(profile=args.profile))
+    cfg = QuantConfig(profile=args.profile)
+    prob = Problem(args.model, calib, x, y, args.sensitivity, latency_table=args.latency_table,
+                   need_latency="latency_ms" in limits, fix_ends=not args.free_ends,
+                   images=args.images, progress=progress, config=cfg)
     if bar:
         bar.close()
+    res = prob.solve(limits)
+    if args.sweep:
+        evaluate_bits = None
+        if args.eval_data:
+            from .evaluate import evaluate
+            from .pipeline import compile_model
+
+            xe, ye = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
+            if ye is None:
+                raise IntqError(f"eval data {args.eval_data}: no labels (key y or y_eval)")
+
+            def top1(b):
+                ig, _, _ = compile_model(args.model, calib, QuantConfig(profile=args.profile, bits=b))
+                return evaluate(ig, xe, ye, progress=False)["int_top1"]
+            evaluate_bits = top1
+        points = sweep(prob, "size_mb", 11, evaluate_bits)
+        sweep_plot(points, args.sweep, "size_mb", f"{args.model}: ILP sweep over the size limit")
+        res["sweep"] = points
     with atomic_write(args.output) as f:
         f.write(json.dumps(res["bits"], indent=2).encode())
     if args.plot:
@@ -340,7 +359,10 @@ def cmd_allocate(args) -> int:
         print(json.dumps(res, indent=2))
     else:
         print(format_allocation(res))
-        print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+        for p in res.get("sweep", []):
+            print(f"sweep {p['fraction']:.0%}: size {p['size_mb']:.4f} MB, {p['n4']} layers at 4 bits, "
+                  f"sensitivity {p['omega']:.4g}" + (f", top-1 {p['top1']:.4f}" if "top1" in p else ""))
+        print(f"wrote {args.output}" + "".join(f" and {p}" for p in (args.plot, args.sweep) if p))
     return 0
 
 
@@ -463,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--plot", metavar="OUT.png", help="per-layer bits, sensitivity and INT4 gain "
                    "(HAWQ-V3 Fig. I.1)")
+    s.add_argument("--sweep", metavar="OUT.png", help="also solve for size limits from all-INT4 to "
+                   "all-INT8 and plot sensitivity (and top-1 with --eval-data) against size")
+    s.add_argument("--eval-data", help=".npz with x/y: top-1 of each sweep point (compiled and run)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_allocate)
 
