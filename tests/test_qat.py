@@ -134,3 +134,17 @@ def test_cli_qat_user_errors(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and frag in proc.stderr, proc.stderr
     assert not (tmp_path / "o.intq").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet", "inception", "mobilenet", "mobilenetv3", "mobilenetv3.dynamo"])
+def test_float_twin_equals_the_float_executor(name, calib):
+    """With quantization off (what the sensitivities run) the torch model is the float
+    graph: hard-swish, hard-sigmoid, SE products and softmax included."""
+    from intq.float_executor import run_float
+
+    fg, bns = float_graph_with_batchnorms(MODELS / f"{name}.onnx")
+    qm = QATModel(fg, bns, QuantConfig(), calib[:64], float_only=True).eval()
+    with torch.no_grad():
+        got = qm(torch.as_tensor(calib[:64])).numpy()
+    want = run_float(fg, calib[:64])[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

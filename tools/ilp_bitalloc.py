@@ -76,7 +76,8 @@ def table(out_json):
     xtr, ytr, xte, yte = load_split()
     calib = xtr[:N_CALIB]
     rows, extra = [], {}
-    nets = [(n, os.path.join(ROOT, "models", f"{n}.onnx"), True) for n in ("resnet", "inception", "mobilenet")]
+    nets = [(n, os.path.join(ROOT, "models", f"{n}.onnx"), True)
+            for n in ("resnet", "inception", "mobilenet", "mobilenetv3")]
     nets += [("resnet18 (224, random weights)", full_size_onnx("resnet18", 224), False),
              ("resnet50 (224, random weights)", full_size_onnx("resnet50", 224), False)]
     for label, model, trained in nets:

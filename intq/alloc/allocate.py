@@ -79,9 +79,9 @@ def sensitivities(model, fg, bns, cfg, calib, x, y, method, bits, samples=32, pr
 
     def compute():
         if method == "hessian":
-            qm = QATModel(fg, {}, cfg, calib)
+            qm = QATModel(fg, {}, cfg, calib, float_only=True)
             return sens.hessian_sensitivity(qm, x, y, bits, samples, progress=progress)
-        qm = QATModel(fg, bns, cfg, calib)
+        qm = QATModel(fg, bns, cfg, calib, float_only=True)
         return sens.perturbation_sensitivity(qm, x, y, bits, progress=progress)
 
     value, hit = _cached(f"sensitivity-{key}.json", compute)

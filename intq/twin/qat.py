@@ -41,6 +41,10 @@ from ..quant.scheme import QuantConfig
 
 SUPPORTED = {"Conv", "Linear", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
              "Flatten", "Reshape", "Relu", "Clip", "Pad", "ChannelAffine"}
+# Ops the float model runs (sensitivities) but QAT cannot train yet: their quantization
+# points are lowering's lookup tables and products, which QAT does not mirror.
+FLOAT_ONLY = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu", "PRelu",
+              "Softmax", "Mul"}
 
 
 def float_graph_with_batchnorms(model):
@@ -129,11 +133,14 @@ class QATModel(torch.nn.Module):
     """The trainable twin: the float graph in torch with fake quantization at the compiled
     model's quantization points. `forward(x)` returns float logits."""
 
-    def __init__(self, fg, bns: dict, cfg: QuantConfig, calib_images, momentum: float = 0.1):
+    def __init__(self, fg, bns: dict, cfg: QuantConfig, calib_images, momentum: float = 0.1,
+                 float_only: bool = False):
         super().__init__()
-        unsupported = sorted({f"{n.op} ({n.name})" for n in fg.nodes if n.op not in SUPPORTED})
+        ok = SUPPORTED | (FLOAT_ONLY if float_only else set())
+        unsupported = sorted({f"{n.op} ({n.name})" for n in fg.nodes if n.op not in ok})
         if unsupported:
             raise IntqError(f"qat: unsupported ops: {', '.join(unsupported)}")
+        self.float_only = float_only
         self.fg, self.cfg, self.momentum = fg, cfg, momentum
         self.calib = Calibration(fg, calib_images)
         self.ranges = {t: (self.calib.lo[t], self.calib.hi[t]) for t in self.calib.lo}
@@ -142,7 +149,7 @@ class QATModel(torch.nn.Module):
         self.frozen_ranges = False
         # quantize=False runs the float model, except the layers in `only` ({name: bits}),
         # whose weights and input are quantized: the perturbation sensitivity of one layer.
-        self.quantize = True
+        self.quantize = not float_only
         self.only: dict = {}
         self.weights = torch.nn.ParameterDict()
         self.bn = torch.nn.ModuleDict()
@@ -255,6 +262,11 @@ class QATModel(torch.nn.Module):
         for node in fg.nodes:
             ins = [env.get(i) for i in node.inputs]
             op, a = node.op, node.attrs
+            if op in FLOAT_ONLY or (op == "ChannelAffine" and not is_input_affine(fg, node)):
+                if self.quantize:
+                    raise IntqError(f"qat: {op} ({node.name}) runs only with quantization off")
+                env[node.output] = self._float_op(node, ins)
+                continue
             if op == "ChannelAffine" and is_input_affine(fg, node):
                 s, sh = (torch.as_tensor(fg.constants[i], dtype=torch.float32) for i in node.inputs[1:3])
                 shape = (1, -1, 1, 1)
@@ -282,6 +294,30 @@ class QATModel(torch.nn.Module):
                 continue
             env[node.output] = self._stored(node.output, y, self._act(node))
         return env[fg.outputs[0]]
+
+    def _float_op(self, node, ins):
+        """The float forms of FLOAT_ONLY ops (and of a ChannelAffine inside the network)."""
+        a, op, x = node.attrs, node.op, ins[0]
+        if op in ("Mul", "PRelu", "ChannelAffine"):
+            consts = [torch.as_tensor(self.fg.constants[t], dtype=torch.float32)
+                      if t in self.fg.constants else None for t in node.inputs]
+            if op == "Mul":
+                return x * (ins[1] if consts[1] is None else consts[1])
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            if op == "PRelu":
+                return torch.where(x >= 0, x, x * consts[1].reshape(shape))
+            return self._activation(node, x * consts[1].reshape(shape) + consts[2].reshape(shape))
+        if op == "Softmax":
+            axes = tuple(int(v) % x.dim() for v in a["axes"])
+            return torch.softmax(x.flatten(axes[0]), dim=-1).reshape(x.shape) if len(axes) > 1 \
+                else torch.softmax(x, dim=axes[0])
+        if op == "LeakyRelu":
+            return torch.where(x >= 0, x, a.get("alpha", 0.01) * x)
+        fn = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
+              "Swish": lambda v: v * torch.sigmoid(v),
+              "HardSigmoid": lambda v: torch.clamp(a.get("alpha", 0.2) * v + a.get("beta", 0.5), 0, 1),
+              "HardSwish": lambda v: v * torch.clamp(a.get("alpha", 1 / 6) * v + a.get("beta", 0.5), 0, 1)}
+        return fn[op](x)
 
     @staticmethod
     def _act(node):
