@@ -241,6 +241,17 @@ def atomic_write(path):
         raise
 
 
+def write_figure(fig, path) -> None:
+    """A matplotlib figure written to `path` as a PNG, atomically (laid out first)."""
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+
+
 class Artifact:
     """A loaded .intq file: `.integer`, `.float` (or None) and `.info`."""
 

@@ -221,13 +221,11 @@ def sweep(prob: Problem, key="size_mb", steps=11, evaluate=None) -> list[dict]:
 
 def sweep_plot(points, path, key="size_mb", title="") -> None:
     """Pareto plot: sensitivity (and accuracy, when measured) against `key` over a sweep."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..artifact import atomic_write
+    from ..artifact import write_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     xs = [p[key] for p in points]
@@ -241,12 +239,8 @@ def sweep_plot(points, path, key="size_mb", title="") -> None:
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    write_figure(fig, path)
     plt.close(fig)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
 
 
 def format_allocation(res: dict) -> str:
@@ -278,13 +272,11 @@ def format_allocation(res: dict) -> str:
 def allocation_plot(res: dict, path) -> None:
     """Figure I.1 of HAWQ-V3: per layer the chosen bits, the sensitivity at 4 bits, and the
     INT4 latency gain (ms at 8 / ms at 4), written atomically."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..artifact import atomic_write
+    from ..artifact import write_figure
 
     rows = res["layers"]
     idx = np.arange(1, len(rows) + 1)
@@ -301,9 +293,5 @@ def allocation_plot(res: dict, path) -> None:
         axes[2].axhline(1.0, color="k", lw=0.6)
         axes[2].set_ylabel("INT4 speed-up")
     axes[-1].set_xlabel("layer (graph order)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    write_figure(fig, path)
     plt.close(fig)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())

@@ -89,13 +89,11 @@ def drift_plot(curves: dict, path, title: str = "") -> None:
     """A PNG in the style of HAWQ-V3 Figure G.1: per quantization point (in graph order) the
     normalized difference between integer-only and naive fake-quant inference, one curve per
     entry of `curves` (label -> verify report with naive=True). Written atomically."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..artifact import atomic_write
+    from ..artifact import write_figure
 
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
     for label, res in curves.items():
@@ -109,9 +107,5 @@ def drift_plot(curves: dict, path, title: str = "") -> None:
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    write_figure(fig, path)
     plt.close(fig)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
