@@ -102,7 +102,8 @@ def per_layer_times(graph: Graph, ex, x, repeat: int) -> list[dict]:
     return rows
 
 
-def latency_table(float_graph: Graph, batch: int = 1, repeat: int = 10, seed: int = 0) -> dict:
+def latency_table(float_graph: Graph, batch: int = 1, repeat: int = 10, seed: int = 0,
+                  progress=None) -> dict:
     """Milliseconds of every Conv/Linear layer at INT4 and at INT8 on this machine.
 
     The model is compiled twice, every layer at 4 bits and every layer at 8 bits, on
@@ -128,5 +129,7 @@ def latency_table(float_graph: Graph, batch: int = 1, repeat: int = 10, seed: in
             if row["name"] in macs:
                 entry = layers.setdefault(row["name"], {"macs": macs[row["name"]], "ms": {}})
                 entry["ms"][str(bits)] = row["ms"]
+        if progress:
+            progress(bits // 4, 2)  # one step per width: compiled, warmed up and timed
     return {**cpu_info(), "batch": batch, "repeat": repeat, "unit": "ms",
             "layers": [{"name": k, **v} for k, v in layers.items()]}

@@ -320,19 +320,24 @@ def cmd_allocate(args) -> int:
     except ImportError as e:
         raise IntqError(f"allocate needs torch and pulp: {e}") from None
 
-    bar = None
+    bars = {}
 
-    def progress(done, total):
-        nonlocal bar
-        bar = bar or ProgressBar(total)
-        bar.update(done)
+    def progress(done, total, what):
+        """One bar per measurement (sensitivities, then latencies), on a terminal."""
+        if what not in bars:
+            if bars:
+                list(bars.values())[-1].close()
+            if sys.stderr.isatty():
+                print(f"measuring {what} ...", file=sys.stderr)
+            bars[what] = ProgressBar(total)
+        bars[what].update(done)
 
     cfg = QuantConfig(profile=args.profile)
     prob = Problem(args.model, calib, x, y, args.sensitivity, latency_table=args.latency_table,
                    need_latency="latency_ms" in limits, fix_ends=not args.free_ends,
                    images=args.images, progress=progress, config=cfg)
-    if bar:
-        bar.close()
+    if bars:
+        list(bars.values())[-1].close()
     res = prob.solve(limits)
     if args.sweep:
         evaluate_bits = None

@@ -88,7 +88,7 @@ def sensitivities(model, fg, bns, cfg, calib, x, y, method, bits, samples=32, pr
     return {layer: {int(b): float(v) for b, v in d.items()} for layer, d in value.items()}, hit
 
 
-def latencies(model, fg, table_path=None, batch=1, repeat=10) -> tuple[dict, dict]:
+def latencies(model, fg, table_path=None, batch=1, repeat=10, progress=None) -> tuple[dict, dict]:
     """({layer: {b: ms}}, table info). A supplied table (another device's, same JSON as
     `intq bench --latency-table`) is used as given; otherwise this machine's table is
     reused from the cache when its CPU model matches, else measured."""
@@ -106,7 +106,7 @@ def latencies(model, fg, table_path=None, batch=1, repeat=10) -> tuple[dict, dic
     else:
         cpu = cpu_info()["cpu"]
         key = _digest(model_digest(model), cpu, batch)
-        table, hit = _cached(f"latency-{key}.json", lambda: latency_table(fg, batch, repeat))
+        table, hit = _cached(f"latency-{key}.json", lambda: latency_table(fg, batch, repeat, progress=progress))
         rows = {r["name"]: {int(b): float(ms) for b, ms in r["ms"].items()} for r in table["layers"]}
         source = {"source": "cache" if hit else "measured", "cpu": table.get("cpu")}
     missing = [n.name for n in graph_costs.layer_nodes(fg) if n.name not in rows]
@@ -137,7 +137,8 @@ def resolve_limits(limits: dict, cost: dict, layers, bits, groups, fixed) -> dic
 class Problem:
     """Every input of the ILP for one model, measured once: layer names, per-layer costs at
     each width ({layer: {b: {"omega", "size_mb", "bops_g", "latency_ms"?, "macs"}}}), ties,
-    fixed layers. `solve(limits)` answers any limits from it."""
+    fixed layers. `solve(limits)` answers any limits from it. `progress(done, total, what)`
+    is told how the measuring goes."""
 
     def __init__(self, model, calib, x=None, y=None, method="perturbation", bits=(4, 8),
                  latency_table=None, need_latency=False, fix_ends=True, images=256, samples=32,
@@ -156,13 +157,15 @@ class Problem:
         y = None if y is None else np.asarray(y)[:images]
         self.images = int(len(x))
         self.names = [n.name for n in graph_costs.layer_nodes(fg)]
-        omega, self.sensitivity_cached = sensitivities(model, fg, bns, self.cfg, calib, x, y, method,
-                                                       self.bits, samples, progress)
+        omega, self.sensitivity_cached = sensitivities(
+            model, fg, bns, self.cfg, calib, x, y, method, self.bits, samples,
+            progress and (lambda d, t: progress(d, t, f"{method} sensitivities")))
         self.method = method
         self.cost = graph_costs.size_bops(fg, self.bits)
         self.latency = None
         if need_latency or latency_table:
-            lat, self.latency = latencies(model, fg, latency_table)
+            lat, self.latency = latencies(model, fg, latency_table,
+                                          progress=progress and (lambda d, t: progress(d, t, "latencies")))
         for n in self.names:
             for b in self.bits:
                 self.cost[n][b]["omega"] = omega[n][b]
