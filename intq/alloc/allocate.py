@@ -88,6 +88,10 @@ def sensitivities(model, fg, bns, cfg, calib, x, y, method, bits, samples=32, pr
     return {layer: {int(b): float(v) for b, v in d.items()} for layer, d in value.items()}, hit
 
 
+def _latency_rows(table: dict) -> dict:
+    return {r["name"]: {int(b): float(ms) for b, ms in r["ms"].items()} for r in table["layers"]}
+
+
 def latencies(model, fg, table_path=None, batch=1, repeat=10, progress=None) -> tuple[dict, dict]:
     """({layer: {b: ms}}, table info). A supplied table (another device's, same JSON as
     `intq bench --latency-table`) is used as given; otherwise this machine's table is
@@ -98,7 +102,7 @@ def latencies(model, fg, table_path=None, batch=1, repeat=10, progress=None) -> 
         try:
             with open(table_path) as f:
                 table = json.load(f)
-            rows = {r["name"]: {int(b): float(ms) for b, ms in r["ms"].items()} for r in table["layers"]}
+            rows = _latency_rows(table)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise IntqError(f"latency table {table_path}: not a table of `intq bench "
                             f"--latency-table` ({e.__class__.__name__}: {e})") from None
@@ -107,7 +111,7 @@ def latencies(model, fg, table_path=None, batch=1, repeat=10, progress=None) -> 
         cpu = cpu_info()["cpu"]
         key = _digest(model_digest(model), cpu, batch)
         table, hit = _cached(f"latency-{key}.json", lambda: latency_table(fg, batch, repeat, progress=progress))
-        rows = {r["name"]: {int(b): float(ms) for b, ms in r["ms"].items()} for r in table["layers"]}
+        rows = _latency_rows(table)
         source = {"source": "cache" if hit else "measured", "cpu": table.get("cpu")}
     missing = [n.name for n in graph_costs.layer_nodes(fg) if n.name not in rows]
     if missing:

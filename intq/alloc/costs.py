@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import get_op
-from ..quant.lower import LAYERS, PASS_THROUGH
+from ..quant.lower import LAYERS, PASS_THROUGH, Lowering
+from ..quant.scheme import QuantConfig
 
 
 def layer_nodes(fg):
@@ -33,20 +34,12 @@ def ties(fg) -> list[list[str]]:
     main branch's first conv, or an Inception block's 1x1 branches. Giving them one width
     lets the tensor be stored once at that width (HAWQ-V3 Appendix I's footnote); found
     from the graph, so any architecture gets its ties."""
-    def readers(t):
-        out = []
-        for n in fg.consumers(t):
-            if n.op in PASS_THROUGH:
-                for o in n.outputs:
-                    out += readers(o)
-            else:
-                out.append(n)
-        return out
-
+    readers = Lowering(fg, None, QuantConfig()).readers  # the lowering's own look-through
+    order = {n.name: i for i, n in enumerate(fg.nodes)}
     groups = []
     for t in list(fg.inputs) + [o for n in fg.nodes if n.op not in PASS_THROUGH for o in n.outputs]:
-        layers = sorted({n.name for n in readers(t) if n.op in LAYERS},
-                        key=[n.name for n in fg.nodes].index)
+        layers = sorted({n.name for n in readers(t) if n is not None and n.op in LAYERS},
+                        key=order.get)
         if len(layers) > 1:
             groups.append(layers)
     return groups

@@ -33,6 +33,8 @@ EXACT_FLOAT64 = 2**53  # every integer below this is a float64 exactly
 
 
 def _bits_range(dtype: str) -> tuple[int, int]:
+    """(lo, hi) of an IR dtype name. Restated rather than imported from intq.ops.integer:
+    the twin reads the graph, never the module that holds the specification's `run`s."""
     bits = int("".join(filter(str.isdigit, dtype)))
     if dtype.startswith("u"):
         return 0, (1 << bits) - 1
@@ -63,6 +65,19 @@ def _window_pad(x, kernel, strides, dilations, pads, out_hw, value):
 
 def _crop(y, out_hw):
     return y[:, :, :out_hw[0], :out_hw[1]]
+
+
+def _exact_weights(graph, node) -> torch.Tensor:
+    """A conv/linear's integer weights as float64, after checking that a float64 product
+    with its input stays exact: every partial sum is at most max|x| * sum|w| of one output
+    channel, which must be below 2**53 (lowering keeps it below 2**31)."""
+    w = np.asarray(graph.constants[node.inputs[1]]).astype(np.int64)
+    lo, hi = _bits_range(graph.values[node.inputs[0]].dtype)
+    bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) * max(-lo, hi)
+    if bound >= EXACT_FLOAT64:
+        raise IntqError(f"twin: layer {node.name} could sum past 2**53 ({bound}); float64 "
+                        f"would not be exact")
+    return torch.as_tensor(w, dtype=torch.float64)
 
 
 class TwinOp(torch.nn.Module):
@@ -142,16 +157,10 @@ class IntConv(TwinOp):
 
     def __init__(self, node, graph):
         super().__init__(node, graph)
-        w = np.asarray(graph.constants[node.inputs[1]]).astype(np.int64)
-        lo, hi = _bits_range(graph.values[node.inputs[0]].dtype)
-        bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) * max(-lo, hi)
-        if bound >= EXACT_FLOAT64:
-            raise IntqError(f"twin: layer {node.name} could sum past 2**53 ({bound}); float64 "
-                            f"would not be exact")
-        self.register_buffer("w", torch.as_tensor(w, dtype=torch.float64))
+        self.register_buffer("w", _exact_weights(graph, node))
         self.register_buffer("bias", self.const(graph, node, 2))
         self.out_hw = tuple(graph.values[node.outputs[0]].shape[2:])
-        self._naive_params(graph, node, w)
+        self._naive_params(graph, node, self.w.numpy().astype(np.int64))
 
     def _naive_params(self, graph, node, w):
         """Float weights S_w * q_w and float bias S_acc * bias_q (the zero-point correction
@@ -190,14 +199,9 @@ class IntLinear(IntConv):
 
     def __init__(self, node, graph):
         TwinOp.__init__(self, node, graph)
-        w = np.asarray(graph.constants[node.inputs[1]]).astype(np.int64)
-        lo, hi = _bits_range(graph.values[node.inputs[0]].dtype)
-        bound = int(np.abs(w).sum(axis=1).max(initial=0)) * max(-lo, hi)
-        if bound >= EXACT_FLOAT64:
-            raise IntqError(f"twin: layer {node.name} could sum past 2**53 ({bound})")
-        self.register_buffer("w", torch.as_tensor(w, dtype=torch.float64))
+        self.register_buffer("w", _exact_weights(graph, node))
         self.register_buffer("bias", self.const(graph, node, 2))
-        self._naive_params(graph, node, w)
+        self._naive_params(graph, node, self.w.numpy().astype(np.int64))
 
     def exact(self, x):
         return (F.linear(x.double(), self.w).to(torch.int64) + self.bias,)
@@ -356,8 +360,8 @@ class IntClamp(TwinOp):
 
     def naive(self, x):
         t = self.inputs[0]
-        return (torch.clamp(x, self.real(t, torch.tensor(self.attrs["lo"])).item(),
-                            self.real(t, torch.tensor(self.attrs["hi"])).item()),)
+        s, z = self.scale(t), self.zero_point(t)
+        return (torch.clamp(x, (self.attrs["lo"] - z) * s, (self.attrs["hi"] - z) * s),)
 
 
 class IntPad(TwinOp):

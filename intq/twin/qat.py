@@ -139,7 +139,8 @@ class QATModel(torch.nn.Module):
         ok = SUPPORTED | (FLOAT_ONLY if float_only else set())
         unsupported = sorted({f"{n.op} ({n.name})" for n in fg.nodes if n.op not in ok})
         if unsupported:
-            raise IntqError(f"qat: unsupported ops: {', '.join(unsupported)}")
+            what = "float model (sensitivities)" if float_only else "qat"
+            raise IntqError(f"{what}: unsupported ops: {', '.join(unsupported)}")
         self.float_only = float_only
         self.fg, self.cfg, self.momentum = fg, cfg, momentum
         self.calib = Calibration(fg, calib_images)
@@ -149,6 +150,7 @@ class QATModel(torch.nn.Module):
         self.frozen_ranges = False
         # quantize=False runs the float model, except the layers in `only` ({name: bits}),
         # whose weights and input are quantized: the perturbation sensitivity of one layer.
+        self._storage: dict = {}
         self.quantize = not float_only
         self.only: dict = {}
         self.weights = torch.nn.ParameterDict()
@@ -191,12 +193,19 @@ class QATModel(torch.nn.Module):
             m = self.momentum
             self.ranges[t] = ((1 - m) * old[0] + m * lo, (1 - m) * old[1] + m * hi)
 
+    def _stored_qparams(self, t):
+        """lowering's `stored_qparams(t)` for the current range of t; where t is stored
+        (its bits and format) is a property of the graph, decided once, not every step."""
+        if t not in self._storage:
+            self._storage[t] = self.lw.storage(t)
+        return self.lw.act_qparams(t, *self._storage[t])
+
     def _stored(self, t, v, act=None):
         """v fake-quantized as tensor t is stored (its range observed first)."""
         if not self.quantize:
             return v
         self._observe(t, v)
-        qp = self.lw.stored_qparams(t)
+        qp = self._stored_qparams(t)
         lo, hi = qp.clamp_bounds(*act) if act else (None, None)
         return fake_quant_act(v, qp, lo, hi)
 
@@ -205,7 +214,7 @@ class QATModel(torch.nn.Module):
         when it is stored otherwise (what lowering's `narrow_input` emits)."""
         if not self.quantize:
             return v
-        qs = self.lw.stored_qparams(t)
+        qs = self._stored_qparams(t)
         if qs.bits == bits and not qs.signed:
             return v
         return fake_quant_act(v, self.lw.act_qparams(t, bits, narrow=True))
@@ -245,12 +254,11 @@ class QATModel(torch.nn.Module):
             y = self.bn[key](y)
         return self._activation(node, y)
 
-    @staticmethod
-    def _activation(node, y):
-        lo, hi = node.attrs.get("act_min"), node.attrs.get("act_max")
-        if lo is not None or hi is not None:
-            y = torch.clamp(y, min=lo, max=hi)
-        return y
+    @classmethod
+    def _activation(cls, node, y):
+        """y clamped by the node's fused ReLU/ReLU6 (act_min/act_max), if it has one."""
+        act = cls._act(node)
+        return torch.clamp(y, min=act[0], max=act[1]) if act else y
 
     def forward(self, x):
         fg, env = self.fg, {}
