@@ -195,7 +195,13 @@ def test_allocate_compile_eval_verify_end_to_end(tmp_path):
 def test_allocate_user_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{\"layers\": 3}")
-    for args, frag in [(["--max-size-mb", "abc"], "not a number"),
+    x = np.load(MODELS / "digits_test.npz")["x"][:8]
+    np.savez(tmp_path / "badlabels.npz", x=x, y=np.full(8, 50))
+    np.savez(tmp_path / "floatlabels.npz", x=x, y=np.zeros(8))
+    for args, frag in [(["--images", "0"], "at least 1 image"),
+                       (["--data", tmp_path / "badlabels.npz"], "labels must lie in [0, 10)"),
+                       (["--data", tmp_path / "floatlabels.npz"], "one integer label per image"),
+                       (["--max-size-mb", "abc"], "not a number"),
                        (["--max-size-mb", "150%"], "fraction must lie in [0, 1]"),
                        (["--max-size-mb", "0.00001"], "smallest achievable"),
                        (["--max-latency-ms", "50%", "--latency-table", bad], "latency table")]:

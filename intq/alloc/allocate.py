@@ -148,17 +148,19 @@ class Problem:
                  latency_table=None, need_latency=False, fix_ends=True, images=256, samples=32,
                  progress=None, config=None):
         from ..quant.scheme import QuantConfig
-        from ..twin.qat import float_graph_with_batchnorms
+        from ..twin.qat import check_data, float_graph_with_batchnorms
 
         self.cfg = config or QuantConfig()
         self.bits = tuple(sorted(set(bits)))
         if not set(self.bits) <= {4, 8}:
             raise IntqError(f"allowed bit widths are 4 and 8 (the kernels intq has), got {list(bits)}")
+        if images < 1:
+            raise IntqError(f"sensitivities need at least 1 image, got {images}")
         fg, bns = float_graph_with_batchnorms(model)
         self.fg = fg
-        calib = np.asarray(calib, np.float32)
-        x = (calib if x is None else np.asarray(x, np.float32))[:images]
-        y = None if y is None else np.asarray(y)[:images]
+        calib, _ = check_data(fg, calib, None, "calibration data")
+        x, y = check_data(fg, calib if x is None else x, y, "sensitivity data")
+        x, y = x[:images], None if y is None else y[:images]
         self.images = int(len(x))
         self.names = [n.name for n in graph_costs.layer_nodes(fg)]
         omega, self.sensitivity_cached = sensitivities(

@@ -380,6 +380,25 @@ class QATModel(torch.nn.Module):
         cinfo["calibration"]["method"] = "qat"
         return Model(ig, fg, {**cinfo, **(info or {})})
 
+def check_data(fg, x, y, what: str):
+    """(x float32, y int64 or None) after checking them against the float graph: at least
+    one image of the model's input shape, and one label per image in [0, classes)."""
+    x = np.asarray(x, np.float32)
+    want = tuple(fg.values[fg.inputs[0]].shape[1:])
+    if x.ndim != 4 or len(x) == 0 or tuple(x.shape[1:]) != want:
+        raise IntqError(f"{what}: need at least one image of shape {want}, got images of shape {x.shape}")
+    if y is None:
+        return x, None
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise IntqError(f"{what}: need one integer label per image, got labels of shape {y.shape} "
+                        f"and dtype {y.dtype}")
+    classes = fg.values[fg.outputs[0]].shape[-1]
+    if y.min() < 0 or y.max() >= classes:
+        raise IntqError(f"{what}: labels must lie in [0, {classes}), got [{y.min()}, {y.max()}]")
+    return x, y.astype(np.int64)
+
+
 class _Progress:
     """`epoch e/E [#####     ] loss L acc A` redrawn in place on a terminal; one summary
     line per epoch either way (`log`)."""
@@ -410,22 +429,13 @@ def train(model, x, y, config: QuantConfig, epochs: int = 6, lr: float = 2e-4, b
     labels y under `config`'s quantization, and convert it. BatchNorm statistics update for
     the first `freeze_bn_epoch` epochs (default: half), activation ranges for all but the
     last `freeze_range_epochs`. Returns (Model, per-epoch history)."""
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(x):
-        raise IntqError(f"qat: need one integer label per image, got labels of shape {y.shape}")
     if epochs < 1 or batch < 1 or not lr > 0:
         raise IntqError("qat: epochs and batch must be at least 1 and lr positive")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    calib = x[:256] if calib is None else np.asarray(calib, np.float32)
     fg, bns = float_graph_with_batchnorms(model)
-    want = fg.values[fg.inputs[0]].shape[1:]
-    if tuple(x.shape[1:]) != tuple(want):
-        raise IntqError(f"qat: images have shape {tuple(x.shape[1:])}, the model expects {tuple(want)}")
-    classes = fg.values[fg.outputs[0]].shape[-1]
-    if y.min() < 0 or y.max() >= classes:
-        raise IntqError(f"qat: labels must lie in [0, {classes}), got [{y.min()}, {y.max()}]")
+    x, y = check_data(fg, x, y, "qat")
+    calib = x[:256] if calib is None else np.asarray(calib, np.float32)
     qm = QATModel(fg, bns, config, calib)
     opt = torch.optim.Adam(qm.parameters(), lr=lr)
     freeze_bn_epoch = max(1, epochs // 2) if freeze_bn_epoch is None else freeze_bn_epoch
