@@ -211,3 +211,12 @@ def test_allocate_user_errors(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert frag in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_an_unusable_cache_folder_only_costs_time(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("INTQ_CACHE_DIR", str(tmp_path / "file" / "sub"))  # cannot be created
+    calib = np.load(MODELS / "digits_calib.npz")["x"][:32]
+    res = allocate(MODELS / "resnet.onnx", calib, limits={"size_mb": (0.5, True)}, images=32)
+    again = allocate(MODELS / "resnet.onnx", calib, limits={"size_mb": (0.5, True)}, images=32)
+    assert res["bits"] == again["bits"] and not again["sensitivity_cached"]

@@ -23,9 +23,13 @@ KEYS = ("size_mb", "bops_g", "latency_ms")
 METHODS = ("perturbation", "hessian")
 
 
-def cache_dir() -> str:
+def cache_dir() -> str | None:
+    """The cache folder, created if needed; None when it cannot be (nothing is cached then)."""
     d = os.environ.get("INTQ_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "intq")
-    os.makedirs(d, exist_ok=True)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError:
+        return None
     return d
 
 
@@ -51,7 +55,10 @@ def _cached(name, compute):
     """JSON-cached result of compute() under cache_dir()/name (written atomically)."""
     from ..artifact import atomic_write
 
-    path = os.path.join(cache_dir(), name)
+    folder = cache_dir()
+    if folder is None:
+        return compute(), False
+    path = os.path.join(folder, name)
     if os.path.isfile(path):
         try:
             with open(path) as f:
