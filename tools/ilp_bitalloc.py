@@ -40,7 +40,7 @@ LEVELS = (("High", 0.75), ("Medium", 0.5), ("Low", 0.25))
 KEYS = (("size_mb", "size"), ("bops_g", "BOPS"), ("latency_ms", "latency"))
 
 
-def full_size_onnx(name, res):
+def full_size_onnx(name, res, dynamic_batch=False):
     import onnx
     import torch
 
@@ -53,7 +53,8 @@ def full_size_onnx(name, res):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(1, 3, res, res),), f, dynamo=False, opset_version=13,
                           input_names=["input"], training=torch.onnx.TrainingMode.PRESERVE,
-                          do_constant_folding=False)
+                          do_constant_folding=False,
+                          dynamic_axes={"input": {0: "batch"}} if dynamic_batch else None)
     return onnx.load_from_string(f.getvalue())
 
 
