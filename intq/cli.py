@@ -42,7 +42,8 @@ def _config(args):
     default, table = QuantConfig.parse_bits(args.bits)
     return QuantConfig(profile=args.profile, default_bits=default, bits=table,
                        calib_method=args.calib_method, residual_bits=args.residual_bits,
-                       weight_clip=args.weight_clip)
+                       weight_clip=args.weight_clip,
+                       bias_correction=getattr(args, "bias_correction", False))
 
 
 def cmd_compile(args) -> int:
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
     s.add_argument("--weight-clip", default="max", choices=["max", "mse"])
+    s.add_argument("--bias-correction", action="store_true", help="subtract the mean output "
+                   "shift that weight rounding causes, measured on the calibration data (worth "
+                   "it for depthwise layers)")
     s.add_argument("--eval-data", help=".npz with x/y: record float and integer top-1 in the card")
     s.set_defaults(func=cmd_compile)
 

@@ -54,7 +54,9 @@ def quantization_card(ig, info: dict) -> dict:
         "profile": profile,
         "weights": ("symmetric, per output channel" if profile == "hawq" else
                     "symmetric, per tensor, power-of-two scale")
-                   + f", {cfg.get('weight_clip', 'max')} clipping",
+                   + f", {cfg.get('weight_clip', 'max')} clipping"
+                   + (", biases corrected for the mean shift of weight rounding (calibration data)"
+                      if cfg.get("bias_correction") else ""),
         "activations": "static, per tensor; unsigned after ReLU, asymmetric otherwise"
                        if profile == "hawq" else "static, per tensor, symmetric, power-of-two scale",
         "quantized_operations": "all: conv, linear, residual add, concat, pooling, input; "

@@ -29,7 +29,8 @@ from ..ops.pool import AveragePool
 from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
 from .lower_nonlinear import LOWERINGS
-from .scheme import QParams, QuantConfig, activation_qparams, bias_scale_floor, quantize_weights
+from .scheme import (QParams, QuantConfig, activation_qparams, bias_correction, bias_scale_floor,
+                     quantize_weights)
 
 PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad", "Transpose", "Squeeze",
                 "Unsqueeze", "Slice", "Split"}
@@ -161,6 +162,16 @@ class Lowering:
                 if len(node.inputs) > 2 and node.inputs[2] else np.zeros(m))
         wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip,
                                   min_scales=bias_scale_floor(bias, qx.scale))
+        if self.cfg.bias_correction:
+            # The floor above came from the uncorrected bias: the shift is of the order of
+            # one weight step times the input, far inside the floor's INT32 headroom, and
+            # the overflow bound below still checks the result.
+            means = getattr(self.calib, "input_means", None)
+            if means is None:
+                raise IntqError("bias correction needs calibration statistics (input means); "
+                                "these activation ranges carry none")
+            groups = node.attrs["groups"] if node.op == "Conv" else 1
+            bias = bias - bias_correction(w, wq, sw, groups, means(node.name))
         acc_scales = qx.scale * sw
         bias_q = np.floor(bias / acc_scales + 0.5).astype(np.int64)
         flat = wq.reshape(m, -1).astype(np.int64)

@@ -1,9 +1,10 @@
 """The quantization scheme: what is quantized how, per tensor and per layer.
 
 `QuantConfig` bundles the choices (profile, bits per layer, calibration method, residual
-stream width); `QParams` describes one integer tensor (bits, signedness, scale, zero point)
-and maps a calibrated float range to one; `quantize_weights` gives per-channel symmetric
-weights. Profiles:
+stream width, bias correction); `QParams` describes one integer tensor (bits, signedness,
+scale, zero point) and maps a calibrated float range to one; `quantize_weights` gives
+per-channel symmetric weights and `bias_correction` the mean shift their rounding causes.
+Profiles:
 
 * ``hawq`` (HAWQ-V3): per-output-channel symmetric weights; activations unsigned with zero
   point 0 after ReLU/ReLU6, otherwise asymmetric; 31-bit dyadic multipliers.
@@ -37,6 +38,7 @@ class QuantConfig:
     weight_clip: str = "max"          # "max" or "mse"
     percentile: float = 99.99
     keep_first_last_8: bool = True
+    bias_correction: bool = False     # see `bias_correction` below
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -186,6 +188,29 @@ def quantize_weights(w: np.ndarray, bits: int, profile: str, clip: str = "max",
             scales = np.maximum(scales, floor)
     q = np.clip(np.floor(flat / scales[:, None] + 0.5), -qmax, qmax).astype(np.int8)
     return q.reshape(w.shape), scales
+
+
+def bias_correction(w: np.ndarray, wq: np.ndarray, scales: np.ndarray, groups: int,
+                    input_means: np.ndarray) -> np.ndarray:
+    """The (M,) float64 shift that weight quantization adds to a layer's mean output,
+    Delta_W E[x] (Qualcomm white paper eq. 25-27; Nagel et al. 2019), to be subtracted from
+    the float bias before it is quantized.
+
+    w (M, C/groups, ...) are the float weights, wq * scales their quantized values, and
+    `input_means` (C, taps) the mean input each weight multiplies on the calibration data,
+    over every output position, zero padding included (`Calibration.input_means`). With
+    the bias so corrected, the quantized layer's mean output over the calibration data,
+    computed on the float inputs, equals the float layer's: exactly the empirical bias
+    correction of eq. 27, without running the quantized layer. Rounding a depthwise
+    layer's 9 weights per channel leaves such a shift; a per-tensor one of hundreds of
+    weights, far less.
+    """
+    m, cg = w.shape[0], w.shape[1]
+    err = wq.astype(np.float64) * scales.reshape((m,) + (1,) * (w.ndim - 1)) - w
+    err = err.reshape(m, cg, -1)
+    means = np.asarray(input_means, np.float64).reshape(groups, cg, -1)
+    group_of = np.arange(m) // (m // groups)
+    return np.einsum("mct,mct->m", err, means[group_of])
 
 
 BIAS_BUDGET = 1 << 30  # |INT32 bias| may use half of INT32; sum(w * x) gets the other half
