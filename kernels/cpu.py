@@ -1,9 +1,14 @@
-"""Which kernel path runs: the AVX-512 VNNI path or the portable one, chosen at import.
+"""Which kernel path runs, chosen at import: AMX, AVX-512 VNNI or portable.
 
-`INTQ_KERNELS=portable` forces the portable path (CI uses it to test both on one machine);
-`INTQ_KERNELS=vnni` insists on VNNI and fails on a CPU without it; unset or `auto` picks
-VNNI when the host CPU has it. Both paths compute the same integers: the choice changes
-speed, never bits.
+* `amx`: the VNNI path, with the dense convolutions that suit it on AMX tiles
+  (`conv_amx`); needs AMX-INT8 and the kernel's permission to use tile data, which is
+  asked for here (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+* `vnni`: AVX-512 VNNI (`vpdpbusd`) for every dense convolution.
+* `portable`: plain loops, any CPU.
+
+`INTQ_KERNELS=portable|vnni|amx` forces a path (CI uses it to test all of them on one
+machine; asking for one the CPU lacks is an error); unset or `auto` picks the best the
+host has. All paths compute the same integers: the choice changes speed, never bits.
 """
 from __future__ import annotations
 
@@ -26,12 +31,41 @@ def has_vnni() -> bool:
     return {"avx512f", "avx512bw", "avx512vnni"} <= host_features()
 
 
+_AMX_GRANTED: bool | None = None
+
+
+def has_amx() -> bool:
+    """AMX-INT8 on the CPU (with VNNI, which the rest of the path uses), and the OS lets
+    this process use tile data: Linux asks each process to request it once."""
+    global _AMX_GRANTED
+    if _AMX_GRANTED is None:
+        _AMX_GRANTED = has_vnni() and {"amx-tile", "amx-int8"} <= host_features() and _request_amx()
+    return _AMX_GRANTED
+
+
+def _request_amx() -> bool:
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # syscall(SYS_arch_prctl = 158, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18)
+        return libc.syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def choose_path(request: str | None = None) -> str:
     request = (request or os.environ.get("INTQ_KERNELS") or "auto").strip().lower()
-    if request not in ("auto", "vnni", "portable"):
-        raise ValueError(f"INTQ_KERNELS must be auto, vnni or portable, got {request!r}")
+    if request not in ("auto", "amx", "vnni", "portable"):
+        raise ValueError(f"INTQ_KERNELS must be auto, amx, vnni or portable, got {request!r}")
     if request == "portable":
         return "portable"
+    if request in ("auto", "amx") and has_amx():
+        return "amx"
+    if request == "amx":
+        raise RuntimeError("INTQ_KERNELS=amx, but this CPU (or its OS) offers no AMX-INT8")
     if has_vnni():
         return "vnni"
     if request == "vnni":

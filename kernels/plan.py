@@ -26,7 +26,7 @@ import numpy as np
 from intq.errors import IntqError
 from intq.ops.integer import SHARED_WITH_FLOAT
 
-from . import conv, cpu, elementwise, pool, softmax
+from . import conv, conv_amx, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
@@ -190,10 +190,19 @@ class ConvStep(Step):
         # With dilation 1 along W, the KW taps of one kernel row are KW * Cb contiguous
         # bytes of the NHWC buffer: one reduction run per kernel row, not per tap.
         self.row_taps = self.kind == "dense" and dilations[1] == 1
+        oh, ow = self.output_hw()
+        # AMX needs evenly spaced virtual pixels (see `conv_amx`) and enough of them: a
+        # map under 16 pixels (a classifier) would leave most of each tile empty.
+        self.wv = conv_amx.virtual_width(x.wb, strides) if path == "amx" else None
+        self.amx = (self.kind == "dense" and self.wv is not None and oh * ow >= 16
+                    and tuple(strides) == (1, 1))
         if self.kind == "dense":
             self.kernel = conv.conv_portable
             pack = conv.pack_portable
-            if path == "vnni":
+            if self.amx:
+                self.kernel, pack = conv_amx.conv_amx, conv_amx.pack_amx
+                self.nblk = -(-m // conv_amx.COLS)
+            elif path in ("vnni", "amx"):
                 from .conv_vnni import conv_vnni
                 self.kernel, pack = conv_vnni, conv.pack_vnni
             if self.row_taps:
@@ -235,12 +244,22 @@ class ConvStep(Step):
         else:
             toff = np.array([(i * self.dil[0] * x.wb + j * self.dil[1]) * x.cb
                              for i in range(self.kh) for j in range(self.kw)], np.int64)
-        tiles = -(-n * oh * ow // conv.TILE_M)
         import numba
         want = 16 * numba.get_num_threads()
-        chunks = min(tiles, max(1, -(-want // self.nblk)))
-        cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
-                      len(toff), self.cin, self.cout, self.nblk, -(-tiles // chunks))
+        if self.amx:
+            step = self.strides[1] * x.cb
+            vpix = (oh - 1) * self.wv + ow
+            pairs = -(-vpix // conv_amx.ROWS)
+            blocks = n * pairs
+            chunks = min(blocks, max(1, -(-want // self.nblk)))
+            cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
+                          len(toff), self.cin, self.cout, self.nblk, -(-blocks // chunks),
+                          self.wv, vpix, -(-self.cin // 64), step, pairs)
+        else:
+            tiles = -(-n * oh * ow // conv.TILE_M)
+            chunks = min(tiles, max(1, -(-want // self.nblk)))
+            cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
+                          len(toff), self.cin, self.cout, self.nblk, -(-tiles // chunks))
         xb, xg = env[x.name], x.geometry()
         out, og = env[self.out.name], self.out.geometry(self.coff)
         if self.residual:
@@ -253,6 +272,9 @@ class ConvStep(Step):
         else:
             out2, og2, rq2 = out, og, self.rq
         w, rq, sc, rrq = self.w, self.rq, self.sc, self.rrq
+        if self.amx:
+            kernel, cfg = self.kernel, conv_amx.tile_configuration()
+            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, cfg)
         if self.kind == "dense":
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
@@ -729,6 +751,10 @@ class Plan:
                 last_read[t] = i
         free: list[np.ndarray] = []
         blocks: dict[str, np.ndarray] = {}
+        # AMX blocks read a little past their input's last pixel (results dropped): every
+        # buffer gets that much slack, so the reads stay inside memory the plan owns.
+        slack = max([conv_amx.slack(s.strides[1] * s.x.cb) for s in self.steps
+                     if isinstance(s, ConvStep) and s.amx], default=0)
         env = {"__feeds__": {}}
         calls = []
         for i, s in enumerate(self.steps):
@@ -737,7 +763,7 @@ class Plan:
                 if t in env:
                     continue
                 lay = self.layouts[t]
-                need = -(-lay.nbytes(n) // 64) * 64
+                need = -(-(lay.nbytes(n) + slack) // 64) * 64
                 fit = [blk for blk in free if blk.size >= need]
                 blk = min(fit, key=lambda b: b.size) if fit else np.zeros(max(need, 64), np.uint8)
                 free = [b for b in free if b is not blk]

@@ -87,3 +87,99 @@ def vstore(typingctx, ary, index, vec):
         builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=4)
         return context.get_dummy_value()
     return types.void(ary, types.intp, i32x16), codegen
+
+
+# -- AMX (Advanced Matrix Extensions) ---------------------------------------------------
+# Eight tile registers tmm0-7 of up to 16 rows x 64 bytes, shaped by a 64-byte
+# configuration that each thread loads (`tile_config`) before using them. `tile_dpbusd`
+# is TDPBUSD: C[r, n] += sum_{j<4} uint8(A[r, 4k + j]) * int8(B[k, 4n + j]) over the 16
+# rows k of B, wrapping in int32 like vpdpbusd (never reached: see the module docstring).
+# Tile numbers are compile-time constants (LLVM takes them as immediates), so they are
+# passed as integer literals.
+
+_I8, _I64 = ir.IntType(8), ir.IntType(64)
+_BYTE_PTR = _I8.as_pointer()
+
+
+def _tile_number(t) -> int:
+    from numba.core.errors import RequireLiteralValue
+
+    if not isinstance(t, types.IntegerLiteral):
+        raise RequireLiteralValue("an AMX tile number must be an integer literal")
+    return t.literal_value
+
+
+def _byte_pointer(context, builder, arytype, ary, index):
+    return builder.bitcast(_element_pointer(context, builder, arytype, ary, index), _BYTE_PTR)
+
+
+def _call(builder, name, argtypes, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), argtypes), name)
+    builder.call(fn, args)
+
+
+@intrinsic
+def tile_config(typingctx, cfg):
+    """LDTILECFG from the 64-byte uint8 array `cfg` (palette 1, rows and bytes per tile)."""
+    def codegen(context, builder, sig, args):
+        ptr = _byte_pointer(context, builder, sig.args[0], args[0], ir.Constant(_I64, 0))
+        _call(builder, "llvm.x86.ldtilecfg", [_BYTE_PTR], [ptr])
+        return context.get_dummy_value()
+    return types.void(cfg), codegen
+
+
+@intrinsic
+def tile_release(typingctx):
+    """TILERELEASE: back to the initial state (no context-switch cost for idle tiles)."""
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilerelease", [], [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def tile_zero(typingctx, t):
+    """TILEZERO tmm{t}."""
+    num = _tile_number(t)
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilezero", [_I8], [ir.Constant(_I8, num)])
+        return context.get_dummy_value()
+    return types.void(t), codegen
+
+
+@intrinsic
+def tile_load(typingctx, t, ary, index, stride):
+    """TILELOADD tmm{t}: its rows from the 1-D array `ary`, the first at element `index`,
+    each `stride` bytes after the previous."""
+    num = _tile_number(t)
+
+    def codegen(context, builder, sig, args):
+        ptr = _byte_pointer(context, builder, sig.args[1], args[1], args[2])
+        _call(builder, "llvm.x86.tileloadd64", [_I8, _BYTE_PTR, _I64], [ir.Constant(_I8, num), ptr, args[3]])
+        return context.get_dummy_value()
+    return types.void(t, ary, types.intp, types.intp), codegen
+
+
+@intrinsic
+def tile_store(typingctx, t, ary, index, stride):
+    """TILESTORED tmm{t} into the 1-D array `ary` from element `index`, rows `stride`
+    bytes apart."""
+    num = _tile_number(t)
+
+    def codegen(context, builder, sig, args):
+        ptr = _byte_pointer(context, builder, sig.args[1], args[1], args[2])
+        _call(builder, "llvm.x86.tilestored64", [_I8, _BYTE_PTR, _I64], [ir.Constant(_I8, num), ptr, args[3]])
+        return context.get_dummy_value()
+    return types.void(t, ary, types.intp, types.intp), codegen
+
+
+@intrinsic
+def tile_dpbusd(typingctx, c, a, b):
+    """TDPBUSD tmm{c} += tmm{a} (uint8 rows) . tmm{b} (int8, 4-byte groups)."""
+    nums = [_tile_number(t) for t in (c, a, b)]
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tdpbusd", [_I8] * 3, [ir.Constant(_I8, v) for v in nums])
+        return context.get_dummy_value()
+    return types.void(c, a, b), codegen

@@ -20,7 +20,7 @@ from intq.ops.integer import dtype_range
 from intq.ops.window import output_size
 from intq.reference import run_integer
 
-PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else [])
+PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else []) + (["amx"] if cpu.has_amx() else [])
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 INT32_MAX = 2**31 - 1
@@ -121,6 +121,49 @@ def test_conv_equals_reference(case):
         add_requantize(g, "acc", "y", b, cc, 0, case["out"], zo)
         g.outputs = ["y"]
     check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32))
+
+
+amx_cases = st.fixed_dictionaries({
+    "n": st.integers(1, 3), "c": st.integers(1, 150), "h": st.integers(4, 12), "w": st.integers(4, 12),
+    "m": st.integers(1, 100), "k": st.sampled_from([1, 3, 5]), "dil": st.integers(1, 2),
+    "pads": st.tuples(*[st.integers(0, 2)] * 4), "seed": st.integers(0, 2**16),
+    "out": st.sampled_from(["uint8", "int8", "int16", "int32", "raw"]),
+})
+
+
+@pytest.mark.skipif(not cpu.has_amx(), reason="no AMX-INT8 here")
+@SETTINGS
+@given(amx_cases)
+def test_amx_conv_equals_reference(case):
+    """Shapes that the AMX kernel takes (stride 1, at least 16 output pixels): reductions
+    of one to several 64-byte slices with a ragged last one, output channels that fill
+    32-channel blocks or not, padding (so dropped columns), dilation, several images
+    (so blocks that run past an image into the next, and past the buffer into its slack)."""
+    rng = np.random.default_rng(case["seed"])
+    n, c, h, w, k, d, m = case["n"], case["c"], case["h"], case["w"], case["k"], case["dil"], case["m"]
+    pt, pl, pb, pr = case["pads"]
+    assume(h + pt + pb > (k - 1) * d and w + pl + pr > (k - 1) * d)
+    assume(output_size(h, k, 1, d, pt, pb) * output_size(w, k, 1, d, pl, pr) >= 16)
+    g = Graph("amx")
+    xq = quantized_input(g, (n, c, h, w))
+    wq = extreme_ints(rng, (m, c, k, k), -128, 127)
+    bound = int(np.abs(wq).reshape(m, -1).sum(1).max()) * 255
+    assume(bound < INT32_MAX // 2)
+    wn = g.add_constant("w", wq.astype(np.int8))
+    g.values[wn].dtype = "int8"
+    bn = g.add_constant("bias", rng.integers(-(INT32_MAX - bound), INT32_MAX - bound + 1, m).astype(np.int32))
+    g.add_node("IntConv", [xq, wn, bn], ["acc"], {
+        "x_zero_point": zero_point(rng, 0, 255), "strides": [1, 1], "pads": [pt, pl, pb, pr],
+        "dilations": [d, d], "groups": 1}, name="conv")
+    if case["out"] == "raw":
+        g.outputs = ["acc"]
+    else:
+        lo, hi = dtype_range(case["out"])
+        add_requantize(g, "acc", "y", *multipliers(rng, m), 0, case["out"],
+                       zero_point(rng, lo, hi) if case["out"] != "int32" else 0)
+        g.outputs = ["y"]
+    check(g, extreme_ints(rng, (n, c, h, w), 0, 255).astype(np.float32), paths=["amx"])
+    assert Plan(g, "amx").steps[1].amx
 
 
 @SETTINGS
