@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from .conv import COUT, N_, NBLK, OW, PER_TASK, PL, PT, TAPS
-from .epilogue import offset, store_pixel
+from .epilogue import offset, store_pixel, store_pixel_vec
 from .simd import tile_config, tile_dpbusd, tile_load, tile_release, tile_store, tile_zero
 
 ROWS, COLS = 32, 32          # virtual pixels x output channels per block
@@ -107,10 +107,12 @@ def _block(x, wp, base, step, toff, taps, ksteps, wblk, scratch):
 
 
 @njit(parallel=True, cache=True)
-def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, cfg):
+def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, cfg, vt):
     """Convolution (groups = 1) with fused epilogue on AMX tiles; x uint8, wp packed by
     `pack_amx`, cp as `conv.conv_portable`'s plus the virtual-pixel geometry above, NBLK
-    counting blocks of 32 channels; other arguments as `conv.conv_portable`."""
+    counting blocks of 32 channels; vt the vector epilogue's tables (`store_pixel_vec`;
+    empty where it does not apply); other arguments as `conv.conv_portable`."""
+    vec = vt[0].size > 0
     npairs = cp[N_] * cp[PAIRS]
     chunks = -(-npairs // cp[PER_TASK])
     taps, ksteps, step, wv = cp[TAPS], cp[KSTEPS], cp[STEP], cp[WV]
@@ -133,8 +135,12 @@ def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2,
             ow = v0 - oh * wv
             for r in range(min(ROWS, cp[VPIX] - v0)):
                 if ow < cp[OW]:
-                    store_pixel(scratch, r * COLS, c0, nc, n, oh, ow, rq, out, og, sc, res, rg, rrq,
-                                out2, og2, rq2)
+                    if vec and nc == COLS:
+                        store_pixel_vec(scratch, r * COLS, c0, COLS // 16, n, oh, ow, out, og, sc, res, rg,
+                                        out2, og2, vt)
+                    else:
+                        store_pixel(scratch, r * COLS, c0, nc, n, oh, ow, rq, out, og, sc, res, rg, rrq,
+                                    out2, og2, rq2)
                 ow += 1
                 if ow == wv:
                     ow = 0

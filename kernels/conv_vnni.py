@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from .conv import CIN, TAPS, TILE_M, _finish_tile, _task, _task_count, _tile_pixels
+from .conv import CIN, COUT, TAPS, TILE_M, TILE_N, _finish_tile, _task, _task_count, _tile_pixels
+from .epilogue import store_pixel_vec
 from .simd import vbroadcast4, vdpbusd, vload, vstore, vzero
 
 
@@ -92,14 +93,22 @@ def _tile_vnni(x, wp, wbase, toff, taps, c4n, b0, b1, b2, b3, b4, b5, tile):
 
 
 @njit(parallel=True, cache=True)
-def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
+def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt):
     """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp packed by
-    `conv.pack_vnni`; arguments as `conv.conv_portable`."""
+    `conv.pack_vnni`; vt the vector epilogue's tables (`epilogue.store_pixel_vec`, empty
+    where it does not apply); other arguments as `conv.conv_portable`."""
     taps, c4n = cp[TAPS], cp[CIN] // 4
+    vec = vt[0].size > 0
     for task in prange(_task_count(cp)):
         blk, first, end, wbase, tile, bases, pix = _task(task, cp)
+        c0 = blk * TILE_N
         for i in range(first, end):
             rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
             _tile_vnni(x, wp, wbase, toff, taps, c4n, bases[0], bases[1], bases[2], bases[3], bases[4],
                        bases[5], tile)
-            _finish_tile(tile, pix, rows_here, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+            if vec and cp[COUT] - c0 >= TILE_N:
+                for p in range(rows_here):
+                    store_pixel_vec(tile, p * TILE_N, c0, TILE_N // 16, pix[p, 0], pix[p, 1], pix[p, 2], out,
+                                    og, sc, res, rg, out2, og2, vt)
+            else:
+                _finish_tile(tile, pix, rows_here, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

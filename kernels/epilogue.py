@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .simd import vepi_requant, vepi_residual
+
 REQUANT, RESIDUAL, RAW = 0, 1, 2
 # Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
 BIAS, MUL, SHIFT1, ROUND, SHIFT2 = range(5)
@@ -128,3 +130,42 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
             for j in range(nc):
                 v = round_shift((np.int64(y[j]) - zy) * m2[j], t1[j], r2[j], t2[j])
                 y2[j] = min(max(v + z2, lo2), hi2)
+
+
+def vector_tables(rq: np.ndarray, bias=None) -> tuple[np.ndarray, np.ndarray]:
+    """`rq` (a `dn_table`) as the two tables of `simd.vepi_requant`/`vepi_residual`, per
+    group of 16 channels: int32 [bias x 16][multiplier x 16] and int64 [2^(c-1) of the
+    even channels, of the odd ones][c of the even channels, of the odd ones]. `bias`
+    replaces the bias row (-z for a residual operand or a copy's input)."""
+    channels = rq.shape[1]
+    groups = channels // 16
+    b = rq[BIAS] if bias is None else np.broadcast_to(np.asarray(bias, np.int64), (channels,))
+    c = rq[SHIFT1] + rq[SHIFT2]
+    half = np.where(c > 0, np.left_shift(np.int64(1), np.maximum(c - 1, 0)), 0)
+    t32 = np.stack([b.reshape(groups, 16), rq[MUL].reshape(groups, 16)], axis=1)
+    pairs = lambda v: v.reshape(groups, 8, 2)  # noqa: E731  (lane 2i even, 2i + 1 odd)
+    t64 = np.stack([pairs(half)[..., 0], pairs(half)[..., 1], pairs(c)[..., 0], pairs(c)[..., 1]], axis=1)
+    return t32.astype(np.int32).reshape(-1), t64.astype(np.int64).reshape(-1)
+
+
+@njit(cache=True, inline="always")
+def store_pixel_vec(acc, t, c0, groups, n, h, w, out, og, sc, res, rg, out2, og2, vt):
+    """`store_pixel` for `groups` x 16 channels from c0 (a multiple of 16) in zmm
+    registers (`simd.vepi_*`); vt = (tables, residual tables, copy tables) from
+    `vector_tables`. Modes REQUANT and RESIDUAL, with or without the copy; a residual
+    operand and a copied output at most 16 bits wide (so r - z_r and y - z_y fit int32)."""
+    vt32, vt64, rvt32, rvt64, cvt32, cvt64 = vt
+    o = offset(og, n, h, w) + c0
+    g0 = c0 // 16
+    if sc[0] == REQUANT:
+        for g in range(groups):
+            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3])
+    else:
+        ro = offset(rg, n, h, w) + c0
+        for g in range(groups):
+            vepi_residual(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, rvt64,
+                          out, o + 16 * g, sc[1], sc[2], sc[3])
+    if sc[5]:
+        o2 = offset(og2, n, h, w) + c0
+        for g in range(groups):
+            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9])

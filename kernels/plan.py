@@ -27,7 +27,7 @@ from intq.errors import IntqError
 from intq.ops.integer import SHARED_WITH_FLOAT
 
 from . import conv, conv_amx, cpu, elementwise, pool, softmax
-from .epilogue import RAW, REQUANT, RESIDUAL, dn_table
+from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, vector_tables
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
               "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
@@ -231,6 +231,22 @@ class ConvStep(Step):
         self.rq2 = np.zeros((5, self.nblk * conv.TILE_N), np.int64)
         self.rq2[:, :rq.shape[1]] = rq
 
+    def vector_tables(self):
+        """The tables of the vector epilogue (`epilogue.store_pixel_vec`), or six empty
+        arrays where it does not apply: no requantization to fuse (RAW), or a residual
+        operand or copied output wider than 16 bits."""
+        mode = self.sc[0]
+        # r - z_r must fit int32: a 16-bit operand, or an accumulator (z_r = 0).
+        wide = ((self.residual is not None and self.residual[0].dtype.itemsize > 2 and self.sc[4] != 0)
+                or (self.copy is not None and self.out.dtype.itemsize > 2))
+        if mode == RAW or wide:
+            e32, e64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
+            return (e32, e64) * 3
+        tables = vector_tables(self.rq)
+        tables += vector_tables(self.rrq, -self.sc[4]) if mode == RESIDUAL else tables
+        tables += vector_tables(self.rq2, -self.sc[6]) if self.copy is not None else tables[:2]
+        return tables
+
     def output_hw(self):
         from intq.ops.window import spatial_output
         return spatial_output((self.x.h, self.x.w), (self.kh, self.kw), self.strides, self.pads,
@@ -273,8 +289,11 @@ class ConvStep(Step):
             out2, og2, rq2 = out, og, self.rq
         w, rq, sc, rrq = self.w, self.rq, self.sc, self.rrq
         if self.amx:
-            kernel, cfg = self.kernel, conv_amx.tile_configuration()
-            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, cfg)
+            kernel, cfg, vt = self.kernel, conv_amx.tile_configuration(), self.vector_tables()
+            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, cfg, vt)
+        if self.kind == "dense" and self.kernel is not conv.conv_portable:  # VNNI
+            kernel, vt = self.kernel, self.vector_tables()
+            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt)
         if self.kind == "dense":
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

@@ -183,3 +183,99 @@ def tile_dpbusd(typingctx, c, a, b):
         _call(builder, "llvm.x86.tdpbusd", [_I8] * 3, [ir.Constant(_I8, v) for v in nums])
         return context.get_dummy_value()
     return types.void(c, a, b), codegen
+
+
+# -- The vector epilogue: 16 channels of DN at once ---------------------------------------
+# `epilogue.store_pixel` is plain loops that LLVM vectorises 4 int64 lanes at a time,
+# reloading five int64 table rows per element. These do 16 channels per call in zmm
+# registers: the INT32 value plus its bias, times its multiplier as two int64 halves
+# (even and odd lanes, `vpmuldq`), rounded in one step, (p + 2^(c-1)) >> c, which is
+# `epilogue.round_shift`'s ((p >> (c-1)) + 1) >> 1 (both floor(p / 2^c + 1/2); p + 2^(c-1)
+# stays below 2^63 since |p| < 2^62 and c <= 62), clamped in int64 and stored at the
+# output's width. Tables come from `vector_tables`: per group of 16 channels, int32
+# [bias x 16][multiplier x 16] and int64 [2^(c-1) even, odd][c even, odd] (8 lanes each).
+
+_V32 = ir.VectorType(_I32, 16)
+_V64 = ir.VectorType(_I64, 8)
+
+
+def _splat(builder, value, vecty):
+    one = builder.insert_element(ir.Constant(vecty, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vecty, None), ir.Constant(ir.VectorType(_I32, vecty.count), None))
+
+
+def _vec_load(builder, ptr, vecty):
+    return builder.load(builder.bitcast(ptr, vecty.as_pointer()), typ=vecty, align=1)
+
+
+def _widen16(context, builder, aryty, ary, index):
+    """16 elements of an integer array (8, 16 or 32 bits) as 16 int32 lanes."""
+    ptr = _element_pointer(context, builder, aryty, ary, index)
+    bits = aryty.dtype.bitwidth
+    if bits == 32:
+        return _vec_load(builder, ptr, _V32)
+    v = _vec_load(builder, ptr, ir.VectorType(ir.IntType(bits), 16))
+    return builder.sext(v, _V32) if aryty.dtype.signed else builder.zext(v, _V32)
+
+
+def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti):
+    """DN of v + bias, 16 lanes: (even, odd) int64 halves."""
+    p32 = _element_pointer(context, builder, t32ty, t32, ti)
+    bias = _vec_load(builder, p32, _V32)
+    mul = _vec_load(builder, builder.gep(p32, [ir.Constant(_I64, 16)]), _V32)
+    x = builder.bitcast(builder.add(v, bias), _V64)
+    m = builder.bitcast(mul, _V64)
+    k32 = _splat(builder, ir.Constant(_I64, 32), _V64)
+    even = builder.mul(builder.ashr(builder.shl(x, k32), k32), builder.ashr(builder.shl(m, k32), k32))
+    odd = builder.mul(builder.ashr(x, k32), builder.ashr(m, k32))
+    p64 = _element_pointer(context, builder, t64ty, t64, ti)
+    row = [_vec_load(builder, builder.gep(p64, [ir.Constant(_I64, 8 * i)]), _V64) for i in range(4)]
+    return (builder.ashr(builder.add(even, row[0]), row[2]), builder.ashr(builder.add(odd, row[1]), row[3]))
+
+
+def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi):
+    """clamp(v + zo, lo, hi) for the 16 lanes (even, odd), stored at the output's width."""
+    lo_v = _splat(builder, builder.sub(lo, zo), _V64)
+    hi_v = _splat(builder, builder.sub(hi, zo), _V64)
+
+    def clamp(v):
+        v = builder.select(builder.icmp_signed("<", v, lo_v), lo_v, v)
+        return builder.select(builder.icmp_signed(">", v, hi_v), hi_v, v)
+    low = _splat(builder, ir.Constant(_I64, 0xFFFFFFFF), _V64)
+    k32 = _splat(builder, ir.Constant(_I64, 32), _V64)
+    both = builder.or_(builder.and_(clamp(even), low), builder.shl(clamp(odd), k32))
+    y = builder.add(builder.bitcast(both, _V32), _splat(builder, builder.trunc(zo, _I32), _V32))
+    bits = outty.dtype.bitwidth
+    if bits < 32:
+        y = builder.trunc(y, ir.VectorType(ir.IntType(bits), 16))
+    ptr = _element_pointer(context, builder, outty, out, oi)
+    builder.store(y, builder.bitcast(ptr, y.type.as_pointer()), align=1)
+
+
+@intrinsic
+def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi):
+    """out[oi:oi+16] = clamp(DN(acc[ai:ai+16] + bias) + zo, lo, hi), channels of table
+    group ti (see above); acc int32."""
+    def codegen(context, builder, sig, args):
+        a = _widen16(context, builder, sig.args[0], args[0], args[1])
+        even, odd = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        _store16(context, builder, even, odd, args[7], args[8], args[9], sig.args[5], args[5], args[6])
+        return context.get_dummy_value()
+    return types.void(acc, types.intp, t32, t64, types.intp, out, types.intp, types.int64, types.int64,
+                      types.int64), codegen
+
+
+@intrinsic
+def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi, zo, lo, hi):
+    """The fused residual add for 16 channels: clamp(DN_1(acc + bias) + DN_2(res - z_r)
+    + zo, lo, hi); the second table's bias row holds -z_r. res at most 16 bits wide."""
+    def codegen(context, builder, sig, args):
+        a = _widen16(context, builder, sig.args[0], args[0], args[1])
+        e1, o1 = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        r = _widen16(context, builder, sig.args[5], args[5], args[6])
+        e2, o2 = _dn16(context, builder, r, sig.args[7], args[7], sig.args[8], args[8], args[4])
+        _store16(context, builder, builder.add(e1, e2), builder.add(o1, o2), args[11], args[12], args[13],
+                 sig.args[9], args[9], args[10])
+        return context.get_dummy_value()
+    return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, rt32, rt64, out, types.intp,
+                      types.int64, types.int64, types.int64), codegen
