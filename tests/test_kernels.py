@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from intq.ir import Graph
 from intq.kernels import cpu
+from intq.kernels.simd import vepi_requant, vepi_residual
 from intq.kernels.plan import Plan
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
@@ -121,6 +123,64 @@ def test_conv_equals_reference(case):
         add_requantize(g, "acc", "y", b, cc, 0, case["out"], zo)
         g.outputs = ["y"]
     check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32))
+
+
+@njit  # not cached: a cache here would not see edits to kernels/simd.py
+def _vector_requant(acc, t32, t64, out, zo, lo, hi):
+    vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi)
+
+
+@njit
+def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi):
+    vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi)
+
+
+def _int32_extremes(rng, count):
+    v = rng.integers(-2**31, 2**31, count)
+    pick = rng.random(count)
+    v[pick < 0.2] = -2**31
+    v[pick > 0.8] = 2**31 - 1
+    return v
+
+
+@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
+@SETTINGS
+@given(st.integers(0, 2**16), st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
+       st.sampled_from(["random", "ties", "c0", "c62", "bmax"]), st.sampled_from(["uint8", "int16", "int32"]))
+def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
+    """The zmm epilogue (`simd.vepi_requant`, `vepi_residual`) against `dyadic.requantize`,
+    the rule's definition: 16 channels with their own multipliers, accumulators and biases
+    at the ends of INT32 (their sum fits, as the validator guarantees), ties (b = 1,
+    c = 1 on odd values, negative ones included), c = 0 and c = 62, b = 2^31 - 1,
+    a residual operand of 8, 16 or 32 bits (an accumulator, zero point 0)."""
+    from intq.dyadic import requantize
+    from intq.kernels.epilogue import dn_table, vector_tables
+
+    rng = np.random.default_rng(seed)
+    acc = _int32_extremes(rng, 16)
+    bias = np.clip(_int32_extremes(rng, 16), -2**31 - acc, 2**31 - 1 - acc)
+    b, c = multipliers(rng, 16, ties=kind == "ties")
+    if kind == "c0":
+        c[:] = 0
+    elif kind == "c62":
+        c[:] = 62
+    elif kind == "bmax":
+        b[:] = 2**31 - 1
+    lo, hi = dtype_range(out_dtype)
+    zo = zero_point(rng, lo, hi) if out_dtype != "int32" else 0
+    out = np.zeros(16, out_dtype)
+    _vector_requant(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), out, zo, lo, hi)
+    want = requantize(acc + bias, b, c, lo, hi, zo)
+    assert np.array_equal(out.astype(np.int64), want), (out, want)
+
+    rlo, rhi = dtype_range(res_dtype)
+    r = extreme_ints(rng, 16, rlo, rhi)
+    zr = zero_point(rng, rlo, rhi) if res_dtype != "int32" else 0
+    rb, rc = multipliers(rng, 16, ties=kind == "ties")
+    _vector_residual(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), r.astype(res_dtype),
+                     *vector_tables(dn_table(rb, rc, 16, 16), -zr), out, zo, lo, hi)
+    total = requantize(acc + bias, b, c, -2**62, 2**62) + requantize(r - zr, rb, rc, -2**62, 2**62)
+    assert np.array_equal(out.astype(np.int64), np.clip(total + zo, lo, hi))
 
 
 amx_cases = st.fixed_dictionaries({
