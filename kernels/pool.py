@@ -18,14 +18,19 @@ N_, C_, H_, W_, OH, OW, KH, KW, SH, SW, PT, PL, DH, DW = range(14)
 
 @njit(parallel=True, cache=True)
 def max_pool(x, xg, pp, out, og):
-    """MaxPool: the largest input cell of each window (cells outside the input skipped)."""
+    """MaxPool: the largest input cell of each window (cells outside the input skipped).
+    Every window holds at least one cell of the input (pads < kernel), which starts the
+    running maximum; it is kept in the output row itself, at the tensor's own width (the
+    output has the input's parameters and container), so 16-bit maps vectorise 16 or 32
+    lanes at a time instead of int64's 4 or 8."""
     c_ = pp[C_]
     for row in prange(pp[N_] * pp[OH]):
         n = row // pp[OH]
         oh = row - n * pp[OH]
-        best = np.empty(c_, np.int64)
         for ow in range(pp[OW]):
-            best[:] = -(1 << 62)
+            o = offset(og, n, oh, ow)
+            y = out[o:o + c_]
+            first = True
             for i in range(pp[KH]):
                 h = oh * pp[SH] - pp[PT] + i * pp[DH]
                 if h < 0 or h >= pp[H_]:
@@ -36,12 +41,13 @@ def max_pool(x, xg, pp, out, og):
                         continue
                     xi = offset(xg, n, h, w)
                     xr = x[xi:xi + c_]
-                    for c in range(c_):
-                        best[c] = max(best[c], np.int64(xr[c]))
-            o = offset(og, n, oh, ow)
-            y = out[o:o + c_]
-            for c in range(c_):
-                y[c] = best[c]
+                    if first:
+                        for c in range(c_):
+                            y[c] = xr[c]
+                        first = False
+                    else:
+                        for c in range(c_):
+                            y[c] = max(y[c], xr[c])
 
 
 @njit(parallel=True, cache=True)
