@@ -15,7 +15,8 @@ against the reference backend, for the bundled digits nets and full-size ResNet1
 Each peer runs in its own process (Numba's and onnxruntime's thread pools fight inside
 one), all with 2 threads, one after the other; results are medians over repeats, reported
 as GOPS (2 ops per multiply-add), as ratios to onnxruntime, and as a fraction of the
-VNNI issue rate measured here by a register-only `vpdpbusd` loop. Writes JSON (CPU model
+VNNI issue rate measured here by a register-only `vpdpbusd` loop (layers on the AMX path
+can pass 100%: the AMX issue rate, from a register-only `TDPBUSD` loop, is printed too). Writes JSON (CPU model
 included) and prints the README's tables in Markdown.
 """
 from __future__ import annotations
@@ -130,8 +131,10 @@ def worker_intq_layers(shapes, repeat):
             n = shape[0]
             plan.run(x)
             env, calls = plan.bind(n)
-            layer = [c for st, c in zip(plan.steps, calls) if st.name == "layer"][0]
-            res.append({"shape": s, "bits": bits, "seconds": timeit(layer, repeat)})
+            step, layer = [(st, c) for st, c in zip(plan.steps, calls) if st.name == "layer"][0]
+            kernel = ("amx" if getattr(step, "amx", False) else step.kind if step.kind != "dense"
+                      else "vnni" if plan.path in ("vnni", "amx") else "portable")
+            res.append({"shape": s, "bits": bits, "seconds": timeit(layer, repeat), "kernel": kernel})
     return res
 
 
@@ -241,7 +244,42 @@ def worker_peak(_shapes, _repeat):
     spin(a, w, out, 10)
     sec = timeit(lambda: spin(a, w, out, iters), 5)
     ops = 32 * iters * 12 * 64 * 2
-    return {"gops": ops / sec / 1e9}
+    return {"gops": ops / sec / 1e9, "amx_gops": _amx_peak() if cpu.has_amx() else None}
+
+
+def _amx_peak():
+    """Measured AMX issue rate: GOPS of register-only TDPBUSD (4 independent accumulator
+    tiles, 16 x 16 x 64 multiply-adds each) on all threads."""
+    from numba import njit, prange
+
+    from intq.kernels.conv_amx import tile_configuration
+    from intq.kernels.simd import tile_config, tile_dpbusd, tile_load, tile_release, tile_store, tile_zero
+
+    @njit(parallel=True)
+    def spin(cfg, a, out, iters):
+        for t in prange(THREADS * 8):
+            tile_config(cfg)
+            tile_zero(0)
+            tile_zero(1)
+            tile_zero(2)
+            tile_zero(3)
+            tile_load(4, a, 0, 64)
+            tile_load(5, a, 0, 64)
+            tile_load(6, a, 0, 64)
+            tile_load(7, a, 0, 64)
+            for _ in range(iters):
+                tile_dpbusd(0, 4, 6)
+                tile_dpbusd(1, 4, 7)
+                tile_dpbusd(2, 5, 6)
+                tile_dpbusd(3, 5, 7)
+            tile_store(0, out, t * 256, 64)
+            tile_release()
+
+    cfg, a, out = tile_configuration(), np.ones(1024, np.uint8), np.zeros(THREADS * 8 * 256, np.int32)
+    iters = 20_000
+    spin(cfg, a, out, 10)
+    sec = timeit(lambda: spin(cfg, a, out, iters), 5)
+    return THREADS * 8 * iters * 4 * 16 * 16 * 64 * 2 / sec / 1e9
 
 
 def _export(name, path, batch_dynamic=True):
@@ -362,18 +400,19 @@ def shape_label(s):
 
 
 def tables(result) -> str:
-    peak = result["vnni_peak_gops"]
+    peak, amx = result["vnni_peak_gops"], result.get("amx_peak_gops")
     lines = [f"CPU: {result['cpu']} ({THREADS} threads), VNNI issue rate measured: "
-             f"{peak:.0f} GOPS" if peak else f"CPU: {result['cpu']}", "",
-             "| layer (nets) | intq INT8 GOPS | intq INT4 GOPS | ORT GOPS | torch x86 GOPS | torch fp32 GOPS "
-             "| INT8 / ORT | INT4 / INT8 | INT8 % of VNNI peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{peak:.0f} GOPS" if peak else f"CPU: {result['cpu']}",
+             f"AMX issue rate measured: {amx:.0f} GOPS" if amx else "", "",
+             "| layer (nets) | intq kernel | intq INT8 GOPS | intq INT4 GOPS | ORT GOPS | torch x86 GOPS | "
+             "torch fp32 GOPS | INT8 / ORT | INT4 / INT8 | INT8 % of VNNI peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["layers"]:
         s = r["shape"]
         gops = {k: 2 * r["macs"] / r[k] / 1e9 for k in ("intq8", "intq4", "ort", "torch_q", "torch_f")}
         nets = "" if s.get("gemm") else f" ({', '.join(n.replace('mobilenet_v2', 'mbv2') for n in s['nets'])})"
         pct = f"{100 * gops['intq8'] / peak:.0f}%" if peak else "n/a"
-        lines.append(f"| {shape_label(s)}{nets} | {gops['intq8']:.0f} | {gops['intq4']:.0f} | {gops['ort']:.0f} | "
+        lines.append(f"| {shape_label(s)}{nets} | {r.get('kernel', '')} | {gops['intq8']:.0f} | {gops['intq4']:.0f} | {gops['ort']:.0f} | "
                      f"{gops['torch_q']:.0f} | {gops['torch_f']:.0f} | {r['ort'] / r['intq8']:.2f} | "
                      f"{r['intq8'] / r['intq4']:.2f} | {pct} |")
     lines += ["", "| model | batch | ORT INT8 ms | intq INT8 ms | intq INT4 ms | intq mixed ms | INT8 / ORT | "
@@ -421,7 +460,8 @@ def main():
         intq = run_worker("intq-layers", shapes, args.repeat, workdir)
         ort = run_worker("ort-layers", shapes, args.repeat, workdir)
         tq = run_worker("torch-layers", shapes, args.repeat, workdir)
-        peak = run_worker("peak", [], 5, workdir)["gops"]
+        peaks = run_worker("peak", [], 5, workdir)
+        peak = peaks["gops"]
         from tools.export_zoo import export
         for m in models:
             export(m, os.path.join(workdir, f"{m}.onnx"))
@@ -434,8 +474,10 @@ def main():
     for i, s in enumerate(shapes):
         i8, i4 = intq[2 * i], intq[2 * i + 1]
         layers.append({"shape": s, "macs": macs(s, s["batch"]), "intq8": i8["seconds"], "intq4": i4["seconds"],
+                       "kernel": i8["kernel"],
                        "ort": ort[i]["seconds"], "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
     result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
+              "amx_peak_gops": peaks.get("amx_gops"),
               "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals,
               "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     with open(args.output, "w") as f:
