@@ -38,6 +38,12 @@ from .epilogue import offset, store_pixel, store_pixel_vec
 from .simd import tile_config, tile_dpbusd, tile_load, tile_release, tile_store, tile_zero
 
 ROWS, COLS = 32, 32          # virtual pixels x output channels per block
+# Below this many reduction bytes per output (taps x padded input channels) the VNNI
+# kernel is faster: with so few multiply-adds per output the epilogue dominates, and the
+# tile path's scratch round trip costs more than it saves (bench_kernels on MobileNetV2's
+# 1 x 1 expansions, 16 -> 96 up to 160 -> 960, lost 15-30%; 3 x 3 layers of 64 channels
+# and more, 576 bytes, gain 1.4-2.3x).
+MIN_REDUCTION = 256
 # cp indices past `conv`'s: virtual width, virtual pixels per image, 64-byte slices per
 # tap, bytes between virtual pixels, blocks of 32 virtual pixels per image
 WV, VPIX, KSTEPS, STEP, PAIRS = range(12, 17)
@@ -135,12 +141,13 @@ def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2,
             ow = v0 - oh * wv
             for r in range(min(ROWS, cp[VPIX] - v0)):
                 if ow < cp[OW]:
-                    if vec and nc == COLS:
-                        store_pixel_vec(scratch, r * COLS, c0, COLS // 16, n, oh, ow, out, og, sc, res, rg,
+                    done = 16 * (nc // 16) if vec else 0
+                    if done:
+                        store_pixel_vec(scratch, r * COLS, c0, done // 16, n, oh, ow, out, og, sc, res, rg,
                                         out2, og2, vt)
-                    else:
-                        store_pixel(scratch, r * COLS, c0, nc, n, oh, ow, rq, out, og, sc, res, rg, rrq,
-                                    out2, og2, rq2)
+                    if done < nc:  # channels the vector epilogue cannot take
+                        store_pixel(scratch, r * COLS + done, c0 + done, nc - done, n, oh, ow, rq, out, og,
+                                    sc, res, rg, rrq, out2, og2, rq2)
                 ow += 1
                 if ow == wv:
                     ow = 0

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from .conv import CIN, COUT, TAPS, TILE_M, TILE_N, _finish_tile, _task, _task_count, _tile_pixels
-from .epilogue import store_pixel_vec
+from .conv import CIN, COUT, TAPS, TILE_M, TILE_N, _task, _task_count, _tile_pixels
+from .epilogue import store_pixel, store_pixel_vec
 from .simd import vbroadcast4, vdpbusd, vload, vstore, vzero
 
 
@@ -106,9 +106,11 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
             rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
             _tile_vnni(x, wp, wbase, toff, taps, c4n, bases[0], bases[1], bases[2], bases[3], bases[4],
                        bases[5], tile)
-            if vec and cp[COUT] - c0 >= TILE_N:
-                for p in range(rows_here):
-                    store_pixel_vec(tile, p * TILE_N, c0, TILE_N // 16, pix[p, 0], pix[p, 1], pix[p, 2], out,
-                                    og, sc, res, rg, out2, og2, vt)
-            else:
-                _finish_tile(tile, pix, rows_here, blk, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+            nc = min(TILE_N, cp[COUT] - c0)
+            done = 16 * (nc // 16) if vec else 0
+            for p in range(rows_here if done else 0):
+                store_pixel_vec(tile, p * TILE_N, c0, done // 16, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc,
+                                res, rg, out2, og2, vt)
+            for p in range(rows_here if done < nc else 0):  # channels the vector epilogue cannot take
+                store_pixel(tile, p * TILE_N + done, c0 + done, nc - done, pix[p, 0], pix[p, 1], pix[p, 2], rq,
+                            out, og, sc, res, rg, rrq, out2, og2, rq2)

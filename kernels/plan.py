@@ -191,11 +191,12 @@ class ConvStep(Step):
         # bytes of the NHWC buffer: one reduction run per kernel row, not per tap.
         self.row_taps = self.kind == "dense" and dilations[1] == 1
         oh, ow = self.output_hw()
-        # AMX needs evenly spaced virtual pixels (see `conv_amx`) and enough of them: a
-        # map under 16 pixels (a classifier) would leave most of each tile empty.
+        # AMX needs evenly spaced virtual pixels (see `conv_amx`) and enough of them (a
+        # map under 16 pixels, a classifier, would leave most of each tile empty), and
+        # pays off with stride 1 and long reductions (`conv_amx.MIN_REDUCTION`).
         self.wv = conv_amx.virtual_width(x.wb, strides) if path == "amx" else None
         self.amx = (self.kind == "dense" and self.wv is not None and oh * ow >= 16
-                    and tuple(strides) == (1, 1))
+                    and tuple(strides) == (1, 1) and kh * kw * x.cb >= conv_amx.MIN_REDUCTION)
         if self.kind == "dense":
             self.kernel = conv.conv_portable
             pack = conv.pack_portable
