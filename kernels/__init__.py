@@ -1,8 +1,9 @@
 """Numba INT4/INT8 kernels (installed as `intq.kernels`): the fast executor of the integer IR.
 
-`plan.Plan` turns an integer graph into kernel calls; `cpu` picks the VNNI or the portable
-path; `conv`/`conv_vnni` (Conv and Linear), `pool` and `elementwise` hold the kernels, and
-`epilogue` the requantization every layer ends with. Each kernel equals its op's numpy
+`plan.Plan` turns an integer graph into kernel calls; `cpu` picks the AMX, VNNI or
+portable path; `conv`/`conv_vnni`/`conv_amx` (Conv and Linear), `pool` and `elementwise`
+hold the kernels, `epilogue` the requantization every layer ends with, and `simd` the
+instructions LLVM does not emit from plain loops (VNNI, AMX tiles, the zmm epilogue). Each kernel equals its op's numpy
 reference `run` in `intq.ops.integer`, and the tests check that element for element.
 
 Kernels compile with `cache=True`. Numba invalidates a cached kernel only when its own

@@ -7,7 +7,7 @@ pixel's 4 activation bytes once: 24 dot-product instructions per 10 loads. The u
 body is written out by hand because Numba has no register-array type; every line has
 the same shape.
 
-Compiled only when `intq.kernels.cpu.PATH` is "vnni" (a CPU without VNNI would fault).
+Compiled only on the "vnni" and "amx" paths (a CPU without VNNI would fault).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""AVX-512 building blocks for Numba: a 16 x int32 vector type and the VNNI byte dot product.
+"""AVX-512 and AMX building blocks for Numba: a 16 x int32 vector type and the VNNI byte
+dot product; the AMX tile instructions (below); the 16-channel zmm epilogue (below).
 
 LLVM does not produce `vpdpbusd` from a plain Numba loop, so the fast GEMM calls it through
 `numba.extending.intrinsic`. The vector type `i32x16` lives in one zmm register; the
@@ -148,30 +149,30 @@ def tile_zero(typingctx, t):
     return types.void(t), codegen
 
 
-@intrinsic
-def tile_load(typingctx, t, ary, index, stride):
-    """TILELOADD tmm{t}: its rows from the 1-D array `ary`, the first at element `index`,
-    each `stride` bytes after the previous."""
+def _tile_memory(llvm_name, t, ary):
+    """Signature and codegen of a tile load or store: tile t, rows at `ary`[index], ...,
+    `stride` bytes apart."""
     num = _tile_number(t)
 
     def codegen(context, builder, sig, args):
         ptr = _byte_pointer(context, builder, sig.args[1], args[1], args[2])
-        _call(builder, "llvm.x86.tileloadd64", [_I8, _BYTE_PTR, _I64], [ir.Constant(_I8, num), ptr, args[3]])
+        _call(builder, llvm_name, [_I8, _BYTE_PTR, _I64], [ir.Constant(_I8, num), ptr, args[3]])
         return context.get_dummy_value()
     return types.void(t, ary, types.intp, types.intp), codegen
+
+
+@intrinsic
+def tile_load(typingctx, t, ary, index, stride):
+    """TILELOADD tmm{t}: its rows from the 1-D array `ary`, the first at element `index`,
+    each `stride` bytes after the previous."""
+    return _tile_memory("llvm.x86.tileloadd64", t, ary)
 
 
 @intrinsic
 def tile_store(typingctx, t, ary, index, stride):
     """TILESTORED tmm{t} into the 1-D array `ary` from element `index`, rows `stride`
     bytes apart."""
-    num = _tile_number(t)
-
-    def codegen(context, builder, sig, args):
-        ptr = _byte_pointer(context, builder, sig.args[1], args[1], args[2])
-        _call(builder, "llvm.x86.tilestored64", [_I8, _BYTE_PTR, _I64], [ir.Constant(_I8, num), ptr, args[3]])
-        return context.get_dummy_value()
-    return types.void(t, ary, types.intp, types.intp), codegen
+    return _tile_memory("llvm.x86.tilestored64", t, ary)
 
 
 @intrinsic
