@@ -28,12 +28,12 @@ def test_zoo_model_compiles_and_runs_integer_only(name):
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
     ig, fg, _ = compile_model(path, x, QuantConfig(default_bits=8))
     validate_integer_graph(ig)
-    assert rel_err(run_float(fg, x)[0], ort_run(path, x)[0]) < 1e-4
+    want = run_float(fg, x)[0]
+    assert rel_err(want, ort_run(path, x)[0]) < 1e-4
     oq = ig.metadata["outputs"][ig.outputs[0]]
     # The Numba executor: it equals the reference bit for bit (tests/test_backend.py), and
     # VGG19's 20 GMACs take the int64 reference half a minute.
     got = dequantize(make_executor(ig, "numba").run(x)[0], oq)
-    want = run_float(fg, x)[0]
     assert got.shape == want.shape and got.shape[:2] == (1, 1000)
     if any(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node):
         assert ig.nodes[-1].op == "IntSoftmax" and oq["scale"] == 1 / 256
