@@ -17,6 +17,8 @@ import platform
 
 from llvmlite import binding as llvm
 
+from intq.errors import IntqError
+
 
 def host_features() -> set[str]:
     """LLVM's names of the host CPU's features that are present ("avx512vnni", ...)."""
@@ -59,17 +61,17 @@ def _request_amx() -> bool:
 def choose_path(request: str | None = None) -> str:
     request = (request or os.environ.get("INTQ_KERNELS") or "auto").strip().lower()
     if request not in ("auto", "amx", "vnni", "portable"):
-        raise ValueError(f"INTQ_KERNELS must be auto, amx, vnni or portable, got {request!r}")
+        raise IntqError(f"INTQ_KERNELS must be auto, amx, vnni or portable, got {request!r}")
     if request == "portable":
         return "portable"
     if request in ("auto", "amx") and has_amx():
         return "amx"
     if request == "amx":
-        raise RuntimeError("INTQ_KERNELS=amx, but this CPU (or its OS) offers no AMX-INT8")
+        raise IntqError("INTQ_KERNELS=amx, but this CPU (or its OS) offers no AMX-INT8")
     if has_vnni():
         return "vnni"
     if request == "vnni":
-        raise RuntimeError("INTQ_KERNELS=vnni, but this CPU has no AVX-512 VNNI")
+        raise IntqError("INTQ_KERNELS=vnni, but this CPU has no AVX-512 VNNI")
     return "portable"
 
 

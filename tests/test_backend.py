@@ -128,6 +128,20 @@ def test_portable_path_forced_by_environment(artifacts, images, tmp_path):
     assert json.loads(proc.stdout)["kernel_path"] == "portable"
 
 
+def test_bad_kernel_path_in_environment_is_one_line(artifacts, images, tmp_path):
+    """A path the CPU lacks, or a name that is none, is the user's error: one line, no
+    traceback, no output file."""
+    np.save(tmp_path / "x.npy", images)
+    requests = ["bogus"] + ([] if cpu.has_amx() else ["amx"])
+    for request in requests:
+        out = tmp_path / f"y.{request}.npy"
+        proc = run_cli("run", artifacts["resnet", "8"], tmp_path / "x.npy", "-o", out,
+                       env={"INTQ_KERNELS": request})
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and "INTQ_KERNELS" in proc.stderr
+        assert not out.exists()
+
+
 def test_eval_defaults_to_numba_and_matches_reference(artifacts, capsys):
     art = str(artifacts["resnet", "8"])
     res = {}
