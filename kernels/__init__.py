@@ -3,8 +3,9 @@
 `plan.Plan` turns an integer graph into kernel calls; `cpu` picks the AMX, VNNI or
 portable path; `conv`/`conv_vnni`/`conv_amx` (Conv and Linear), `pool` and `elementwise`
 hold the kernels, `epilogue` the requantization every layer ends with, and `simd` the
-instructions LLVM does not emit from plain loops (VNNI, AMX tiles, the zmm epilogue). Each kernel equals its op's numpy
-reference `run` in `intq.ops.integer`, and the tests check that element for element.
+instructions LLVM does not emit from plain loops (VNNI, AMX tiles, the zmm epilogue).
+Each kernel equals its op's numpy reference `run` in `intq.ops.integer`, and the tests
+check that element for element.
 
 Kernels compile with `cache=True`. Numba invalidates a cached kernel only when its own
 source file changes, not when a function it inlined from another file does, so a stale

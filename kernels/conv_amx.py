@@ -17,10 +17,11 @@ each): 4 TDPBUSD per 4 tile loads.
 
 The reduction runs per kernel row over KW * Cb contiguous bytes (dilation 1 along W), or
 per tap over Cb; it is cut into 64-byte slices, the last one running past the taps' bytes
-into whatever follows (the next pixels, or the buffer's slack; see `plan.SLACK`), always
-against zero weights, so it adds exactly 0. After the reduction the four tiles go to a
-32 x 32 scratch and `epilogue.store_pixel` finishes each real pixel, exactly as the other
-kernels do.
+into whatever follows (the next pixels, or the slack `slack()` asks the plan to allocate
+after every buffer), always against zero weights, so it adds exactly 0. After the
+reduction the four tiles go to a 32 x 32 scratch and the epilogue finishes each real
+pixel as in the VNNI kernel: `epilogue.store_pixel_vec` for whole groups of 16 channels,
+`epilogue.store_pixel` for the rest.
 
 Weights are packed once into [block of 32 channels][tap][64-byte slice][half][16 rows of
 4 reduction bytes][16 channels][4 bytes]: each weight tile is 1 KB, contiguous.
@@ -84,6 +85,9 @@ def virtual_width(x_wb: int, strides) -> int | None:
     multiple of SW)."""
     sh, sw = strides
     return None if (sh * x_wb) % sw else sh * x_wb // sw
+
+
+TILE_CONFIG = tile_configuration()
 
 
 @njit(cache=True, inline="always")

@@ -289,15 +289,13 @@ class ConvStep(Step):
         else:
             out2, og2, rq2 = out, og, self.rq
         w, rq, sc, rrq = self.w, self.rq, self.sc, self.rrq
-        if self.amx:
-            kernel, cfg, vt = self.kernel, conv_amx.tile_configuration(), self.vector_tables()
-            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, cfg, vt)
-        if self.kind == "dense" and self.kernel is not conv.conv_portable:  # VNNI
-            kernel, vt = self.kernel, self.vector_tables()
-            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt)
         if self.kind == "dense":
+            # The AMX kernel also takes its tile configuration; AMX and VNNI kernels take
+            # the vector epilogue's tables.
+            extra = ((conv_amx.TILE_CONFIG,) if self.amx else ()) + (
+                (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
-            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+            return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)
         if self.kind == "depthwise":
             return lambda: conv.conv_depthwise(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq,
                                                out2, og2, rq2)

@@ -135,14 +135,6 @@ def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi):
     vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi)
 
 
-def _int32_extremes(rng, count):
-    v = rng.integers(-2**31, 2**31, count)
-    pick = rng.random(count)
-    v[pick < 0.2] = -2**31
-    v[pick > 0.8] = 2**31 - 1
-    return v
-
-
 @pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
 @SETTINGS
 @given(st.integers(0, 2**16), st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
@@ -157,8 +149,8 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     from intq.kernels.epilogue import dn_table, vector_tables
 
     rng = np.random.default_rng(seed)
-    acc = _int32_extremes(rng, 16)
-    bias = np.clip(_int32_extremes(rng, 16), -2**31 - acc, 2**31 - 1 - acc)
+    acc = extreme_ints(rng, 16, -2**31, 2**31 - 1)
+    bias = np.clip(extreme_ints(rng, 16, -2**31, 2**31 - 1), -2**31 - acc, 2**31 - 1 - acc)
     b, c = multipliers(rng, 16, ties=kind == "ties")
     if kind == "c0":
         c[:] = 0

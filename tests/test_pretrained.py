@@ -73,23 +73,13 @@ def test_pretrained_stem_has_dead_channels(lite0):
     assert dead.any() and np.abs(b[dead]).max() > 0.1
 
 
-def random_crops(count, seed):
-    """Square windows of 35-100% of each photo's shorter side, resized to 224, RGB in [0, 1]."""
-    rng, imgs, out = np.random.default_rng(seed), datasets.load_sample_images().images, []
-    for i in range(count):
-        img = imgs[i % 2]
-        side = int(min(img.shape[:2]) * rng.uniform(0.35, 1.0))
-        top, left = (int(rng.integers(0, d - side + 1)) for d in img.shape[:2])
-        im = Image.fromarray(img[top:top + side, left:left + side]).resize((224, 224), Image.BILINEAR)
-        out.append(np.asarray(im, np.float32).transpose(2, 0, 1) / 255)
-    return np.stack(out)
-
-
 def test_bias_correction_brings_int8_closer_to_float(lite0):
     """Real depthwise weights: with bias correction the INT8 logits on held-out crops are
     closer to FP32 (tools/pretrained_crops.py measures 0.9945 -> 0.9969 mean cosine on
     200 crops); calibration and evaluation crops are disjoint."""
-    calib, x = random_crops(8, seed=11), random_crops(8, seed=12)
+    from tools.pretrained_crops import crops  # the README figures' crops, other seeds
+
+    calib, x = crops(8, seed=11), crops(8, seed=12)
     cosines = {}
     for bc in (False, True):
         ig, fg, _ = compile_model(lite0, calib, QuantConfig(default_bits=8, bias_correction=bc))
