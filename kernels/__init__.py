@@ -18,9 +18,18 @@ import hashlib
 from pathlib import Path
 
 
-def _clear_stale_cache() -> None:
+def _source_digest() -> str:
     here = Path(__file__).parent
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
+
+
+# Which kernels these are: the Numba cache below, and anything timed with them (the
+# allocator's cached latency tables), is valid for this digest only.
+SOURCE_DIGEST = _source_digest()
+
+
+def _clear_stale_cache(digest: str) -> None:
+    here = Path(__file__).parent
     cache = here / "__pycache__"
     stamp = cache / "intq-kernels.digest"
     try:
@@ -34,4 +43,4 @@ def _clear_stale_cache() -> None:
         pass
 
 
-_clear_stale_cache()
+_clear_stale_cache(SOURCE_DIGEST)

@@ -220,3 +220,31 @@ def test_an_unusable_cache_folder_only_costs_time(tmp_path, monkeypatch):
     res = allocate(MODELS / "resnet.onnx", calib, limits={"size_mb": (0.5, True)}, images=32)
     again = allocate(MODELS / "resnet.onnx", calib, limits={"size_mb": (0.5, True)}, images=32)
     assert res["bits"] == again["bits"] and not again["sensitivity_cached"]
+
+
+def test_cached_latencies_hold_for_one_kernel_path_and_source(cache, monkeypatch):
+    """A table measured with one set of kernels is not reused by another path
+    (INTQ_KERNELS) or after the kernels change: those time afresh."""
+    import intq.bench
+    from intq.alloc import allocate
+    from intq.kernels import cpu
+
+    fg = float_graph(MODELS / "resnet.onnx")
+    measured = []
+
+    def fake_table(graph, batch, repeat, progress=None):
+        measured.append(cpu_info()["kernel_path"])
+        return {"cpu": "test", "layers": [{"name": n, "ms": {"8": 1.0, "4": 0.5}}
+                                          for n in graph_costs.size_bops(graph)]}
+
+    cpu_info = intq.bench.cpu_info
+    monkeypatch.setattr(intq.bench, "latency_table", fake_table)
+    path = MODELS / "resnet.onnx"
+    assert allocate.latencies(path, fg)[1]["source"] == "measured"
+    assert allocate.latencies(path, fg)[1]["source"] == "cache"
+    monkeypatch.setattr(cpu, "PATH", "portable" if cpu.PATH != "portable" else "vnni")
+    assert allocate.latencies(path, fg)[1]["source"] == "measured"
+    import intq.kernels
+    monkeypatch.setattr(intq.kernels, "SOURCE_DIGEST", "edited")
+    assert allocate.latencies(path, fg)[1]["source"] == "measured"
+    assert len(measured) == 3

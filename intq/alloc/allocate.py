@@ -102,7 +102,8 @@ def _latency_rows(table: dict) -> dict:
 def latencies(model, fg, table_path=None, batch=1, repeat=10, progress=None) -> tuple[dict, dict]:
     """({layer: {b: ms}}, table info). A supplied table (another device's, same JSON as
     `intq bench --latency-table`) is used as given; otherwise this machine's table is
-    reused from the cache when its CPU model matches, else measured."""
+    reused from the cache when its CPU model, kernel path and kernel sources match, else
+    measured."""
     from ..bench import cpu_info, latency_table
 
     if table_path:
@@ -115,8 +116,12 @@ def latencies(model, fg, table_path=None, batch=1, repeat=10, progress=None) -> 
                             f"--latency-table` ({e.__class__.__name__}: {e})") from None
         source = {"source": str(table_path), "cpu": table.get("cpu")}
     else:
-        cpu = cpu_info()["cpu"]
-        key = _digest(model_digest(model), cpu, batch)
+        from ..kernels import SOURCE_DIGEST
+
+        info = cpu_info()
+        # Timings hold for this CPU and these kernels: a kernel change or another path
+        # (INTQ_KERNELS) measures afresh instead of reusing stale milliseconds.
+        key = _digest(model_digest(model), info["cpu"], info["kernel_path"], SOURCE_DIGEST, batch)
         table, hit = _cached(f"latency-{key}.json", lambda: latency_table(fg, batch, repeat, progress=progress))
         rows = _latency_rows(table)
         source = {"source": "cache" if hit else "measured", "cpu": table.get("cpu")}
