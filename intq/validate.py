@@ -8,9 +8,13 @@ anything is allocated. Every failure is one `IntqError` line naming the node or 
 Guarantees of a graph that passed `validate_integer_graph` (what the reference executor,
 the Numba kernels and the torch twin may rely on without checking again):
 
-* Structure. Every node's op is a known integer op (`ops.integer.SPECS` or shared data
-  movement: MaxPool, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split) with
-  its fixed number of inputs and exactly one output (Split: one per piece). Every
+This module knows no op by name: it is the generic driver of the contracts that each op
+states on its spec (`intq.ops`: attributes, arity, outputs, `precheck`, `check`). The
+op-specific guarantees below are those contracts' sum.
+
+* Structure. Every node's op is a known integer op (`ops_where(integer_graph=True)`:
+  the integer ops and the data movement shared with the float graph) with its number
+  of inputs and outputs (one, but Split: one per piece). Every
   input is a graph input, a constant or the output of an *earlier* node (nodes are in
   topological order, no cycles); no tensor is produced twice or overwrites an input or a
   constant; every tensor named anywhere has a declared `Value`; graph outputs are node
@@ -53,168 +57,20 @@ float graph an artifact carries (float32 tensors, finite float constants).
 """
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-
 import numpy as np
 
-from .dyadic import MAX_B, MAX_C
 from .errors import IntqError
 from .ir import Graph
 from .limits import check_bytes
-from .ops import get_op, known_ops
+from .ops import activation_count, get_op, known_ops, ops_where, spec_arity
 from .ops.base import numel
-from .ops.integer import INTEGER_DTYPES, SHARED_WITH_FLOAT, SPECS as INTEGER_SPECS, dtype_range
+from .ops.contract import (ACTIVATION_DTYPES, INTEGER_DTYPES, MAX_DIM, dtype_range, finite,
+                           is_int)
 
-INT32_MAX = (1 << 31) - 1
-MAX_DIM = 1 << 31            # no tensor dimension is larger; keeps shape arithmetic exact
-ACTIVATION_DTYPES = INTEGER_DTYPES - {"int64"}
 FLOAT_DTYPES = {"float32"}
-INTEGER_OPS = {s.name for s in INTEGER_SPECS} | SHARED_WITH_FLOAT
-
-
-# -- attribute kinds: each returns an error text or None ------------------------------
-def _is_int(v) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _int(lo=None, hi=None):
-    def check(v):
-        if not _is_int(v):
-            return f"must be an integer, got {v!r}"
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            return f"must lie in [{lo}, {hi}], got {v}"
-        return None
-    return check
-
-
-def _ints(length=None, lo=None, hi=None):
-    one = _int(lo, hi)
-
-    def check(v):
-        if not isinstance(v, (list, tuple)) or (length is not None and len(v) != length):
-            return f"must be a list of {length or 'some'} integers, got {v!r}"
-        return next((e for e in map(one, v) if e), None)
-    return check
-
-
-def _flag(v):
-    return None if (_is_int(v) or isinstance(v, bool)) and v in (0, 1) else f"must be 0 or 1, got {v!r}"
-
-
-def _finite(v):
-    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
-    return None if ok else f"must be a finite number, got {v!r}"
-
-
-def _optional_finite(v):
-    return None if v is None else _finite(v)
-
-
-def _finites(v):
-    if not isinstance(v, (list, tuple)) or not v:
-        return f"must be a non-empty list of numbers, got {v!r}"
-    return next((e for e in map(_finite, v) if e), None)
-
-
-def _steps(v):
-    err = _ints(None, -MAX_DIM, MAX_DIM)(v)
-    return err or (f"must not contain a zero step, got {v!r}" if 0 in v else None)
-
-
-def _dtype(v):
-    return None if isinstance(v, str) and v in ACTIVATION_DTYPES else f"must be an integer dtype, got {v!r}"
-
-
-def _text(v):
-    return None if isinstance(v, str) or v is None else f"must be a string, got {v!r}"
-
-
-PAIR = _ints(2, 1, MAX_DIM)
-PADS = _ints(4, 0, MAX_DIM)
-INT = _int(-(1 << 62), 1 << 62)
-WINDOW = {"strides": PAIR, "pads": PADS, "dilations": PAIR}
-POOL = {"kernel_shape": PAIR, "strides": PAIR, "pads": PADS}
-REQUANT = {"lo": INT, "hi": INT, "out_zero_point": INT, "dtype": _dtype}
-ACT = {"activation": _text, "act_min": _optional_finite, "act_max": _optional_finite}
-AXES = _ints(None, -8, 8)
-BOUND = _int(-MAX_DIM, MAX_DIM)
-
-# Per op: required attributes, then optional ones (absent = the op's default).
-SCHEMAS = {
-    "QuantizeInput": ({"scale": _finite, "zero_point": INT, "lo": INT, "hi": INT, "dtype": _dtype},
-                      {"in_scale": _finites, "in_shift": _finites}),
-    "IntConv": ({"x_zero_point": INT, "groups": _int(1, MAX_DIM), **WINDOW}, {}),
-    "IntLinear": ({"x_zero_point": INT}, {}),
-    "Requantize": ({"in_zero_point": INT, **REQUANT}, {}),
-    "IntAdd": ({"n": _int(1, 1 << 16), "zero_points": _ints(None, -(1 << 62), 1 << 62), **REQUANT}, {}),
-    "IntConcat": ({"n": _int(1, 1 << 16), "zero_points": _ints(None, -(1 << 62), 1 << 62),
-                   "axis": _int(-8, 8), **REQUANT}, {}),
-    "IntAvgPool": ({"in_zero_point": INT, **REQUANT, **POOL}, {"ceil_mode": _flag}),
-    "IntGlobalAvgPool": ({"in_zero_point": INT, **REQUANT}, {"keepdims": _flag}),
-    "IntClamp": ({"lo": INT, "hi": INT}, {}),
-    "IntPad": ({"pads": PADS, "value": INT}, {}),
-    "IntAffine": ({"in_zero_point": INT, "lo": INT, "hi": INT, "dtype": _dtype}, {}),
-    "IntLookup": ({"offset": INT, "dtype": _dtype}, {}),
-    "IntLeakyRelu": ({"in_zero_point": INT, **REQUANT}, {}),
-    "IntMul": ({"a_zero_point": INT, "b_zero_point": INT, **REQUANT}, {}),
-    "IntSoftmax": ({"axes": AXES, "lo": INT, "hi": INT, "dtype": _dtype}, {}),
-    # shared data movement
-    "MaxPool": (POOL, {"dilations": PAIR, "ceil_mode": _flag}),
-    "Transpose": ({"perm": _ints(None, 0, 7)}, {}),
-    "Squeeze": ({"axes": AXES}, {}),
-    "Unsqueeze": ({"axes": AXES}, {}),
-    "Slice": ({"axes": AXES, "starts": _ints(None, -MAX_DIM - 1, MAX_DIM + 1),
-               "ends": _ints(None, -MAX_DIM - 1, MAX_DIM + 1), "steps": _steps}, {}),
-    "Split": ({"axis": _int(-8, 8), "split": _ints(None, 1, MAX_DIM)}, {}),
-    "Flatten": ({}, {"axis": _int(-8, 8)}),
-    "Reshape": ({"shape": _ints(None, -1, MAX_DIM)}, {}),
-    # float ops
-    "Conv": ({"groups": _int(1, MAX_DIM), **WINDOW}, ACT),
-    "Linear": ({}, ACT),
-    "Add": ({}, ACT),
-    "Concat": ({"axis": _int(-8, 8)}, {}),
-    "AveragePool": ({**POOL, "count_include_pad": _flag}, {"ceil_mode": _flag}),
-    "GlobalAveragePool": ({}, {"keepdims": _flag}),
-    "Relu": ({}, {}),
-    "Clip": ({}, {"min": _optional_finite, "max": _optional_finite}),
-    "Pad": ({"pads": PADS}, {}),
-    "BatchNormalization": ({"epsilon": _finite}, {}),
-    "Identity": ({}, {}),
-    "Dropout": ({}, {}),
-    "Gemm": ({}, {"alpha": _finite, "beta": _finite, "transA": _flag, "transB": _flag}),
-    "MatMul": ({}, {}),
-    "Mul": ({}, {}),
-    "Sub": ({}, {}),
-    "Div": ({}, {}),
-    "ChannelAffine": ({}, ACT),
-    "Sigmoid": ({}, {}),
-    "Tanh": ({}, {}),
-    "Swish": ({}, {}),
-    "HardSigmoid": ({}, {"alpha": _finite, "beta": _finite}),
-    "HardSwish": ({}, {"alpha": _finite, "beta": _finite}),
-    "LeakyRelu": ({}, {"alpha": _finite}),
-    "PRelu": ({}, {}),
-    "Softmax": ({"axes": AXES}, {}),
-    # `intq inspect`'s placeholder for an op without importer: never valid in a graph that
-    # is compiled or loaded (_validate leaves it out of the allowed ops).
-    "Unsupported": ({}, {}),
-}
-
-# Per op: (minimum, maximum) number of inputs; None = 3 * attrs["n"] (branches, b, c).
-ARITY = {"QuantizeInput": (1, 1), "IntConv": (3, 3), "IntLinear": (3, 3), "Requantize": (3, 3),
-         "IntAdd": None, "IntConcat": None, "IntAvgPool": (3, 3), "IntGlobalAvgPool": (3, 3),
-         "IntClamp": (1, 1), "IntPad": (1, 1), "MaxPool": (1, 1), "Flatten": (1, 1),
-         "Reshape": (1, 1), "Conv": (2, 3), "Linear": (2, 3), "Add": (2, 1 << 16),
-         "Concat": (1, 1 << 16), "AveragePool": (1, 1), "GlobalAveragePool": (1, 1),
-         "Relu": (1, 1), "Clip": (1, 1), "Pad": (1, 1), "BatchNormalization": (5, 5),
-         "Identity": (1, 1), "Dropout": (1, 1), "Gemm": (2, 3), "MatMul": (2, 2),
-         "IntAffine": (5, 5), "IntLookup": (2, 2), "IntLeakyRelu": (6, 6), "IntMul": (4, 4),
-         "IntSoftmax": (2, 2), "Transpose": (1, 1), "Squeeze": (1, 1), "Unsqueeze": (1, 1),
-         "Slice": (1, 1), "Split": (1, 1), "Mul": (2, 2), "Sub": (2, 2), "Div": (2, 2),
-         "ChannelAffine": (3, 3), "Sigmoid": (1, 1), "Tanh": (1, 1), "Swish": (1, 1),
-         "HardSigmoid": (1, 1), "HardSwish": (1, 1), "LeakyRelu": (1, 1), "PRelu": (2, 2),
-         "Softmax": (1, 1), "Unsupported": (0, 0)}
+# Every op's contract is on its spec; these two are views of it (by op name).
+SCHEMAS = {name: (get_op(name).attrs, get_op(name).optional) for name in known_ops()}
+ARITY = {name: get_op(name).arity for name in known_ops()}
 
 
 class _Problems:
@@ -234,7 +90,7 @@ def _check_shape(p, name, shape):
     for i, d in enumerate(shape):
         if d is None and i == 0:
             continue
-        if not _is_int(d) or not 1 <= d <= MAX_DIM:
+        if not is_int(d) or not 1 <= d <= MAX_DIM:
             p.fail(f"tensor {name!r} has an invalid shape {shape!r}")
 
 
@@ -268,25 +124,22 @@ def _check_structure(p, g: Graph, allowed_ops):
             p.fail(f"node name {node.name!r} is not a unique printable string")
         names.add(node.name)
         where = f"node {node.name} ({node.op})"
-        if node.op not in allowed_ops or node.op not in SCHEMAS:
+        if node.op not in allowed_ops:
             p.fail(f"node {node.name} has unknown op {node.op!r}")
+        spec = get_op(node.op)
         if not isinstance(node.attrs, dict):
             p.fail(f"{where}: attributes must be a mapping")
         if not isinstance(node.inputs, list) or not all(isinstance(i, str) for i in node.inputs):
             p.fail(f"{where}: inputs must be a list of tensor names")
         n_out = len(node.outputs) if isinstance(node.outputs, list) else 0
-        if not (n_out == 1 or (node.op == "Split" and 1 <= n_out <= 1 << 16)) \
+        if not spec.outputs[0] <= n_out <= spec.outputs[1] \
                 or not all(isinstance(o, str) for o in node.outputs):
             p.fail(f"{where}: must have exactly one output (Split: one per piece)")
-        arity = ARITY[node.op]
-        if arity is None:
-            n = node.attrs.get("n")
-            arity = (3 * n, 3 * n) if _is_int(n) and n >= 1 else (-1, -1)
+        arity = spec_arity(spec, node.attrs)
         if not arity[0] <= len(node.inputs) <= arity[1]:
             p.fail(f"{where}: has {len(node.inputs)} inputs")
         for i, t in enumerate(node.inputs):
-            optional_bias = t == "" and i == 2 and node.op in ("Conv", "Linear", "Gemm")
-            if t not in defined and not optional_bias:
+            if t not in defined and not (t == "" and i in spec.optional_inputs):
                 p.fail(f"{where}: reads {t!r}, which no earlier node, input or constant defines")
         for out in node.outputs:
             if out in defined or out not in g.values:
@@ -299,7 +152,8 @@ def _check_structure(p, g: Graph, allowed_ops):
 
 
 def _check_attrs(p, node):
-    required, optional = SCHEMAS[node.op]
+    spec = get_op(node.op)
+    required, optional = spec.attrs, spec.optional
     where = f"node {node.name} ({node.op})"
     for k in node.attrs:
         if k not in required and k not in optional:
@@ -311,41 +165,6 @@ def _check_attrs(p, node):
         err = (required.get(k) or optional[k])(v)
         if err:
             p.fail(f"{where}: attribute {k} {err}")
-
-
-def _check_window(p, node, g):
-    """Pads bounded by the input (or the kernel window); groups dividing the channels.
-    Whether the kernel fits the padded input is the shape rule's own check."""
-    a, x = node.attrs, g.values[node.inputs[0]]
-    if len(x.shape) != 4:
-        return  # the shape rule reports the rank
-    if "pads" in a:
-        if node.op in ("Conv", "IntConv"):
-            w = g.values[node.inputs[1]].shape
-            kernel = w[2:] if len(w) == 4 else (1, 1)
-        else:
-            kernel = a.get("kernel_shape", (1, 1))
-        dil = a.get("dilations", (1, 1))
-        for axis, (p0, p1) in enumerate(((a["pads"][0], a["pads"][2]), (a["pads"][1], a["pads"][3]))):
-            bound = max(x.shape[2 + axis], (kernel[axis] - 1) * dil[axis] + 1)
-            if max(p0, p1) > bound:
-                p.fail(f"node {node.name} ({node.op}): pads {list(a['pads'])} exceed the input "
-                       f"size {x.shape[2:]} and the kernel window")
-    if "groups" in a:
-        w = g.values[node.inputs[1]].shape
-        if len(w) == 4 and (w[0] % a["groups"] or (x.shape[1] is not None and x.shape[1] % a["groups"])):
-            p.fail(f"node {node.name} ({node.op}): groups {a['groups']} do not divide the "
-                   f"channels ({x.shape[1]} in, {w[0]} out)")
-
-
-def _check_axes(p, node, g):
-    """Axis attributes within the input's rank, as numpy will index them at run time."""
-    a, where = node.attrs, f"node {node.name} ({node.op})"
-    rank = len(g.values[node.inputs[0]].shape)
-    if node.op in ("Concat", "IntConcat") and not -rank <= a["axis"] < rank:
-        p.fail(f"{where}: axis {a['axis']} outside rank {rank}")
-    if node.op == "Flatten" and not (-rank <= a.get("axis", 1) < rank and a.get("axis", 1) % rank):
-        p.fail(f"{where}: axis {a.get('axis', 1)} must split rank {rank} after the batch")
 
 
 def _infer(p, node, g):
@@ -384,12 +203,14 @@ def _check_constants(p, g: Graph, integer: bool):
 def check_integer_only(ig: Graph) -> None:
     """Reject any float tensor, float constant or float op after the graph input."""
     problems = []
+    integer_ops = ops_where(integer_graph=True)
     for node in ig.nodes:
-        if node.op not in INTEGER_OPS:
+        if node.op not in integer_ops:
             problems.append(f"node {node.name} has non-integer op {node.op}")
-        if node.op == "QuantizeInput" and node.inputs[0] not in ig.inputs:
+        reads_float = node.op in integer_ops and get_op(node.op).reads_float_input
+        if reads_float and node.inputs[0] not in ig.inputs:
             problems.append(f"node {node.name} quantizes a tensor that is not a graph input")
-        if node.op != "QuantizeInput":
+        if not reads_float:
             for k, v in node.attrs.items():
                 if isinstance(v, float) or (isinstance(v, (list, tuple)) and any(isinstance(e, float) for e in v)):
                     problems.append(f"node {node.name} has float attribute {k}")
@@ -408,215 +229,27 @@ def check_integer_only(ig: Graph) -> None:
         raise IntqError("integer graph is not integer-only: " + "; ".join(problems[:5]))
 
 
-def _span(g, t, zero_point) -> int:
-    """max |x - zero_point| over the range of tensor t's dtype."""
-    lo, hi = dtype_range(g.values[t].dtype)
-    return max(zero_point - lo, hi - zero_point)
-
-
-def _in_range(p, where, what, value, dtype):
-    lo, hi = dtype_range(dtype)
-    if not lo <= value <= hi:
-        p.fail(f"{where}: {what} {value} lies outside {dtype} [{lo}, {hi}]")
-
-
-def _check_clamp(p, where, a, dtype):
-    _in_range(p, where, "clamp bound lo", a["lo"], dtype)
-    _in_range(p, where, "clamp bound hi", a["hi"], dtype)
-    if a["lo"] > a["hi"]:
-        p.fail(f"{where}: clamp bounds lo {a['lo']} > hi {a['hi']}")
-
-
-def _multipliers(p, g, where, b, c, out_shape, per_channel=True):
-    """b, c constants within 0 <= b < 2^31, 0 <= c <= 62, one shape, fitting the output."""
-    for t in (b, c):
-        if t not in g.constants:
-            p.fail(f"{where}: multiplier {t!r} is not a constant")
-    bv, cv = g.constants[b], g.constants[c]
-    if bv.shape != cv.shape:
-        p.fail(f"{where}: multipliers {b!r} and {c!r} have different shapes")
-    if bv.size and (int(bv.min()) < 0 or int(bv.max()) >= MAX_B):
-        p.fail(f"{where}: multiplier {b!r} outside 0 <= b < 2^31")
-    if cv.size and (int(cv.min()) < 0 or int(cv.max()) > MAX_C):
-        p.fail(f"{where}: shift {c!r} outside 0 <= c <= {MAX_C}")
-    if bv.size == 0:
-        p.fail(f"{where}: multiplier {b!r} is empty")
-    if per_channel:
-        if bv.size != 1 and (len(out_shape) < 2 or bv.size != out_shape[1]):
-            p.fail(f"{where}: {bv.size} multipliers for {out_shape[1] if len(out_shape) > 1 else 1} channels")
-    else:
-        concrete = (1,) + tuple(out_shape[1:])
-        try:
-            fits = np.broadcast_shapes(bv.shape, concrete) == concrete
-        except ValueError:
-            fits = False
-        if not fits:
-            p.fail(f"{where}: multiplier shape {bv.shape} does not fit the output {out_shape}")
-    return bv, cv
-
-
-def _channel_constant(p, g, where, t, out_shape):
-    """A constant of one value or one per output channel, as int64."""
-    if t not in g.constants:
-        p.fail(f"{where}: {t!r} is not a constant")
-    v = g.constants[t]
-    if v.ndim > 1 or (v.size != 1 and (len(out_shape) < 2 or v.size != out_shape[1])):
-        p.fail(f"{where}: {t!r} needs one value or one per channel, has shape {v.shape}")
-    return v.astype(np.int64)
-
-
-def _max_rescaled(span, bv, cv) -> int:
-    """An upper bound of |requantize(x, b, c)| for |x| <= span (before any clamp)."""
-    return (span * int(bv.max()) >> int(cv.min())) + 1
-
-
-def _check_layer(p, g, node, where):
-    x, w, bias = node.inputs
-    for t, role in ((w, "weight"), (bias, "bias")):
-        if t not in g.constants:
-            p.fail(f"{where}: {role} {t!r} is not a constant")
-    wd = g.values[w].dtype
-    if wd not in ("int4", "int8"):
-        p.fail(f"{where}: weight dtype {wd} is not int4 or int8")
-    if g.values[bias].dtype != "int32":
-        p.fail(f"{where}: bias dtype {g.values[bias].dtype} is not int32")
-    wv, bv = g.constants[w].astype(np.int64), g.constants[bias].astype(np.int64)
-    m = wv.shape[0]
-    if bv.shape != (m,):
-        p.fail(f"{where}: bias shape {bv.shape} != ({m},)")
-    qmax = dtype_range(wd)[1]
-    if wv.size and int(np.abs(wv).max()) > qmax:
-        p.fail(f"{where}: weights outside the symmetric range +-{qmax}")
-    xd = g.values[x].dtype
-    if dtype_range(xd)[1] - dtype_range(xd)[0] > 1 << 16:
-        p.fail(f"{where}: input dtype {xd} is wider than 16 bits")
-    _in_range(p, where, "x_zero_point", node.attrs["x_zero_point"], xd)
-    xmax = max(abs(v) for v in dtype_range(xd))
-    sums = np.abs(wv.reshape(m, -1)).sum(axis=1).tolist()
-    for ch, (s, b0) in enumerate(zip(sums, bv.tolist())):
-        bound = s * xmax + abs(b0)
-        if bound > INT32_MAX:
-            p.fail(f"{where}: accumulator may overflow INT32 (bound {bound} > {INT32_MAX} at "
-                   f"output channel {ch})")
-
-
 def _check_integer_node(p, g, node, producers):
-    a, where = node.attrs, f"node {node.name} ({node.op})"
+    """What every integer op guarantees (activation inputs, output dtype, accumulators
+    without zero point), then the op's own contract (`OpSpec.check`)."""
+    spec, where = get_op(node.op), f"node {node.name} ({node.op})"
     out = g.values[node.outputs[0]]
-    activations = {"IntAdd": a.get("n"), "IntConcat": a.get("n"), "IntMul": 2}.get(node.op, 1)
-    for t in node.inputs[:activations]:
+    activations = node.inputs[:activation_count(spec, node.attrs)]
+    for t in activations:
         if t in g.constants:
             p.fail(f"{where}: activation input {t!r} is a constant")
-        if node.op != "QuantizeInput" and g.values[t].dtype not in ACTIVATION_DTYPES:
+        if not spec.reads_float_input and g.values[t].dtype not in ACTIVATION_DTYPES:
             p.fail(f"{where}: input {t!r} has dtype {g.values[t].dtype}")
-    # An IntConv/IntLinear accumulator has no zero point (its offset is in the bias): the
-    # Numba backend fuses the consumer into the layer's epilogue on that basis.
-    zps = {"Requantize": [a.get("in_zero_point")], "IntAdd": a.get("zero_points"),
-           "IntConcat": a.get("zero_points")}.get(node.op)
-    for t, z in zip(node.inputs[:activations], zps or ()):
+    # An accumulator (IntConv/IntLinear) has no zero point (its offset is in the bias):
+    # fused epilogues (`kernels.fuse`) read it on that basis.
+    for t, z in zip(activations, spec.input_zero_points(node.attrs)):
         prod = producers.get(t)
-        if prod is not None and prod.op in ("IntConv", "IntLinear") and z != 0:
+        if prod is not None and "accumulator" in get_op(prod.op).tags and z != 0:
             p.fail(f"{where}: zero point {z} for the accumulator {t!r} of {prod.name} "
                    f"(accumulators have zero point 0)")
     if out.dtype not in ACTIVATION_DTYPES:
         p.fail(f"{where}: output dtype {out.dtype} is not an activation dtype")
-    if node.op == "QuantizeInput":
-        if not a["scale"] > 0:
-            p.fail(f"{where}: scale {a['scale']} must be > 0")
-        _check_clamp(p, where, a, a["dtype"])
-        _in_range(p, where, "zero_point", a["zero_point"], a["dtype"])
-    elif node.op in ("IntConv", "IntLinear"):
-        _check_layer(p, g, node, where)
-    elif node.op == "Requantize":
-        _check_clamp(p, where, a, a["dtype"])
-        _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
-        _in_range(p, where, "in_zero_point", a["in_zero_point"], g.values[node.inputs[0]].dtype)
-        _multipliers(p, g, where, node.inputs[1], node.inputs[2], out.shape)
-    elif node.op in ("IntAdd", "IntConcat"):
-        n = a["n"]
-        if len(a["zero_points"]) != n:
-            p.fail(f"{where}: {len(a['zero_points'])} zero points for {n} branches")
-        _check_clamp(p, where, a, a["dtype"])
-        _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
-        total = abs(a["out_zero_point"])
-        for x, b, c, z in zip(node.inputs[:n], node.inputs[n:2 * n], node.inputs[2 * n:], a["zero_points"]):
-            _in_range(p, where, "zero point", z, g.values[x].dtype)
-            bv, cv = _multipliers(p, g, where, b, c, g.values[x].shape)
-            total += _max_rescaled(_span(g, x, z), bv, cv)
-        if total >= 1 << 62:
-            p.fail(f"{where}: the sum of rescaled branches may overflow int64")
-    elif node.op in ("IntAvgPool", "IntGlobalAvgPool"):
-        x = node.inputs[0]
-        _check_clamp(p, where, a, a["dtype"])
-        _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
-        _in_range(p, where, "in_zero_point", a["in_zero_point"], g.values[x].dtype)
-        shape = g.values[x].shape
-        count = numel(a["kernel_shape"]) if node.op == "IntAvgPool" else numel(shape[2:])
-        if count * _span(g, x, a["in_zero_point"]) > INT32_MAX:
-            p.fail(f"{where}: the INT32 window sum may overflow")
-        _multipliers(p, g, where, node.inputs[1], node.inputs[2], out.shape, per_channel=False)
-    elif node.op == "IntClamp":
-        _check_clamp(p, where, a, out.dtype)
-    elif node.op == "IntPad":
-        _in_range(p, where, "pad value", a["value"], out.dtype)
-    elif node.op in ("IntAffine", "IntLeakyRelu"):
-        x = node.inputs[0]
-        _check_clamp(p, where, a, a["dtype"])
-        _in_range(p, where, "in_zero_point", a["in_zero_point"], g.values[x].dtype)
-        pairs = [node.inputs[1:3]] if node.op == "IntAffine" else [node.inputs[1:3], node.inputs[3:5]]
-        for b, c in pairs:
-            _multipliers(p, g, where, b, c, out.shape)
-        sign = node.inputs[3] if node.op == "IntAffine" else node.inputs[5]
-        sv = _channel_constant(p, g, where, sign, out.shape)
-        if not np.isin(sv, (-1, 1)).all():
-            p.fail(f"{where}: sign {sign!r} must hold only +1 and -1")
-        if node.op == "IntAffine":
-            zv = _channel_constant(p, g, where, node.inputs[4], out.shape)
-            if np.abs(zv).max() >= 1 << 32:
-                p.fail(f"{where}: zero points {node.inputs[4]!r} outside +-2^32")
-        else:
-            _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
-    elif node.op == "IntLookup":
-        # The table covers exactly the input dtype's range, so every gather is in bounds.
-        x, table = node.inputs
-        lo, hi = dtype_range(g.values[x].dtype)
-        if hi - lo >= 1 << 16:
-            p.fail(f"{where}: input dtype {g.values[x].dtype} is wider than 16 bits")
-        if table not in g.constants or g.constants[table].shape != (hi - lo + 1,) or a["offset"] != lo:
-            p.fail(f"{where}: table {table!r} must be a constant of {hi - lo + 1} entries with "
-                   f"offset {lo} (the range of {g.values[x].dtype})")
-        tv = g.constants[table]
-        tlo, thi = dtype_range(a["dtype"])
-        if int(tv.min()) < tlo or int(tv.max()) > thi:
-            p.fail(f"{where}: table values outside the output dtype {a['dtype']}")
-    elif node.op == "IntMul":
-        qa, qb = node.inputs[:2]
-        _check_clamp(p, where, a, a["dtype"])
-        _in_range(p, where, "out_zero_point", a["out_zero_point"], a["dtype"])
-        _in_range(p, where, "a_zero_point", a["a_zero_point"], g.values[qa].dtype)
-        _in_range(p, where, "b_zero_point", a["b_zero_point"], g.values[qb].dtype)
-        bv, _ = _multipliers(p, g, where, node.inputs[2], node.inputs[3], out.shape)
-        if bv.size != 1:
-            p.fail(f"{where}: the product's multiplier must be one value")
-        if _span(g, qa, a["a_zero_point"]) * _span(g, qb, a["b_zero_point"]) > INT32_MAX:
-            p.fail(f"{where}: the product of the inputs may overflow INT32")
-    elif node.op == "IntSoftmax":
-        x, table = node.inputs
-        _check_clamp(p, where, a, a["dtype"])
-        if a["dtype"] != "uint8" or a["lo"] != 0 or a["hi"] != 255:
-            p.fail(f"{where}: output must be uint8 over [0, 255] (scale 1/256)")
-        rank = len(g.values[x].shape)
-        axes = {ax % rank for ax in a["axes"] if -rank <= ax < rank}
-        if len(axes) != len(a["axes"]) or 0 in axes or not axes:
-            p.fail(f"{where}: axes {a['axes']} must be distinct non-batch axes of rank {rank}")
-        if table not in g.constants or g.constants[table].ndim != 1 or g.constants[table].size < 2:
-            p.fail(f"{where}: exp table {table!r} must be a 1-D constant of at least 2 entries")
-        tv = g.constants[table].astype(np.int64)
-        count = numel([g.values[x].shape[ax] for ax in axes])
-        # The sum of table entries must stay in [1, 2^31): the reciprocal's Q31 scaling.
-        if int(tv.min()) < 0 or tv[-1] != 0 or int(tv[0]) < 1 or count * int(tv.max()) > INT32_MAX:
-            p.fail(f"{where}: exp table {table!r} must be non-negative, decreasing to 0, "
-                   f"with {count} x max below 2^31")
+    spec.check(node, g, p)
 
 
 def _check_metadata(p, ig):
@@ -626,8 +259,8 @@ def _check_metadata(p, ig):
         p.fail("metadata has no output quantization parameters")
     for name in ig.outputs:
         q = outs.get(name)
-        if (not isinstance(q, dict) or _finite(q.get("scale")) or not q.get("scale") > 0
-                or not _is_int(q.get("zero_point"))):
+        if (not isinstance(q, dict) or finite(q.get("scale")) or not q.get("scale") > 0
+                or not is_int(q.get("zero_point"))):
             p.fail(f"metadata: output {name!r} needs a finite scale > 0 and an integer zero point")
     if not isinstance(md.get("config", {}), dict):
         p.fail("metadata: config must be a mapping")
@@ -639,8 +272,8 @@ def _validate(g: Graph, what: str, integer: bool) -> None:
         p.fail("metadata must be a mapping")
     # Every registered op passes here; check_integer_only then names a float op in an
     # integer graph in its own words.
-    known = set(known_ops()) - {"Unsupported"}
-    _check_structure(p, g, known if integer else known - INTEGER_OPS | SHARED_WITH_FLOAT)
+    allowed = ops_where(float_graph=True) | ops_where(integer_graph=True)
+    _check_structure(p, g, allowed if integer else ops_where(float_graph=True))
     for name in g.inputs:
         if g.values[name].dtype not in FLOAT_DTYPES:
             p.fail(f"graph input {name!r} must be float32")
@@ -650,8 +283,7 @@ def _validate(g: Graph, what: str, integer: bool) -> None:
     producers = {o: node for node in g.nodes for o in node.outputs}
     for node in g.nodes:
         _check_attrs(p, node)
-        _check_window(p, node, g)
-        _check_axes(p, node, g)
+        get_op(node.op).precheck(node, g, p)
         _infer(p, node, g)
         if integer:
             _check_integer_node(p, g, node, producers)
@@ -687,16 +319,16 @@ def run_memory(graph: Graph, batch: int) -> int:
     total = sum(numel(_with_batch(v.shape, batch)) * _element_bytes(v.dtype)
                 for v in graph.values.values())
     temp = 0
+    windowed = ops_where("windowed")
     for node in graph.nodes:
-        if node.op in ("Conv", "IntConv", "MaxPool", "AveragePool", "IntAvgPool") and node.inputs:
+        if node.op in windowed and node.inputs:
             x = graph.values[node.inputs[0]]
             out = graph.values[node.outputs[0]]
             if len(x.shape) != 4 or len(out.shape) != 4:
                 continue
             n, c, h, w = _with_batch(x.shape, batch)
             t, l, b, r = node.attrs.get("pads", (0, 0, 0, 0))
-            kh, kw = (graph.values[node.inputs[1]].shape[2:] if node.op.endswith("Conv")
-                      else node.attrs.get("kernel_shape", (1, 1)))
+            kh, kw = get_op(node.op).window_kernel(node, graph)
             padded = n * c * (h + t + b + kh) * (w + l + r + kw)
             cols = numel(_with_batch(out.shape, batch)[:1] + out.shape[2:]) * c * kh * kw
             temp = max(temp, (padded + cols) * _element_bytes(x.dtype))
@@ -707,7 +339,7 @@ def check_run_memory(graph: Graph, batch: int, limit: int | None = None) -> int:
     """Refuse (one IntqError line, with the numbers) a run of `graph` on `batch` samples
     whose memory need, `run_memory`, exceeds `limit` (default: $INTQ_MEMORY_LIMIT, else half
     the machine's memory). Call it before allocating anything; returns the need in bytes."""
-    if not _is_int(batch) or batch < 1:
+    if not is_int(batch) or batch < 1:
         raise IntqError(f"batch size must be a positive integer, got {batch!r}")
     need = run_memory(graph, int(batch))
     check_bytes(need, f"a run of {graph.name!r} on a batch of {batch}", limit)

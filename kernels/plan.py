@@ -24,20 +24,20 @@ from __future__ import annotations
 import numpy as np
 
 from intq.errors import IntqError
-from intq.ops.integer import SHARED_WITH_FLOAT
+from intq.ops import ops_where
 
 from . import conv, conv_amx, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, vector_tables
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
               "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
-_ALIASES = ("Flatten", "Reshape")
-# Ops that only move elements; `MoveStep` runs any of them exactly: the integer IR's data
-# movement shared with the float graph (MaxPool aside, it compares) and the integer pad.
-MOVEMENT = (SHARED_WITH_FLOAT - {"MaxPool"}) | {"IntPad"}
+# Pure reshapes: a Linear reading one reads the same NHWC buffer (see `Plan._build`).
+_ALIASES = ops_where("alias", integer_graph=True)
+# Ops that only move elements; `MoveStep` runs any of them exactly.
+MOVEMENT = ops_where("movement", integer_graph=True)
 # Elementwise ops whose kernels read channels as the NHWC layout's innermost axis: they
 # need a 4-D or 2-D tensor (other ranks keep channels elsewhere, see `ReferenceStep`).
-CHANNELWISE = {"IntAffine", "IntLookup", "IntLeakyRelu", "IntMul", "IntSoftmax"}
+CHANNELWISE = ops_where("channelwise", integer_graph=True)
 
 
 class Layout:

@@ -1,9 +1,11 @@
-"""Op registry: one small module per IR op, each defining what the op means.
+"""Op registry: one small module per family of IR ops, each defining what its ops mean.
 
-An op spec (a subclass of `OpSpec`) gives the op's shape rule (`infer`, which also
-validates inputs), its float semantics in numpy (`run`, used by the float executor and by
-constant folding) and its cost (`macs`, `params`). Adding an op means adding a module here
-and registering it below, plus an importer in `intq.frontend.importers` if ONNX has it.
+An op spec (a subclass of `OpSpec`) gives the op's contract (attributes, arity, semantic
+checks: what `intq.validate` enforces), its shape rule (`infer`), its numpy semantics
+(`run`: float for float ops, used by the float executor and constant folding; the integer
+reference for integer ops), its cost (`macs`, `params`) and its kind (`tags`). Every set
+of ops another stage needs is a query here (`ops_where`), so no stage keeps a list of op
+names by hand. Adding an op: README "Adding an integer op".
 """
 from __future__ import annotations
 
@@ -35,6 +37,28 @@ def get_op(name: str) -> type[OpSpec]:
 
 def known_ops() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def ops_where(tag: str | None = None, *, float_graph: bool | None = None,
+              integer_graph: bool | None = None) -> frozenset:
+    """Names of the registered ops with kind tag `tag` (any, when None) that may appear in
+    the float graph and/or the integer graph, as asked."""
+    return frozenset(
+        name for name, spec in _REGISTRY.items()
+        if (tag is None or tag in spec.tags)
+        and (float_graph is None or spec.float_graph == float_graph)
+        and (integer_graph is None or spec.integer_graph == integer_graph))
+
+
+def spec_arity(spec, attrs) -> tuple[int, int]:
+    """(min, max) inputs of a node of `spec` with these attributes."""
+    return spec.arity(attrs) if callable(spec.arity) else spec.arity
+
+
+def activation_count(spec, attrs) -> int:
+    """How many leading inputs of an integer op are activations."""
+    n = spec.activations(attrs) if callable(spec.activations) else spec.activations
+    return n if isinstance(n, int) and n >= 0 else 0
 
 
 def infer_shapes(graph) -> None:

@@ -4,11 +4,13 @@ Both are fused into their producer by `passes.fuse_activation` where possible.
 """
 import numpy as np
 
+from . import contract as k
 from .base import OpSpec, same_shape
 
 
 class Relu(OpSpec):
     name = "Relu"
+    tags = frozenset({"keeps_qparams"})
 
     infer = staticmethod(same_shape)
 
@@ -21,6 +23,8 @@ class Clip(OpSpec):
     """Clamp to [min, max]; a bound of None is unbounded."""
 
     name = "Clip"
+    optional = {"min": k.optional_finite, "max": k.optional_finite}
+    tags = frozenset({"keeps_qparams"})
 
     infer = staticmethod(same_shape)
 

@@ -8,6 +8,7 @@ produces its input, or at the graph input into `QuantizeInput`; what remains is 
 import numpy as np
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, apply_activation
 
 
@@ -18,6 +19,8 @@ def channel_view(a, ndim):
 
 class ChannelAffine(OpSpec):
     name = "ChannelAffine"
+    optional = k.ACT
+    arity = (3, 3)
 
     @staticmethod
     def infer(node, ins, graph):

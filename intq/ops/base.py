@@ -9,9 +9,61 @@ from ..errors import IntqError
 
 
 class OpSpec:
-    """What one op means: shape rule, float numpy semantics, cost. Stateless."""
+    """What one op means, all in one place: its contract (attributes, arity, semantic
+    checks), shape rule, numpy semantics (`run`: float for float ops, the integer
+    reference for integer ops), cost and kind. Stateless.
+
+    `intq.validate` applies the contract to every node; every list of ops that other
+    stages need (what is data movement, what keeps its input's quantization, ...) is a
+    query over these fields (`intq.ops.ops_where`), never a list kept by hand.
+    """
 
     name = ""
+    # Graphs the op may appear in: the float graph (after the passes), the integer graph.
+    float_graph = True
+    integer_graph = False
+    # Attributes: name -> checker (`intq.ops.contract`), required and optional.
+    attrs: dict = {}
+    optional: dict = {}
+    # (min, max) number of inputs; a callable(attrs) -> (min, max) where it depends on them.
+    arity = (1, 1)
+    # Input positions that may be "" (an absent optional input, e.g. a bias).
+    optional_inputs: tuple = ()
+    # (min, max) number of outputs.
+    outputs = (1, 1)
+    # Integer ops: how many leading inputs are activations (the rest are constants); a
+    # callable(attrs) where it depends on them.
+    activations = 1
+    # Kind tags: "movement" (only moves elements), "alias" (a pure reshape of the same
+    # elements), "channelwise" (elementwise with per-channel constants), "windowed"
+    # (reads a kernel window of its input), "layer" (Conv/Linear), "accumulator" (outputs
+    # an INT32 accumulator with zero point 0), "keeps_qparams" (lowering gives the output
+    # the input's quantization), "join" (adds or concatenates branches).
+    tags: frozenset = frozenset()
+    # The one op that reads the float graph input in an integer graph.
+    reads_float_input = False
+
+    @staticmethod
+    def precheck(node, graph, problems):
+        """Checks of attributes against input shapes (pads within the input, groups
+        dividing the channels, axes within the rank), run before the shape rule."""
+
+    @staticmethod
+    def check(node, graph, problems):
+        """Semantic checks beyond attribute kinds and the shape rule; report with
+        problems.fail(text). The graph's structure, attributes and shapes are already
+        checked when this runs; for integer ops, so are its activation dtypes."""
+
+    @staticmethod
+    def input_zero_points(attrs):
+        """Integer ops: the zero point subtracted from each activation input, in order,
+        where it is an attribute (an accumulator input must have zero point 0)."""
+        return ()
+
+    @staticmethod
+    def window_kernel(node, graph):
+        """Ops tagged "windowed": the (kh, kw) kernel window."""
+        return tuple(node.attrs.get("kernel_shape", (1, 1)))
 
     @staticmethod
     def infer(node, ins, graph):

@@ -3,11 +3,14 @@
 import numpy as np
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, same_shape
 
 
 class BatchNormalization(OpSpec):
     name = "BatchNormalization"
+    attrs = {"epsilon": k.finite}
+    arity = (5, 5)
 
     @staticmethod
     def infer(node, ins, graph):

@@ -3,12 +3,28 @@ and an optional fused clamp (`act_min`/`act_max`, left by `passes.fuse_activatio
 import numpy as np
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, apply_activation, require_rank
 from .window import conv2d, spatial_output
 
 
 class Conv(OpSpec):
     name = "Conv"
+    attrs = {"groups": k.GROUPS, **k.WINDOW}
+    optional = k.ACT
+    arity = (2, 3)
+    optional_inputs = (2,)
+    tags = frozenset({"windowed", "layer"})
+
+    @staticmethod
+    def window_kernel(node, g):
+        w = g.values[node.inputs[1]].shape
+        return tuple(w[2:]) if len(w) == 4 else (1, 1)
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.window(p, g, node, Conv.window_kernel(node, g))
+        k.groups_divide(p, g, node)
 
     @staticmethod
     def infer(node, ins, graph):

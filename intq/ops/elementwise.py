@@ -8,11 +8,15 @@ lowering later rescales branch by branch (HAWQ-V3 eq. 7 and 18).
 from functools import reduce
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, apply_activation, broadcast_shapes
 
 
 class Add(OpSpec):
     name = "Add"
+    optional = k.ACT
+    arity = (2, 1 << 16)
+    tags = frozenset({"join"})
 
     @staticmethod
     def infer(node, ins, graph):
@@ -38,18 +42,28 @@ def _binary(fn):
 
 class Mul(_binary(lambda a, b: a * b)):
     name = "Mul"
+    arity = (2, 2)
 
 
 class Sub(_binary(lambda a, b: a - b)):
     name = "Sub"
+    arity = (2, 2)
 
 
 class Div(_binary(lambda a, b: a / b)):
     name = "Div"
+    arity = (2, 2)
 
 
 class Concat(OpSpec):
     name = "Concat"
+    attrs = {"axis": k.AXIS}
+    arity = (1, 1 << 16)
+    tags = frozenset({"join"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.axis_within_rank(p, g, node)
 
     @staticmethod
     def infer(node, ins, graph):

@@ -5,32 +5,23 @@ After `QuantizeInput` (the one float step, at the graph input) everything is int
 multiply, add, shift, compare and clamp. Every rescale is `intq.dyadic.requantize`,
 with its (b, c) multipliers stored as int64 constants, per channel where the scale is.
 Integer tensors travel as int64 arrays; the IR dtype ("uint4", "int16", ...) is their range.
+
+Each spec also states its contract (attributes, arity, the semantic checks of
+`intq.validate`'s guarantees), in the vocabulary of `intq.ops.contract`.
 """
 import numpy as np
 
 from ..dyadic import requantize
 from ..errors import IntqError
-from .base import OpSpec, broadcast_shapes, require_rank, same_shape
+from . import contract as k
+from .base import OpSpec, broadcast_shapes, numel, require_rank, same_shape
+from .contract import INTEGER_DTYPES, dtype_bits, dtype_range  # noqa: F401  (re-exported)
 from .conv import Conv
 from .elementwise import Concat
 from .linear import Linear
 from .pad import Pad
 from .pool import _pool_infer
 from .window import conv2d, windows
-
-INTEGER_DTYPES = {f"{s}int{b}" for s in ("", "u") for b in (4, 8, 16, 32)} | {"int64"}
-
-
-def dtype_bits(dtype: str) -> int:
-    """Width of an IR dtype name: "uint4" -> 4, "int32" -> 32, "float32" -> 32."""
-    return int("".join(filter(str.isdigit, dtype)))
-
-
-def dtype_range(dtype: str):
-    bits = dtype_bits(dtype)
-    if dtype.startswith("u"):
-        return 0, (1 << bits) - 1
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
 def per_channel(a, ndim, axis=1):
@@ -55,6 +46,19 @@ class QuantizeInput(OpSpec):
     """
 
     name = "QuantizeInput"
+    float_graph, integer_graph = False, True
+    attrs = {"scale": k.finite, "zero_point": k.INT, "lo": k.INT, "hi": k.INT,
+             "dtype": k.activation_dtype}
+    optional = {"in_scale": k.finites, "in_shift": k.finites}
+    reads_float_input = True
+
+    @staticmethod
+    def check(node, g, p):
+        a = node.attrs
+        if not a["scale"] > 0:
+            p.fail(f"{k.where(node)}: scale {a['scale']} must be > 0")
+        k.clamp_bounds(p, node)
+        k.in_range(p, node, "zero_point", a["zero_point"], a["dtype"])
 
     @staticmethod
     def infer(node, ins, graph):
@@ -79,6 +83,17 @@ class IntConv(OpSpec):
     """
 
     name = "IntConv"
+    float_graph, integer_graph = False, True
+    attrs = {"x_zero_point": k.INT, "groups": k.GROUPS, **k.WINDOW}
+    arity = (3, 3)
+    tags = frozenset({"windowed", "accumulator"})
+
+    window_kernel = staticmethod(Conv.window_kernel)
+    precheck = staticmethod(Conv.precheck)
+
+    @staticmethod
+    def check(node, g, p):
+        k.accumulator_layer(p, g, node)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -99,6 +114,14 @@ class IntLinear(OpSpec):
     """INT32 accumulator of x W^T + bias (zero-point correction folded into the bias)."""
 
     name = "IntLinear"
+    float_graph, integer_graph = False, True
+    attrs = {"x_zero_point": k.INT}
+    arity = (3, 3)
+    tags = frozenset({"accumulator"})
+
+    @staticmethod
+    def check(node, g, p):
+        k.accumulator_layer(p, g, node)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -117,6 +140,19 @@ class Requantize(OpSpec):
     """y = clamp(DN_b,c(x - in_zero_point) + out_zero_point, lo, hi); b, c per channel."""
 
     name = "Requantize"
+    float_graph, integer_graph = False, True
+    attrs = {"in_zero_point": k.INT, **k.REQUANT}
+    arity = (3, 3)
+
+    @staticmethod
+    def input_zero_points(attrs):
+        return [attrs.get("in_zero_point")]
+
+    @staticmethod
+    def check(node, g, p):
+        k.requant_output(p, node)
+        k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[node.inputs[0]].dtype)
+        k.multipliers(p, g, node, node.inputs[1], node.inputs[2], g.values[node.output].shape)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -129,8 +165,41 @@ class Requantize(OpSpec):
                            attrs["lo"], attrs["hi"], attrs["out_zero_point"]),)
 
 
-def _branch_split(node_inputs, k):
-    return node_inputs[:k], node_inputs[k:2 * k], node_inputs[2 * k:3 * k]
+def _branch_split(node_inputs, n):
+    return node_inputs[:n], node_inputs[n:2 * n], node_inputs[2 * n:3 * n]
+
+
+def _branches(attrs, per_branch):
+    """(min, max) inputs of an op with `per_branch` inputs for each of its n branches."""
+    n = attrs.get("n")
+    return (per_branch * n,) * 2 if k.is_int(n) and n >= 1 else (-1, -1)
+
+
+def check_branches(node, g, p):
+    """IntAdd/IntConcat: one zero point per branch inside its dtype, per-channel
+    multipliers, and a sum of rescaled branches below 2^62."""
+    a, n = node.attrs, node.attrs["n"]
+    if len(a["zero_points"]) != n:
+        p.fail(f"{k.where(node)}: {len(a['zero_points'])} zero points for {n} branches")
+    k.requant_output(p, node)
+    total = abs(a["out_zero_point"])
+    xs, bs, cs = _branch_split(node.inputs, n)
+    for x, b, c, z in zip(xs, bs, cs, a["zero_points"]):
+        k.in_range(p, node, "zero point", z, g.values[x].dtype)
+        bv, cv = k.multipliers(p, g, node, b, c, g.values[x].shape)
+        total += k.max_rescaled(k.span(g, x, z), bv, cv)
+    if total >= 1 << 62:
+        p.fail(f"{k.where(node)}: the sum of rescaled branches may overflow int64")
+
+
+def check_pool(node, g, p, count):
+    """An average pool: output requantization, an INT32 window sum of `count` cells, and
+    multipliers that broadcast onto the output (one per output position at most)."""
+    k.requant_output(p, node)
+    k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[node.inputs[0]].dtype)
+    k.window_sum(p, g, node, count)
+    k.multipliers(p, g, node, node.inputs[1], node.inputs[2], g.values[node.output].shape,
+                  per_channel=False)
 
 
 class IntAdd(OpSpec):
@@ -141,19 +210,30 @@ class IntAdd(OpSpec):
     """
 
     name = "IntAdd"
+    attrs = {"n": k.BRANCHES, "zero_points": k.ZERO_POINTS, **k.REQUANT}
+    float_graph, integer_graph = False, True
+    arity = staticmethod(lambda a: _branches(a, 3))
+    activations = staticmethod(lambda a: a.get("n"))
+    tags = frozenset({"join"})
+
+    @staticmethod
+    def input_zero_points(attrs):
+        return attrs.get("zero_points") or ()
+
+    @staticmethod
+    def check(node, g, p):
+        check_branches(node, g, p)
 
     @staticmethod
     def infer(node, ins, graph):
-        k = node.attrs["n"]
-        shapes = {v.shape for v in ins[:k]}
+        shapes = {v.shape for v in ins[:node.attrs["n"]]}
         if len(shapes) != 1:
             raise IntqError(f"integer add needs equal shapes, got {shapes}")
         return [(ins[0].shape, node.attrs["dtype"])]
 
     @staticmethod
     def run(attrs, *args):
-        k = attrs["n"]
-        xs, bs, cs = _branch_split(args, k)
+        xs, bs, cs = _branch_split(args, attrs["n"])
         big = np.iinfo(np.int64)
         total = 0
         for x, b, c, z in zip(xs, bs, cs, attrs["zero_points"]):
@@ -166,17 +246,32 @@ class IntConcat(OpSpec):
     """Concat, HAWQ-V3 eq. 18: each branch rescaled by its own DN to the output scale."""
 
     name = "IntConcat"
+    attrs = {"n": k.BRANCHES, "zero_points": k.ZERO_POINTS, "axis": k.AXIS, **k.REQUANT}
+    float_graph, integer_graph = False, True
+    arity = staticmethod(lambda a: _branches(a, 3))
+    activations = staticmethod(lambda a: a.get("n"))
+    tags = frozenset({"join"})
+
+    @staticmethod
+    def input_zero_points(attrs):
+        return attrs.get("zero_points") or ()
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.axis_within_rank(p, g, node)
+
+    @staticmethod
+    def check(node, g, p):
+        check_branches(node, g, p)
 
     @staticmethod
     def infer(node, ins, graph):
-        k = node.attrs["n"]
-        (shape, _), = Concat.infer(node, ins[:k], graph)
+        (shape, _), = Concat.infer(node, ins[:node.attrs["n"]], graph)
         return [(shape, node.attrs["dtype"])]
 
     @staticmethod
     def run(attrs, *args):
-        k = attrs["n"]
-        xs, bs, cs = _branch_split(args, k)
+        xs, bs, cs = _branch_split(args, attrs["n"])
         parts = [requantize(x - z, per_channel(b, x.ndim), per_channel(c, x.ndim),
                             attrs["lo"], attrs["hi"], attrs["out_zero_point"])
                  for x, b, c, z in zip(xs, bs, cs, attrs["zero_points"])]
@@ -188,6 +283,19 @@ class IntAvgPool(OpSpec):
     contains 1/count (per output position when padding is excluded from the count)."""
 
     name = "IntAvgPool"
+    float_graph, integer_graph = False, True
+    attrs = {"in_zero_point": k.INT, **k.REQUANT, **k.POOL}
+    optional = {"ceil_mode": k.flag}
+    arity = (3, 3)
+    tags = frozenset({"windowed"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.window(p, g, node, node.attrs["kernel_shape"])
+
+    @staticmethod
+    def check(node, g, p):
+        check_pool(node, g, p, numel(node.attrs["kernel_shape"]))
 
     @staticmethod
     def infer(node, ins, graph):
@@ -206,6 +314,14 @@ class IntGlobalAvgPool(OpSpec):
     """Global average pool: INT32 sum over H x W of (x - z_in), then one DN including 1/HW."""
 
     name = "IntGlobalAvgPool"
+    float_graph, integer_graph = False, True
+    attrs = {"in_zero_point": k.INT, **k.REQUANT}
+    optional = {"keepdims": k.flag}
+    arity = (3, 3)
+
+    @staticmethod
+    def check(node, g, p):
+        check_pool(node, g, p, numel(g.values[node.inputs[0]].shape[2:]))
 
     @staticmethod
     def infer(node, ins, graph):
@@ -223,6 +339,12 @@ class IntClamp(OpSpec):
     """An unfused ReLU/Clip on integers: clamp(x, lo, hi) (lo is the zero point for ReLU)."""
 
     name = "IntClamp"
+    float_graph, integer_graph = False, True
+    attrs = {"lo": k.INT, "hi": k.INT}
+
+    @staticmethod
+    def check(node, g, p):
+        k.clamp_bounds(p, node, g.values[node.output].dtype)
 
     infer = staticmethod(same_shape)
 
@@ -235,6 +357,17 @@ class IntPad(OpSpec):
     """An unfused Pad on integers: pads with the tensor's zero point (a real zero)."""
 
     name = "IntPad"
+    float_graph, integer_graph = False, True
+    attrs = {"pads": k.PADS, "value": k.INT}
+    tags = frozenset({"movement"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.window(p, g, node, (1, 1))
+
+    @staticmethod
+    def check(node, g, p):
+        k.in_range(p, node, "pad value", node.attrs["value"], g.values[node.output].dtype)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -257,6 +390,21 @@ class IntAffine(OpSpec):
     dead channel (a = 0, b = 0) outputs its shift alone, whatever its size."""
 
     name = "IntAffine"
+    float_graph, integer_graph = False, True
+    attrs = {"in_zero_point": k.INT, "lo": k.INT, "hi": k.INT, "dtype": k.activation_dtype}
+    arity = (5, 5)
+    tags = frozenset({"channelwise"})
+
+    @staticmethod
+    def check(node, g, p):
+        x, b, c, sign, zps = node.inputs
+        out = g.values[node.output].shape
+        k.clamp_bounds(p, node)
+        k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[x].dtype)
+        k.multipliers(p, g, node, b, c, out)
+        k.signs(p, g, node, sign, out)
+        if np.abs(k.channel_constant(p, g, node, zps, out)).max() >= 1 << 32:
+            p.fail(f"{k.where(node)}: zero points {zps!r} outside +-2^32")
 
     @staticmethod
     def infer(node, ins, graph):
@@ -278,6 +426,26 @@ class IntLookup(OpSpec):
     """
 
     name = "IntLookup"
+    float_graph, integer_graph = False, True
+    attrs = {"offset": k.INT, "dtype": k.activation_dtype}
+    arity = (2, 2)
+    tags = frozenset({"channelwise"})
+
+    @staticmethod
+    def check(node, g, p):
+        # The table covers exactly the input dtype's range, so every gather is in bounds.
+        x, table = node.inputs
+        lo, hi = dtype_range(g.values[x].dtype)
+        if hi - lo >= 1 << 16:
+            p.fail(f"{k.where(node)}: input dtype {g.values[x].dtype} is wider than 16 bits")
+        if table not in g.constants or g.constants[table].shape != (hi - lo + 1,) \
+                or node.attrs["offset"] != lo:
+            p.fail(f"{k.where(node)}: table {table!r} must be a constant of {hi - lo + 1} entries "
+                   f"with offset {lo} (the range of {g.values[x].dtype})")
+        tv = g.constants[table]
+        tlo, thi = dtype_range(node.attrs["dtype"])
+        if int(tv.min()) < tlo or int(tv.max()) > thi:
+            p.fail(f"{k.where(node)}: table values outside the output dtype {node.attrs['dtype']}")
 
     @staticmethod
     def infer(node, ins, graph):
@@ -295,6 +463,20 @@ class IntLeakyRelu(OpSpec):
     is +1 or -1, the slope's sign, since a dyadic multiplier is non-negative)."""
 
     name = "IntLeakyRelu"
+    float_graph, integer_graph = False, True
+    attrs = {"in_zero_point": k.INT, **k.REQUANT}
+    arity = (6, 6)
+    tags = frozenset({"channelwise"})
+
+    @staticmethod
+    def check(node, g, p):
+        x, bp, cp, bn, cn, sign = node.inputs
+        out = g.values[node.output].shape
+        k.requant_output(p, node)
+        k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[x].dtype)
+        k.multipliers(p, g, node, bp, cp, out)
+        k.multipliers(p, g, node, bn, cn, out)
+        k.signs(p, g, node, sign, out)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -320,6 +502,24 @@ class IntMul(OpSpec):
     the product fits INT32."""
 
     name = "IntMul"
+    float_graph, integer_graph = False, True
+    attrs = {"a_zero_point": k.INT, "b_zero_point": k.INT, **k.REQUANT}
+    arity = (4, 4)
+    activations = 2
+    tags = frozenset({"channelwise"})
+
+    @staticmethod
+    def check(node, g, p):
+        qa, qb, mb, mc = node.inputs
+        a = node.attrs
+        k.requant_output(p, node)
+        k.in_range(p, node, "a_zero_point", a["a_zero_point"], g.values[qa].dtype)
+        k.in_range(p, node, "b_zero_point", a["b_zero_point"], g.values[qb].dtype)
+        bv, _ = k.multipliers(p, g, node, mb, mc, g.values[node.output].shape)
+        if bv.size != 1:
+            p.fail(f"{k.where(node)}: the product's multiplier must be one value")
+        if k.span(g, qa, a["a_zero_point"]) * k.span(g, qb, a["b_zero_point"]) > k.INT32_MAX:
+            p.fail(f"{k.where(node)}: the product of the inputs may overflow INT32")
 
     @staticmethod
     def infer(node, ins, graph):
@@ -352,6 +552,30 @@ class IntSoftmax(OpSpec):
     """
 
     name = "IntSoftmax"
+    float_graph, integer_graph = False, True
+    attrs = {"axes": k.AXES, "lo": k.INT, "hi": k.INT, "dtype": k.activation_dtype}
+    arity = (2, 2)
+    tags = frozenset({"channelwise"})
+
+    @staticmethod
+    def check(node, g, p):
+        x, table = node.inputs
+        a, w = node.attrs, k.where(node)
+        k.clamp_bounds(p, node)
+        if a["dtype"] != "uint8" or a["lo"] != 0 or a["hi"] != 255:
+            p.fail(f"{w}: output must be uint8 over [0, 255] (scale 1/256)")
+        rank = len(g.values[x].shape)
+        axes = {ax % rank for ax in a["axes"] if -rank <= ax < rank}
+        if len(axes) != len(a["axes"]) or 0 in axes or not axes:
+            p.fail(f"{w}: axes {a['axes']} must be distinct non-batch axes of rank {rank}")
+        if table not in g.constants or g.constants[table].ndim != 1 or g.constants[table].size < 2:
+            p.fail(f"{w}: exp table {table!r} must be a 1-D constant of at least 2 entries")
+        tv = g.constants[table].astype(np.int64)
+        count = numel([g.values[x].shape[ax] for ax in axes])
+        # The sum of table entries must stay in [1, 2^31): the reciprocal's Q31 scaling.
+        if int(tv.min()) < 0 or tv[-1] != 0 or int(tv[0]) < 1 or count * int(tv.max()) > k.INT32_MAX:
+            p.fail(f"{w}: exp table {table!r} must be non-negative, decreasing to 0, "
+                   f"with {count} x max below 2^31")
 
     C1 = round(48 / 17 * 2**29)
     C2 = round(32 / 17 * 2**29)
@@ -366,16 +590,13 @@ class IntSoftmax(OpSpec):
         d = x.max(axis=axes, keepdims=True) - x
         e = table[np.minimum(d, len(table) - 1)]
         s = e.sum(axis=axes, keepdims=True)
-        k = _bit_length(s)
-        m = s << (31 - k)
+        kb = _bit_length(s)
+        m = s << (31 - kb)
         r = IntSoftmax.C1 - ((IntSoftmax.C2 * m) >> 31)
         for _ in range(3):
             r = (r * ((2 << 29) - ((m * r) >> 31))) >> 29
-        return (requantize(e, r, 21 + k, attrs["lo"], attrs["hi"]),)
+        return (requantize(e, r, 21 + kb, attrs["lo"], attrs["hi"]),)
 
 
 SPECS = [QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
          IntGlobalAvgPool, IntClamp, IntPad, IntAffine, IntLookup, IntLeakyRelu, IntMul, IntSoftmax]
-# Ops shared with the float graph that run unchanged on integers (data movement).
-SHARED_WITH_FLOAT = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-                     "Slice", "Split"}

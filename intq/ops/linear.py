@@ -3,6 +3,7 @@ the ONNX forms it is canonicalised from: Gemm and MatMul (+ Add)."""
 import numpy as np
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, apply_activation, require_rank
 
 
@@ -19,6 +20,10 @@ class Linear(OpSpec):
     """x (N, K), weight (M, K), bias (M,)."""
 
     name = "Linear"
+    optional = k.ACT
+    arity = (2, 3)
+    optional_inputs = (2,)
+    tags = frozenset({"layer"})
 
     @staticmethod
     def infer(node, ins, graph):
@@ -44,6 +49,9 @@ class Gemm(OpSpec):
     """ONNX Gemm: alpha * A' B' + beta * C."""
 
     name = "Gemm"
+    optional = {"alpha": k.finite, "beta": k.finite, "transA": k.flag, "transB": k.flag}
+    arity = (2, 3)
+    optional_inputs = (2,)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -73,6 +81,7 @@ class Gemm(OpSpec):
 
 class MatMul(OpSpec):
     name = "MatMul"
+    arity = (2, 2)
 
     @staticmethod
     def infer(node, ins, graph):

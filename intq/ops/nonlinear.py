@@ -9,6 +9,7 @@ x * hardsigmoid(x) into Swish and HardSwish so each is one table.
 import numpy as np
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, same_shape
 
 
@@ -50,6 +51,7 @@ class HardSigmoid(Elementwise):
     """max(0, min(1, alpha * x + beta)); ONNX defaults alpha 0.2, beta 0.5 (torch: 1/6, 1/2)."""
 
     name = "HardSigmoid"
+    optional = {"alpha": k.finite, "beta": k.finite}
 
     @staticmethod
     def fn(attrs, x):
@@ -60,6 +62,7 @@ class HardSwish(Elementwise):
     """x * max(0, min(1, alpha * x + beta)), alpha 1/6 and beta 1/2 for ONNX HardSwish."""
 
     name = "HardSwish"
+    optional = {"alpha": k.finite, "beta": k.finite}
 
     @staticmethod
     def fn(attrs, x):
@@ -78,6 +81,7 @@ class Swish(Elementwise):
 
 class LeakyRelu(Elementwise):
     name = "LeakyRelu"
+    optional = {"alpha": k.finite}
 
     @staticmethod
     def fn(attrs, x):
@@ -88,6 +92,7 @@ class PRelu(OpSpec):
     """x for x >= 0, slope[c] * x otherwise; the slope is a constant per channel or scalar."""
 
     name = "PRelu"
+    arity = (2, 2)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -110,6 +115,7 @@ class Softmax(OpSpec):
     """exp(x - max) / sum exp(x - max) over `axes` (opset < 13: every axis from `axis` on)."""
 
     name = "Softmax"
+    attrs = {"axes": k.AXES}
 
     infer = staticmethod(same_shape)
 

@@ -2,11 +2,18 @@
 the next Conv or pool by `passes.fold_pad`; the executors run it where it cannot be."""
 import numpy as np
 
+from . import contract as k
 from .base import OpSpec, require_rank
 
 
 class Pad(OpSpec):
     name = "Pad"
+    attrs = {"pads": k.PADS}
+    tags = frozenset({"keeps_qparams"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.window(p, g, node, (1, 1))
 
     @staticmethod
     def infer(node, ins, graph):

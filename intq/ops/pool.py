@@ -6,6 +6,7 @@ classifier head has one pooling op whatever the exporter wrote.
 import numpy as np
 
 from .base import OpSpec, require_rank
+from . import contract as k
 from .window import spatial_output, windows
 
 
@@ -20,6 +21,14 @@ def _pool_infer(node, ins):
 
 class MaxPool(OpSpec):
     name = "MaxPool"
+    integer_graph = True
+    attrs = k.POOL
+    optional = {"dilations": k.PAIR, "ceil_mode": k.flag}
+    tags = frozenset({"windowed", "keeps_qparams"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.window(p, g, node, node.attrs["kernel_shape"])
 
     @staticmethod
     def infer(node, ins, graph):
@@ -35,6 +44,13 @@ class MaxPool(OpSpec):
 
 class AveragePool(OpSpec):
     name = "AveragePool"
+    attrs = {**k.POOL, "count_include_pad": k.flag}
+    optional = {"ceil_mode": k.flag}
+    tags = frozenset({"windowed"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        k.window(p, g, node, node.attrs["kernel_shape"])
 
     @staticmethod
     def infer(node, ins, graph):
@@ -59,6 +75,7 @@ class AveragePool(OpSpec):
 
 class GlobalAveragePool(OpSpec):
     name = "GlobalAveragePool"
+    optional = {"keepdims": k.flag}
 
     @staticmethod
     def infer(node, ins, graph):

@@ -8,11 +8,22 @@ dynamic batch (None) may only be carried by a 0 or absorbed by a -1.
 import numpy as np
 
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec, numel, same_shape
 
 
 class Flatten(OpSpec):
     name = "Flatten"
+    integer_graph = True
+    optional = {"axis": k.AXIS}
+    tags = frozenset({"movement", "alias", "keeps_qparams"})
+
+    @staticmethod
+    def precheck(node, g, p):
+        rank = len(g.values[node.inputs[0]].shape)
+        axis = node.attrs.get("axis", 1)
+        if not (-rank <= axis < rank and axis % rank):
+            p.fail(f"{k.where(node)}: axis {axis} must split rank {rank} after the batch")
 
     @staticmethod
     def infer(node, ins, graph):
@@ -55,6 +66,9 @@ def reshape_target(in_shape, target):
 
 class Reshape(OpSpec):
     name = "Reshape"
+    integer_graph = True
+    attrs = {"shape": k.integers(None, -1, k.MAX_DIM)}
+    tags = frozenset({"movement", "alias", "keeps_qparams"})
 
     @staticmethod
     def infer(node, ins, graph):
@@ -75,6 +89,9 @@ def _off_batch(axes, rank, what):
 
 class Transpose(OpSpec):
     name = "Transpose"
+    integer_graph = True
+    tags = frozenset({"movement", "keeps_qparams"})
+    attrs = {"perm": k.integers(None, 0, 7)}
 
     @staticmethod
     def infer(node, ins, graph):
@@ -90,6 +107,9 @@ class Transpose(OpSpec):
 
 class Squeeze(OpSpec):
     name = "Squeeze"
+    integer_graph = True
+    tags = frozenset({"movement", "keeps_qparams"})
+    attrs = {"axes": k.AXES}
 
     @staticmethod
     def infer(node, ins, graph):
@@ -106,6 +126,9 @@ class Squeeze(OpSpec):
 
 class Unsqueeze(OpSpec):
     name = "Unsqueeze"
+    integer_graph = True
+    tags = frozenset({"movement", "keeps_qparams"})
+    attrs = {"axes": k.AXES}
 
     @staticmethod
     def infer(node, ins, graph):
@@ -124,6 +147,10 @@ class Slice(OpSpec):
     """Constant starts, ends, axes and steps (ONNX clamping rules), off the batch axis."""
 
     name = "Slice"
+    integer_graph = True
+    tags = frozenset({"movement", "keeps_qparams"})
+    attrs = {"axes": k.AXES, "starts": k.integers(None, -k.MAX_DIM - 1, k.MAX_DIM + 1),
+             "ends": k.integers(None, -k.MAX_DIM - 1, k.MAX_DIM + 1), "steps": k.steps}
 
     @staticmethod
     def _slices(attrs, shape):
@@ -149,6 +176,10 @@ class Split(OpSpec):
     """Split along `axis` into pieces of the sizes in `split`."""
 
     name = "Split"
+    integer_graph = True
+    tags = frozenset({"movement", "keeps_qparams"})
+    attrs = {"axis": k.AXIS, "split": k.integers(None, 1, k.MAX_DIM)}
+    outputs = (1, 1 << 16)
 
     @staticmethod
     def infer(node, ins, graph):

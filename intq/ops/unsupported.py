@@ -4,11 +4,15 @@ can still be shown. Its output shapes are the ones ONNX shape inference found ((
 unknown); attrs `onnx_op` and `reason`. It has no semantics: running it is an error.
 """
 from ..errors import IntqError
+from . import contract as k
 from .base import OpSpec
 
 
 class Unsupported(OpSpec):
     name = "Unsupported"
+    # `intq inspect`'s placeholder: never valid in a graph that is compiled or loaded.
+    float_graph = False
+    arity = (0, 0)
 
     @staticmethod
     def infer(node, ins, graph):

@@ -24,7 +24,7 @@ import numpy as np
 from ..dyadic import dyadic_multipliers
 from ..errors import IntqError
 from ..ir import Graph
-from ..ops import infer_shapes
+from ..ops import get_op, infer_shapes, known_ops, ops_where
 from ..ops.pool import AveragePool
 from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
@@ -32,9 +32,10 @@ from .lower_nonlinear import LOWERINGS
 from .scheme import (QParams, QuantConfig, activation_qparams, bias_correction, bias_scale_floor,
                      quantize_weights)
 
-PASS_THROUGH = {"MaxPool", "Flatten", "Reshape", "Relu", "Clip", "Pad", "Transpose", "Squeeze",
-                "Unsqueeze", "Slice", "Split"}
-LAYERS = ("Conv", "Linear")
+# Ops whose output keeps its input's quantization, and the layers that quantize weights:
+# queries over the op specs' kind tags.
+PASS_THROUGH = ops_where("keeps_qparams", float_graph=True)
+LAYERS = tuple(sorted(ops_where("layer", float_graph=True)))
 INT32_MAX = (1 << 31) - 1
 
 
@@ -292,18 +293,10 @@ class Lowering:
         for node in fg.nodes:
             if node.op == "ChannelAffine" and node.output in self.env:
                 continue   # folded into QuantizeInput above
-            if node.op in LAYERS:
-                self.lower_layer(node)
-            elif node.op in ("Add", "Concat"):
-                self.lower_join(node)
-            elif node.op in ("AveragePool", "GlobalAveragePool"):
-                self.lower_pool(node)
-            elif node.op in PASS_THROUGH:
-                self.lower_pass_through(node)
-            elif node.op in LOWERINGS:
-                LOWERINGS[node.op](self, node)
-            else:
+            rule = lowering_rule(node.op)
+            if rule is None:
                 raise IntqError(f"node {node.name}: no integer lowering for {node.op}")
+            rule(self, node)
         ig.outputs = []
         for t in fg.outputs:
             name, q = self.env[t]
@@ -319,13 +312,33 @@ class Lowering:
         return ig
 
 
+def lowering_rule(op: str):
+    """The function lowering a float op (`rule(lowering, node)`), or None: layers and
+    joins by their kind tags, ops that keep their input's quantization likewise, pools and
+    the nonlinear ops of `lower_nonlinear` by name."""
+    spec_tags = get_op(op).tags if op in known_ops() else frozenset()
+    if "layer" in spec_tags:
+        return Lowering.lower_layer
+    if "join" in spec_tags:
+        return Lowering.lower_join
+    if "keeps_qparams" in spec_tags:
+        return Lowering.lower_pass_through
+    return _RULES.get(op) or LOWERINGS.get(op)
+
+
+_RULES = {"AveragePool": Lowering.lower_pool, "GlobalAveragePool": Lowering.lower_pool}
+
+
+def lowered_ops() -> frozenset:
+    """The float ops that lowering accepts (what `intq compile` can compile)."""
+    return frozenset(op for op in ops_where(float_graph=True) if lowering_rule(op) is not None)
+
+
 def lowering_problem(fg: Graph, node) -> str | None:
     """Why `node` of a float graph after the passes has no integer lowering, or None."""
     if node.op == "Unsupported":
         return f"{node.attrs['onnx_op']}: {node.attrs['reason']}"
-    known = set(LAYERS) | PASS_THROUGH | set(LOWERINGS) | {
-        "Add", "Concat", "AveragePool", "GlobalAveragePool"}
-    if node.op not in known:
+    if lowering_rule(node.op) is None:
         return f"no integer lowering for {node.op}"
     if node.op in ("Add", "Concat", "Mul") and any(t in fg.constants for t in node.inputs):
         return f"{node.op} with a constant that is not per channel"
