@@ -26,8 +26,11 @@ import numpy as np
 from intq.errors import IntqError
 from intq.ops import ops_where
 
+from dataclasses import dataclass
+
 from . import conv, conv_amx, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, vector_tables
+from .fuse import fuse
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
               "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
@@ -128,6 +131,62 @@ def _scalars(*values):
     return np.array(values, np.int64)
 
 
+@dataclass
+class Residual:
+    """The other branch of a residual add fused into a layer's epilogue."""
+
+    operand: Layout
+    zero_point: int
+    b: np.ndarray
+    c: np.ndarray
+
+
+@dataclass
+class Copy:
+    """A Requantize of the layer's output, written by the same epilogue."""
+
+    out: Layout
+    in_zero_point: int
+    b: np.ndarray
+    c: np.ndarray
+    out_zero_point: int
+    lo: int
+    hi: int
+
+
+@dataclass
+class Epilogue:
+    """What a layer's kernel does with its INT32 accumulator (`kernels.epilogue`): store it
+    (RAW), requantize it (REQUANT, with the multipliers b, c of the layer's output or of
+    its concat branch), or add the other branch of a residual add (RESIDUAL, b and c of
+    this branch); optionally also write a requantized copy."""
+
+    mode: int
+    b: np.ndarray | int = 0
+    c: np.ndarray | int = 0
+    out_zero_point: int = 0
+    lo: int = 0
+    hi: int = 0
+    residual: Residual | None = None
+    copy: Copy | None = None
+
+    def scalars(self):
+        """The kernels' scalar vector `sc`: mode, z_out, lo, hi, z_residual, then the
+        copy's flag, z_in, z_out, lo, hi (zeros without a copy)."""
+        cp = self.copy
+        return _scalars(self.mode, self.out_zero_point, self.lo, self.hi,
+                        self.residual.zero_point if self.residual else 0,
+                        *((1, cp.in_zero_point, cp.out_zero_point, cp.lo, cp.hi) if cp else (0,) * 5))
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    strides: tuple
+    pads: tuple
+    dilations: tuple
+    groups: int
+
+
 class Step:
     """One kernel call of the plan: tensors it reads and writes, and how to bind it."""
 
@@ -165,24 +224,38 @@ class QuantizeStep(Step):
         return run
 
 
+class FeedStep(Step):
+    """An integer graph input, copied from the reference layout into its buffer."""
+
+    def __init__(self, name, out: Layout):
+        self.name, self.out, self.writes = f"feed {name}", out, (out.name,)
+        self.input = name
+
+    def bind(self, env, n):
+        out, feed, name = self.out, env["__feeds__"], self.input
+        return lambda: out.from_reference(np.asarray(feed[name]), env[out.name], n)
+
+
 class ConvStep(Step):
     """IntConv/IntLinear with its fused consumer (see module docstring)."""
 
-    def __init__(self, name, x: Layout, w, bias, strides, pads, dilations, groups, out: Layout,
-                 coff, mode, rq, zo, lo, hi, residual=None, path="portable"):
-        self.name, self.x, self.out, self.coff = name, x, out, coff
-        self.reads = (x.name,) + ((residual[0].name,) if residual else ())
-        self.writes = (out.name,)
+    def __init__(self, name, x: Layout, w, bias, geometry: ConvGeometry, out: Layout, coff,
+                 epilogue: Epilogue, path="portable"):
+        self.name, self.x, self.out, self.coff, self.epilogue = name, x, out, coff, epilogue
+        residual, cp = epilogue.residual, epilogue.copy
+        strides, pads, dilations, groups = (geometry.strides, geometry.pads, geometry.dilations,
+                                            geometry.groups)
+        self.reads = (x.name,) + ((residual.operand.name,) if residual else ())
+        self.writes = (out.name,) + ((cp.out.name,) if cp else ())
         m, cg, kh, kw = w.shape
         self.kh, self.kw = kh, kw
         self.strides, self.pads, self.dil = strides, pads, dilations
         self.cout = m
         self.nblk = -(-m // conv.TILE_N)
-        self.rq = dn_table(rq[0], rq[1], m, self.nblk * conv.TILE_N, bias)
-        self.sc = _scalars(mode, zo, lo, hi, residual[1] if residual else 0, 0, 0, 0, 0, 0)
-        self.copy = None
-        self.residual = residual
-        self.rrq = (dn_table(residual[2], residual[3], m, self.nblk * conv.TILE_N)
+        self.rq = dn_table(epilogue.b, epilogue.c, m, self.nblk * conv.TILE_N, bias)
+        self.sc = epilogue.scalars()
+        self.residual, self.copy = residual, (cp.out if cp else None)
+        self.rrq = (dn_table(residual.b, residual.c, m, self.nblk * conv.TILE_N)
                     if residual else self.rq)
         self.kind = ("dense" if groups == 1 else
                      "depthwise" if groups == m and cg == 1 and groups == x.c else "grouped")
@@ -221,31 +294,24 @@ class ConvStep(Step):
             self.w = np.ascontiguousarray(w.reshape(m, cg, kh * kw).transpose(0, 2, 1)
                                           .reshape(m, kh * kw * cg), dtype=np.int32)
             self.cin = cg
-
-    def add_copy(self, step: "RequantizeStep"):
-        """Also write `step`'s output (the Requantize reading this step's output) from the
-        epilogue, instead of a second pass over the tensor."""
-        zin, rq, zo, lo, hi = step.args
-        self.copy = step.out
-        self.writes = self.writes + (step.out.name,)
-        self.sc[5:] = (1, zin, zo, lo, hi)
-        self.rq2 = np.zeros((5, self.nblk * conv.TILE_N), np.int64)
-        self.rq2[:, :rq.shape[1]] = rq
+        if cp is not None:
+            self.rq2 = dn_table(cp.b, cp.c, m, self.nblk * conv.TILE_N)
 
     def vector_tables(self):
         """The tables of the vector epilogue (`epilogue.store_pixel_vec`), or six empty
         arrays where it does not apply: no requantization to fuse (RAW), or a residual
         operand or copied output wider than 16 bits."""
-        mode = self.sc[0]
+        ep = self.epilogue
         # r - z_r must fit int32: a 16-bit operand, or an accumulator (z_r = 0).
-        wide = ((self.residual is not None and self.residual[0].dtype.itemsize > 2 and self.sc[4] != 0)
-                or (self.copy is not None and self.out.dtype.itemsize > 2))
-        if mode == RAW or wide:
+        wide = ((ep.residual is not None and ep.residual.operand.dtype.itemsize > 2
+                 and ep.residual.zero_point != 0)
+                or (ep.copy is not None and self.out.dtype.itemsize > 2))
+        if ep.mode == RAW or wide:
             e32, e64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
             return (e32, e64) * 3
         tables = vector_tables(self.rq)
-        tables += vector_tables(self.rrq, -self.sc[4]) if mode == RESIDUAL else tables
-        tables += vector_tables(self.rq2, -self.sc[6]) if self.copy is not None else tables[:2]
+        tables += vector_tables(self.rrq, -ep.residual.zero_point) if ep.mode == RESIDUAL else tables
+        tables += vector_tables(self.rq2, -ep.copy.in_zero_point) if ep.copy is not None else tables[:2]
         return tables
 
     def output_hw(self):
@@ -280,7 +346,7 @@ class ConvStep(Step):
         xb, xg = env[x.name], x.geometry()
         out, og = env[self.out.name], self.out.geometry(self.coff)
         if self.residual:
-            rl = self.residual[0]
+            rl = self.residual.operand
             res, rg = env[rl.name], rl.geometry()
         else:
             res, rg = out, og
@@ -544,8 +610,9 @@ class Plan:
     def __init__(self, graph, path: str | None = None, fuse_residual: bool = True):
         self.graph, self.path = graph, path or cpu.PATH
         self.fuse_residual = fuse_residual
-        if len(graph.inputs) != 1:
-            raise IntqError("numba backend: models with one input only")
+        floats = [t for t in graph.inputs if graph.values[t].dtype == "float32"]
+        if len(floats) > 1:
+            raise IntqError("numba backend: models with one float input only")
         self.layouts: dict[str, Layout] = {}
         self.alias: dict[str, str] = {}
         self.steps: list[Step] = []
@@ -556,176 +623,85 @@ class Plan:
     def layout(self, name) -> Layout:
         name = self.alias.get(name, name)
         if name not in self.layouts:
-            v = self.graph.values[name]
+            v = self.fused.values[name]
             self.layouts[name] = Layout(name, v.shape, v.dtype)
         return self.layouts[name]
 
     def _build(self):
-        g = self.graph
+        # The backend's fusion pass says what may be fused; the plan's options decide.
+        g = self.fused = fuse(self.graph, residual=self.fuse_residual)
         readers: dict[str, list] = {}
         for node in g.nodes:
             for i in node.inputs:
                 readers.setdefault(i, []).append(node)
-
-        def only(t):
-            """The one node reading t, or None (several readers, or a graph output)."""
-            r = readers.get(t, [])
-            return r[0] if len(r) == 1 and t not in g.outputs else None
-
         # Flatten/Reshape feeding only Linear layers cost nothing: the Linear reads the map.
         for node in g.nodes:
-            if node.op in _ALIASES and all(r.op == "IntLinear" for r in readers.get(node.output, [])) \
-                    and node.output not in g.outputs and readers.get(node.output):
+            rs = readers.get(node.output, [])
+            if node.op in _ALIASES and rs and node.output not in g.outputs \
+                    and all(_layer(r).op == "IntLinear" for r in rs):
                 self.alias[node.output] = self.alias.get(node.inputs[0], node.inputs[0])
-        fused_into: dict[str, object] = {}  # IntAdd/Requantize node name -> conv node
-        for node in g.nodes:
-            if node.op not in ("IntConv", "IntLinear"):
-                continue
-            user = only(node.output)
-            if user is None:
-                continue
-            # Of two conv branches of one add, the later wins; the earlier stores its
-            # accumulator, which the fused epilogue then reads as the other branch.
-            if user.op == "Requantize" or (user.op == "IntAdd" and user.attrs["n"] == 2
-                                           and self.fuse_residual):
-                fused_into[user.name] = node
-        # A conv whose accumulator is one branch of a concat on channels requantizes
-        # straight into its slice of the concat's output.
-        self.concat_branch: dict[str, tuple] = {}
-        for node in g.nodes:
-            if node.op == "IntConcat" and node.attrs["axis"] in (1, -3):
-                coff = 0
-                for i, t in enumerate(node.inputs[:node.attrs["n"]]):
-                    prod = g.producer(t)
-                    if prod is not None and prod.op == "IntConv" and only(t) is node:
-                        self.concat_branch[prod.name] = (node, i, coff)
-                    coff += g.values[t].shape[1]
-        self.fused_into = fused_into
-        fused_convs = {c.name for c in fused_into.values()}
-        pending = []
-        for node in g.nodes:
-            if node.op in ("IntConv", "IntLinear"):
-                if node.name in self.concat_branch:
-                    pending.append(("conv", node, self.concat_branch[node.name]))
-                elif node.name not in fused_convs:
-                    pending.append(("conv", node, None))
-            elif node.op in _ALIASES and node.output in self.alias:
-                continue
-            else:
-                pending.append(("op", node, fused_into.get(node.name)))
         # Halos first (a conv reading a tensor decides its padding), then the steps.
-        for kind, node, conv_node in pending:
-            for c in ([node] if kind == "conv" else [conv_node] if conv_node is not None else []):
-                if c.op == "IntConv":
-                    pads = c.attrs["pads"]
-                    self.layout(c.inputs[0]).need_halo(pads, int(c.attrs["x_zero_point"]))
-        for kind, node, extra in pending:
-            if kind == "conv" and extra is not None:
-                cat, i, coff = extra
-                a, k = cat.attrs, cat.attrs["n"]
-                dn = (g.constants[cat.inputs[k + i]], g.constants[cat.inputs[2 * k + i]])
-                self.steps.append(self._conv_step(node, cat.output, coff, REQUANT, dn,
-                                                  int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
-            elif kind == "conv":
-                self.steps.append(self._conv_step(node, node.output, 0, RAW, None))
-            elif extra is not None:
-                self.steps.append(self._fused_step(node, extra))
-            else:
-                self.steps.append(self._op_step(node))
-        self._fold_copies()
+        for node in g.nodes:
+            layer = _layer(node)
+            if layer.op == "IntConv":
+                self.layout(layer.inputs[0]).need_halo(layer.attrs["pads"], int(layer.attrs["x_zero_point"]))
+        # An integer graph input (a graph cut out of a model: a fused node tested alone)
+        # is copied into its layout from the caller's array.
+        self.steps += [FeedStep(t, self.layout(t)) for t in g.inputs if g.values[t].dtype != "float32"]
+        for node in g.nodes:
+            if node.op in _ALIASES and node.output in self.alias:
+                continue
+            self.steps.append(self._step(node))
 
-    def _fold_copies(self):
-        """A Requantize of a tensor that one conv step wrote whole (a residual add's 16-bit
-        output re-read at 8 bits by the next block) runs in that step's epilogue."""
-        writer = {s.out.name: s for s in self.steps if isinstance(s, ConvStep)
-                  and s.coff == 0 and s.sc[0] != RAW and s.copy is None}
-        keep = []
-        for s in self.steps:
-            w = writer.get(s.x.name) if isinstance(s, RequantizeStep) and s.coff == 0 else None
-            if w is not None and w.x.c and s.x.c == w.cout:
-                w.add_copy(s)
-                writer.pop(s.x.name)
-            else:
-                keep.append(s)
-        self.steps = keep
+    def _step(self, node):
+        if node.op == "FusedConv":
+            return self._fused_step(node)
+        if node.op in ("IntConv", "IntLinear"):
+            return self._conv_step(node, node.output, 0, Epilogue(RAW))
+        builder = STEPS.get(node.op)
+        if builder is None:
+            raise IntqError(f"numba backend: no kernel for op {node.op} (node {node.name})")
+        return builder(self, node)
 
-    def _conv_step(self, node, out_name, coff, mode, dn, zo=0, lo=0, hi=0, residual=None):
+    def _conv_step(self, node, out_name, coff, epilogue: Epilogue):
         g = self.graph
         x = self.layout(node.inputs[0])
         w = g.constants[node.inputs[1]].astype(np.int64)
         bias = g.constants[node.inputs[2]].astype(np.int64)
         if node.op == "IntLinear":
             w = w.reshape(w.shape[0], x.c, x.h, x.w)
-            strides, pads, dil, groups = (1, 1), (0, 0, 0, 0), (1, 1), 1
+            geometry = ConvGeometry((1, 1), (0, 0, 0, 0), (1, 1), 1)
         else:
             a = node.attrs
-            strides, pads, dil, groups = a["strides"], a["pads"], a["dilations"], a["groups"]
-        dn = dn or (0, 0)
-        return ConvStep(node.name, x, w, bias, tuple(strides), tuple(pads), tuple(dil), groups,
-                        self.layout(out_name), coff, mode, dn, zo, lo, hi, residual, self.path)
+            geometry = ConvGeometry(tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]),
+                                    a["groups"])
+        return ConvStep(node.name, x, w, bias, geometry, self.layout(out_name), coff, epilogue,
+                        self.path)
 
-    def _fused_step(self, node, conv_node):
-        g, a = self.graph, node.attrs
-        if node.op == "Requantize":
-            b, c = g.constants[node.inputs[1]], g.constants[node.inputs[2]]
-            return self._conv_step(conv_node, node.output, 0, REQUANT, (b, c),
-                                   int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
-        # IntAdd of two branches: inputs x0, x1, b0, b1, c0, c1
-        k = node.inputs.index(conv_node.output)
-        o = 1 - k
-        bs, cs = node.inputs[2:4], node.inputs[4:6]
-        other = self.layout(node.inputs[o])
-        residual = (other, int(a["zero_points"][o]), g.constants[bs[o]], g.constants[cs[o]])
-        return self._conv_step(conv_node, node.output, 0, RESIDUAL,
-                               (g.constants[bs[k]], g.constants[cs[k]]),
-                               int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]), residual)
-
-    def _op_step(self, node):
-        g, a, op = self.graph, node.attrs, node.op
-        const = lambda i: g.constants[node.inputs[i]]
-        if op == "QuantizeInput":
-            return QuantizeStep(node, self.layout(node.output), node.inputs[0])
-        out = self.layout(node.output)
-        if op == "Requantize":
-            return RequantizeStep(node.name, self.layout(node.inputs[0]), int(a["in_zero_point"]),
-                                  const(1), const(2), out, 0, int(a["out_zero_point"]),
-                                  int(a["lo"]), int(a["hi"]))
-        if op == "IntAdd":
-            k = a["n"]
-            ins = [self.layout(t) for t in node.inputs[:k]]
-            return AddStep(node, ins, [int(z) for z in a["zero_points"]],
-                           [const(k + i) for i in range(k)], [const(2 * k + i) for i in range(k)], out)
-        if op == "IntConcat":
-            if a["axis"] not in (1, -3 if out.rank == 4 else -1):
-                raise IntqError(f"numba backend: node {node.name} concatenates on axis {a['axis']}")
-            k, coff, parts = a["n"], 0, []
-            for i in range(k):
-                x = self.layout(node.inputs[i])
-                prod = g.producer(node.inputs[i])
-                if prod is not None and prod.name in self.concat_branch:
-                    coff += x.c  # written by its conv's epilogue
-                    continue
-                parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
-                                            const(k + i), const(2 * k + i), out, coff,
-                                            int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
-                coff += x.c
-            return ConcatStep(node.name, parts, out)
-        if op in ("IntAvgPool", "IntGlobalAvgPool"):
-            return PoolStep(node, self.layout(node.inputs[0]), out, (const(1), const(2)))
-        if op == "MaxPool":
-            return PoolStep(node, self.layout(node.inputs[0]), out, None)
-        if op == "IntClamp":
-            return ClampStep(node, self.layout(node.inputs[0]), out)
-        if op in MOVEMENT:
-            return MoveStep(node, self.layout(node.inputs[0]), [self.layout(o) for o in node.outputs])
-        if op in CHANNELWISE:
-            step = self._channelwise_step(node, out)
-            if step is not None:
-                return step
-            ins = [None if t in g.constants else self.layout(t) for t in node.inputs]
-            return ReferenceStep(node, ins, [out], {t: g.constants[t].astype(np.int64)
-                                                    for t in node.inputs if t in g.constants})
-        raise IntqError(f"numba backend: no kernel for op {op} (node {node.name})")
+    def _fused_step(self, node):
+        """One FusedConv node (`kernels.fuse`) as one kernel call."""
+        g, at = self.fused, node.attrs
+        layer, consumer = at["nodes"][0], at["nodes"][1]
+        const = lambda t: g.constants[t]
+        a = consumer.attrs
+        if at["epilogue"] == "residual":
+            # IntAdd of two branches: inputs x0, x1, b0, b1, c0, c1
+            k, o = at["branch"], 1 - at["branch"]
+            bs, cs = consumer.inputs[2:4], consumer.inputs[4:6]
+            residual = Residual(self.layout(consumer.inputs[o]), int(a["zero_points"][o]),
+                                const(bs[o]), const(cs[o]))
+            ep = Epilogue(RESIDUAL, const(bs[k]), const(cs[k]), int(a["out_zero_point"]),
+                          int(a["lo"]), int(a["hi"]), residual)
+        else:   # "requantize", or a concat branch's Requantize into its slice
+            ep = Epilogue(REQUANT, const(consumer.inputs[1]), const(consumer.inputs[2]),
+                          int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+        if at["copy"]:
+            cp = at["nodes"][-1]
+            c = cp.attrs
+            ep.copy = Copy(self.layout(cp.output), int(c["in_zero_point"]), const(cp.inputs[1]),
+                           const(cp.inputs[2]), int(c["out_zero_point"]), int(c["lo"]), int(c["hi"]))
+        out_name, coff = at["write_into"] or (consumer.output, 0)
+        return self._conv_step(layer, out_name, coff, ep)
 
     def _channelwise_step(self, node, out):
         """The kernel step of an elementwise op, or None where the layout does not allow
@@ -801,10 +777,13 @@ class Plan:
         it (before its buffer is reused); a fused conv's accumulator never exists, so the
         trace holds its Requantize/add/concat output instead. Aliased tensors (a Flatten
         read by a Linear) are given reshaped."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
+        if isinstance(x, dict):   # {input name: array}: integer inputs in the reference layout
+            feeds = {k: np.ascontiguousarray(v) for k, v in x.items()}
+        else:
+            feeds = {self.graph.inputs[0]: np.ascontiguousarray(x, dtype=np.float32)}
+        n = next(iter(feeds.values())).shape[0]
         env, calls = self.bind(n)
-        env["__feeds__"][self.graph.inputs[0]] = x
+        env["__feeds__"].update(feeds)
         if not trace:
             for call in calls:
                 call()
@@ -818,6 +797,78 @@ class Plan:
         for name, src in self.alias.items():
             seen[name] = seen[src].reshape((n,) + tuple(self.graph.values[name].shape[1:]))
         return seen
+
+
+def _layer(node):
+    """The IntConv/IntLinear inside a fused node, or the node itself."""
+    return node.attrs["nodes"][0] if node.op == "FusedConv" else node
+
+
+def _requantize_step(plan, node):
+    a, c = node.attrs, plan.fused.constants
+    return RequantizeStep(node.name, plan.layout(node.inputs[0]), int(a["in_zero_point"]),
+                          c[node.inputs[1]], c[node.inputs[2]], plan.layout(node.output), 0,
+                          int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+
+
+def _add_step(plan, node):
+    a, c, n = node.attrs, plan.fused.constants, node.attrs["n"]
+    ins = [plan.layout(t) for t in node.inputs[:n]]
+    return AddStep(node, ins, [int(z) for z in a["zero_points"]],
+                   [c[t] for t in node.inputs[n:2 * n]], [c[t] for t in node.inputs[2 * n:]],
+                   plan.layout(node.output))
+
+
+def _concat_step(plan, node):
+    """IntConcat on channels; the parts that a fused layer already wrote in place
+    (`kernels.fuse`'s concat branches) are skipped."""
+    g, a, n = plan.fused, node.attrs, node.attrs["n"]
+    out = plan.layout(node.output)
+    if a["axis"] not in (1, -3 if out.rank == 4 else -1):
+        raise IntqError(f"numba backend: node {node.name} concatenates on axis {a['axis']}")
+    coff, parts = 0, []
+    for i in range(n):
+        t = node.inputs[i]
+        x = plan.layout(t)
+        prod = g.producer(t)
+        if prod is not None and prod.op == "FusedConv" and prod.attrs["write_into"] is not None:
+            coff += x.c
+            continue
+        parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
+                                    g.constants[node.inputs[n + i]], g.constants[node.inputs[2 * n + i]],
+                                    out, coff, int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
+        coff += x.c
+    return ConcatStep(node.name, parts, out)
+
+
+def _pool_step(plan, node):
+    consts = None if node.op == "MaxPool" else tuple(plan.fused.constants[t] for t in node.inputs[1:3])
+    return PoolStep(node, plan.layout(node.inputs[0]), plan.layout(node.output), consts)
+
+
+def _elementwise_step(plan, node):
+    """A channelwise op: its kernel where the layout allows one, else its reference run."""
+    g, out = plan.fused, plan.layout(node.output)
+    step = plan._channelwise_step(node, out)
+    if step is not None:
+        return step
+    ins = [None if t in g.constants else plan.layout(t) for t in node.inputs]
+    return ReferenceStep(node, ins, [out], {t: g.constants[t].astype(np.int64)
+                                            for t in node.inputs if t in g.constants})
+
+
+# The step of each unfused integer op, by name (a test checks that every integer op has one).
+STEPS = {
+    "QuantizeInput": lambda plan, node: QuantizeStep(node, plan.layout(node.output), node.inputs[0]),
+    "Requantize": _requantize_step,
+    "IntAdd": _add_step,
+    "IntConcat": _concat_step,
+    "IntAvgPool": _pool_step, "IntGlobalAvgPool": _pool_step, "MaxPool": _pool_step,
+    "IntClamp": lambda plan, node: ClampStep(node, plan.layout(node.inputs[0]), plan.layout(node.output)),
+    **{op: (lambda plan, node: MoveStep(node, plan.layout(node.inputs[0]),
+                                        [plan.layout(o) for o in node.outputs])) for op in MOVEMENT},
+    **{op: _elementwise_step for op in CHANNELWISE},
+}
 
 
 def _with_halos(halos, call, n):

@@ -461,3 +461,87 @@ def test_movement_ops_equal_reference(n, c, hw, seed):
     g.add_node("Transpose", ["xq"], ["nhwc"], {"perm": [0, 2, 3, 1]}, name="to_nhwc")
     g.outputs = ["shuf", "s0", "sl", "usq", "nhwc", "lk3"]
     check(g, extreme_ints(rng, (n, c, hw, hw), -128, 127).astype(np.float32))
+
+
+fused_cases = st.fixed_dictionaries({
+    "epilogue": st.sampled_from(["requantize", "residual", "concat_branch", "copy"]),
+    "n": st.integers(1, 3), "c": st.integers(1, 40), "m": st.integers(1, 40), "hw": st.integers(1, 9),
+    "k": st.sampled_from([1, 3]), "groups": st.sampled_from(["dense", "depthwise"]),
+    "operand": st.sampled_from(["uint8", "int8", "int16", "int32"]),
+    "out": st.sampled_from(["uint8", "int8", "int16", "int32"]), "ties": st.booleans(),
+    "seed": st.integers(0, 2**16),
+})
+
+
+@SETTINGS
+@given(fused_cases)
+def test_fused_node_equals_its_reference(case):
+    """One fused node alone (`kernels.fuse.FusedConv`): a layer with its residual-add
+    epilogue, its concat branch written in place, or its output requantized and copied;
+    the graph's inputs are integer tensors fed as they are, so every value can sit at the
+    ends of its range. The Numba step equals the fused node's reference `run` (which
+    composes the parts' own `run`s), and that equals the unfused graph's."""
+    from intq.kernels.fuse import fuse, run_reference
+
+    rng = np.random.default_rng(case["seed"])
+    n, c, hw, k, kind = case["n"], case["c"], case["hw"], case["k"], case["epilogue"]
+    m = c if case["groups"] == "depthwise" else case["m"]
+    groups = c if case["groups"] == "depthwise" else 1
+    g = Graph("fused")
+    g.add_input("x", (n, c, hw, hw), "uint8")
+    wq = extreme_ints(rng, (m, c // groups, k, k), -127, 127)
+    bound = int(np.abs(wq).reshape(m, -1).sum(1).max()) * 255
+    wn = g.add_constant("w", wq.astype(np.int8))
+    g.values[wn].dtype = "int8"
+    bn = g.add_constant("bias", rng.integers(-(INT32_MAX - bound), INT32_MAX - bound + 1, m).astype(np.int32))
+    g.add_node("IntConv", ["x", wn, bn], ["acc"], {
+        "x_zero_point": zero_point(rng, 0, 255), "strides": [1, 1], "pads": [k // 2] * 4,
+        "dilations": [1, 1], "groups": groups}, name="conv")
+    lo, hi = dtype_range(case["out"])
+    zo = zero_point(rng, lo, hi) if case["out"] != "int32" else 0
+    feeds = {"x": extreme_ints(rng, (n, c, hw, hw), 0, 255)}
+    if kind in ("requantize", "copy"):
+        add_requantize(g, "acc", "y", *multipliers(rng, m, case["ties"]), 0, case["out"], zo)
+        g.outputs = ["y"]
+        if kind == "copy":
+            add_requantize(g, "y", "y8", *multipliers(rng, 1, case["ties"]), zo, "uint8", zero_point(rng, 0, 255))
+            g.outputs = ["y", "y8"]
+    else:
+        rlo, rhi = dtype_range(case["operand"])
+        shape = (n, m, hw, hw) if kind == "residual" else (n, int(rng.integers(1, 9)), hw, hw)
+        g.add_input("r", shape, case["operand"])
+        feeds["r"] = extreme_ints(rng, shape, rlo, rhi)
+        zr = zero_point(rng, rlo, rhi) if case["operand"] != "int32" else 0
+        branches = [("acc", 0, multipliers(rng, m, case["ties"])), ("r", zr, multipliers(rng, 1, case["ties"]))]
+        if rng.random() < 0.5:
+            branches.reverse()
+        names, zps, (bs, cs) = [b[0] for b in branches], [b[1] for b in branches], zip(*[b[2] for b in branches])
+        ins = names + [g.add_constant(f"j.b{i}", b) for i, b in enumerate(bs)] + \
+            [g.add_constant(f"j.c{i}", cc) for i, cc in enumerate(cs)]
+        attrs = {"n": 2, "zero_points": zps, "out_zero_point": zo, "lo": lo, "hi": hi, "dtype": case["out"]}
+        if kind == "residual":
+            g.add_node("IntAdd", ins, ["y"], attrs, name="add")
+        else:
+            g.add_node("IntConcat", ins, ["y"], dict(attrs, axis=1), name="concat")
+        g.outputs = ["y"]
+    infer_shapes(g)
+    fused = fuse(g)
+    layers = [node for node in fused.nodes if node.op == "FusedConv"]
+    assert len(layers) == 1
+    assert layers[0].attrs["epilogue"] == ("requantize" if kind == "copy" else kind)
+    assert layers[0].attrs["copy"] == (kind == "copy")
+    want = run_reference(g, feeds)
+    for got, w in zip(run_reference(fused, feeds), want):
+        assert np.array_equal(got, w)
+    from intq.kernels.epilogue import REQUANT, RESIDUAL
+    from intq.kernels.plan import ConvStep
+
+    for path in PATHS:
+        plan = Plan(g, path)
+        (step,) = [s for s in plan.steps if isinstance(s, ConvStep)]   # one kernel call
+        assert step.epilogue.mode == (RESIDUAL if kind == "residual" else REQUANT)
+        assert (step.epilogue.copy is not None) == (kind == "copy")
+        assert step.coff == (0 if kind != "concat_branch" or names[0] == "acc" else feeds["r"].shape[1])
+        for got, w in zip(plan.run(feeds), want):
+            bad = np.argwhere(got != w)
+            assert bad.size == 0, f"{path}: {len(bad)} elements differ, first at {bad[0]}"
