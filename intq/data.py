@@ -167,6 +167,7 @@ class Data:
         self.count = len(self._listing[0]) if self._listing else len(self._x)
         self.labelled = (self._listing[1] if self._listing else self._y) is not None
         self._label_hint = ("no class subfolders" if self._listing else
+                            "an .npy holds images only" if isinstance(self._x, np.memmap) else
                             f"key {' or '.join(label_keys)}" if self.name != "images" else
                             "none given")
 
