@@ -26,6 +26,7 @@ import tempfile
 import tokenize
 import zipfile
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -252,14 +253,17 @@ def write_figure(fig, path) -> None:
         f.write(buf.getvalue())
 
 
-class Artifact:
-    """A loaded .intq file: `.integer`, `.float` (or None) and `.info`."""
+class Contents(NamedTuple):
+    """What a loaded .intq file holds, in the order `intq.model.Model(*contents)` takes it
+    (the Model is the one object the commands and the API work with; this is only the
+    reader's return value, named so `.integer` reads as what it is)."""
 
-    def __init__(self, integer: Graph, float_graph: Graph | None, info: dict):
-        self.integer, self.float, self.info = integer, float_graph, info
+    integer: Graph
+    float: Graph | None
+    info: dict
 
 
-def load_artifact(path) -> Artifact:
+def load_artifact(path) -> Contents:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise IntqError(f"{path}: no such file")
@@ -290,7 +294,7 @@ def load_artifact(path) -> Artifact:
         raise IntqError(f"{path}: corrupt or truncated intq artifact ({type(e).__name__}: {e})") from None
 
 
-def _artifact_from_manifest(z, manifest) -> Artifact:
+def _artifact_from_manifest(z, manifest) -> Contents:
     """Graphs and constants from a checksummed manifest, sizes checked before reading."""
     ig, iconsts = _graph_from_json(manifest.get("integer_graph"), "integer graph")
     fdict = manifest.get("float_graph")
@@ -310,4 +314,4 @@ def _artifact_from_manifest(z, manifest) -> Artifact:
     validate_integer_graph(ig)
     if fg is not None:
         validate_float_graph(fg)
-    return Artifact(ig, fg, info)
+    return Contents(ig, fg, info)

@@ -46,29 +46,49 @@ def _config(args):
                        bias_correction=getattr(args, "bias_correction", False))
 
 
+def _load_model(path):
+    from .model import load
+
+    return load(path)
+
+
+def _check_plotting(flag: str, path) -> None:
+    """Fail before any work when a plot is asked for and matplotlib (optional: only plots
+    need it) is missing."""
+    if not path:
+        return
+    _check_output(path)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise IntqError(f"{flag} draws with matplotlib, which is not installed: "
+                        f"pip install 'intq[plot]' (or: pip install matplotlib)") from None
+
+
 def cmd_compile(args) -> int:
-    from .artifact import save_artifact
-    from .pipeline import compile_model, load_data, onnx_input_chw
+    from .data import Data, onnx_input_chw
+    from .model import compile as compile_onnx
 
     _check_output(args.output)
     # Read only for an image folder, and then once for calibration and eval data together.
     chw = functools.cache(lambda: onnx_input_chw(args.model))
-    x, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
-                     preprocess=args.preprocess)
-    ig, fg, info = compile_model(args.model, x, _config(args))
-    info["source"] = str(args.model)
-    info["calibration"]["data"] = str(args.calib)
-    if args.eval_data:
-        from .evaluate import evaluate
-
-        xe, ye = load_data(args.eval_data, chw, ("x", "x_eval"), ("y", "y_eval"), what="eval data",
-                           preprocess=args.preprocess)
-        info["accuracy"] = dict(evaluate(ig, xe, ye, fg), data=str(args.eval_data))
-    save_artifact(args.output, ig, fg, info)
-    layers = ig.metadata["layers"]
+    cfg = _config(args)
+    # Eval data opened (and its labels checked) before the minutes calibration can take.
+    ev = args.eval_data and Data(args.eval_data, chw=chw, keys=("x", "x_eval"),
+                                 label_keys=("y", "y_eval"), what="eval data",
+                                 preprocess=args.preprocess).require_labels()
+    calib = Data(args.calib, chw=chw, keys=("x", "x_calib"), what="calibration data",
+                 preprocess=args.preprocess).load()[0]
+    model = compile_onnx(args.model, calib, config=cfg)
+    model.info["source"] = str(args.model)
+    model.info["calibration"]["data"] = str(args.calib)
+    if ev:
+        model.info["accuracy"] = dict(model.evaluate(ev, progress=True), data=str(args.eval_data))
+    model.save(args.output)
+    info, layers = model.info, model.integer.metadata["layers"]
     widths = sorted({l["w_bits"] for l in layers})
     print(f"wrote {args.output}: {len(layers)} layers at {'/'.join(map(str, widths))} bits, "
-          f"profile {args.profile}, calibrated on {len(x)} images "
+          f"profile {args.profile}, calibrated on {info['calibration']['images']} images "
           f"({info['calibration']['seconds']:.1f} s)")
     if "accuracy" in info:
         a = info["accuracy"]
@@ -77,68 +97,55 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """Streams the input: a memory-mapped .npy run `--batch` images at a time, each batch's
+    output appended to the (atomically written) .npy, so memory is one batch, not the file."""
     import numpy as np
 
-    from .artifact import atomic_write, load_artifact
-    from .errors import IntqError
-    from .executor import dequantize, make_executor
-    from .pipeline import load_npy
+    from .artifact import atomic_write
+    from .data import NpyWriter, load_npy
 
     _check_output(args.output)
-    art = load_artifact(args.model)
-    x = load_npy(args.input, "input")
+    if args.batch < 1:
+        raise IntqError(f"--batch must be at least 1, got {args.batch}")
+    model = _load_model(args.model)
+    x = load_npy(args.input, "input", mmap=True)
     if x.dtype.kind not in "fiu":
         raise IntqError(f"{args.input}: input must be numeric, got {x.dtype}")
-    q = make_executor(art.integer, args.backend).run(x.astype(np.float32))[0]
-    oq = art.integer.metadata["outputs"][art.integer.outputs[0]]
-    out = q.astype(np.int32) if args.int else dequantize(q, oq)
+    name = model.integer.inputs[0]
+    want = model.integer.values[name].shape
+    if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):  # the file, before a batch
+        shown = tuple("N" if w is None else w for w in want)
+        raise IntqError(f"{args.input}: input {name!r} has shape {x.shape}, the model expects {shown}")
+    if len(x) == 0:
+        raise IntqError(f"{args.input}: no images in the input")
+    out = model.integer.outputs[0]
+    shape = (len(x), *model.integer.values[out].shape[1:])
     with atomic_write(args.output) as f:
-        np.save(f, out, allow_pickle=False)
+        writer = NpyWriter(f, shape, np.int32 if args.int else np.float32)
+        for part in model.run_batches(x, args.batch, args.backend, integer=args.int):
+            writer.write(part)
+        writer.close()
     if args.int:
-        print(f"integer logits {out.shape}: real = {oq['scale']:.9g} * (q - {oq['zero_point']})")
+        oq = model.output_qparams
+        print(f"integer logits {shape}: real = {oq['scale']:.9g} * (q - {oq['zero_point']})")
     else:
-        print(f"wrote {args.output}: logits {out.shape}")
+        print(f"wrote {args.output}: logits {shape}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    import os
+    from .data import Data
+    from .model import Model
+    from .pipeline import float_graph
 
-    import numpy as np
-
-    from .artifact import load_artifact
-    from .errors import IntqError
-    from .evaluate import evaluate, logits, metrics
-    from .executor import make_executor
-    from .pipeline import float_graph, load_npz_images
-
-    art = load_artifact(args.model)
-    fg = float_graph(args.float) if args.float else art.float
-    if os.path.isdir(args.data):   # an image folder, streamed batch by batch
-        from .evaluate import ProgressBar
-        from .images import image_batches, list_images, report_skipped
-
-        listing = list_images(args.data)
-        if listing[1] is None:
-            raise IntqError(f"eval data {args.data}: no labels (no class subfolders)")
-        chw = art.integer.values[art.integer.inputs[0]].shape[1:]
-        ex = make_executor(art.integer, args.backend)
-        done, skipped, parts = 0, [], []
-        bar = ProgressBar(len(listing[0]))
-        for xb, yb in image_batches(args.data, chw, args.preprocess, batch=256, skipped=skipped,
-                                    listing=listing):
-            parts.append((*logits(art.integer, xb, fg, executor=ex, progress=False), yb))
-            done += len(xb)
-            bar.update(done + len(skipped), label=done)
-        bar.close()
-        report_skipped(skipped, f"eval data {args.data}")
-        li, lf, y = (np.concatenate(p) for p in zip(*parts))
-        res = dict(metrics(li, lf, y), backend=args.backend, unreadable=len(skipped))
-    else:
-        x, y = load_npz_images(args.data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
-        if y is None:
-            raise IntqError(f"eval data {args.data}: no labels (key y or y_eval)")
-        res = evaluate(art.integer, x, y, fg, backend=args.backend)
+    model = _load_model(args.model)
+    if args.float:
+        model = Model(model.integer, float_graph(args.float), model.info)
+    data = Data(args.data, chw=model.input_chw, keys=("x", "x_eval"), label_keys=("y", "y_eval"),
+                what="eval data", preprocess=args.preprocess).require_labels()
+    # Folders and mapped files stream; 256 images at a time keeps decoding and the bar brisk.
+    res = model.evaluate(data, backend=args.backend, batch=256 if data.is_folder else 64,
+                         progress=True)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -152,7 +159,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .artifact import atomic_write, load_artifact
+    from .artifact import atomic_write
     from .bench import bench, latency_table
 
     if args.latency_table:
@@ -162,7 +169,7 @@ def cmd_bench(args) -> int:
 
             fg = float_graph(args.model)
         else:
-            fg = load_artifact(args.model).float
+            fg = _load_model(args.model).float
             if fg is None:
                 raise IntqError(f"{args.model}: the artifact holds no float graph to recompile")
         table = latency_table(fg, args.batch, args.repeat)
@@ -171,7 +178,7 @@ def cmd_bench(args) -> int:
         print(f"wrote {args.latency_table}: {len(table['layers'])} layers at INT4 and INT8, "
               f"batch {args.batch}, {table['cpu']}")
         return 0
-    res = bench(load_artifact(args.model).integer, args.batch, args.repeat, args.backend,
+    res = bench(_load_model(args.model).integer, args.batch, args.repeat, args.backend,
                 args.per_layer)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -191,32 +198,28 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .artifact import load_artifact
-    from .report import cost_table, format_report, quantization_card
+    from .report import format_report
 
-    art = load_artifact(args.model)
-    table, card = cost_table(art.integer), quantization_card(art.integer, art.info)
+    rep = _load_model(args.model).report()
     if args.json:
-        print(json.dumps({**table, "card": card}, indent=2))
+        print(json.dumps(rep, indent=2))
     else:
-        print(format_report(table, card))
+        card = rep.pop("card")
+        print(format_report(rep, card))
     return 0
 
 
 def cmd_verify(args) -> int:
-    from .artifact import load_artifact
-    from .model import Model
-    from .pipeline import load_data
+    from .data import load_data
 
     if args.plot and not args.naive:
         raise IntqError("--plot draws the --naive measurement; give --naive too")
-    if args.plot:
-        _check_output(args.plot)
+    _check_plotting("--plot", args.plot)
     if args.images is not None and args.images < 1:
         raise IntqError(f"--images must be at least 1, got {args.images}")
-    art = load_artifact(args.model)
-    chw = art.integer.values[art.integer.inputs[0]].shape[1:]
-    x, _ = load_data(args.inputs, lambda: chw, ("x", "x_eval", "x_calib"), what="inputs",
+    model = _load_model(args.model)
+    chw = model.input_chw
+    x, _ = load_data(args.inputs, chw, ("x", "x_eval", "x_calib"), what="inputs",
                      preprocess=args.preprocess)
     if tuple(x.shape[1:]) != tuple(chw):
         raise IntqError(f"inputs {args.inputs}: images have shape {tuple(x.shape[1:])}, the model "
@@ -224,9 +227,9 @@ def cmd_verify(args) -> int:
     x = x[:args.images] if args.images else x
     try:
         from .twin.verify import drift_plot, format_report, verify
-    except ImportError as e:  # torch (or matplotlib) missing from this environment
+    except ImportError as e:  # torch missing from this environment
         raise IntqError(f"verify needs torch: {e}") from None
-    res = verify(Model(art.integer, art.float, art.info), x, args.backend, naive=args.naive)
+    res = verify(model, x, args.backend, naive=args.naive)
     res["model"] = str(args.model)
     if args.plot:
         drift_plot({f"{args.model}": res}, args.plot)
@@ -240,44 +243,38 @@ def cmd_verify(args) -> int:
 
 
 def cmd_qat(args) -> int:
-    from .pipeline import load_npz_images
+    from .data import Data, load_data, onnx_input_chw
+    from .model import compile as compile_onnx
 
     _check_output(args.output)
-    x, y = load_npz_images(args.data, ("x", "x_train"), ("y", "y_train"), what="training data")
-    if y is None:
-        raise IntqError(f"training data {args.data}: no labels (key y or y_train)")
+    chw = functools.cache(lambda: onnx_input_chw(args.model))
+    x, y = Data(args.data, chw=chw, keys=("x", "x_train"), label_keys=("y", "y_train"),
+                what="training data", preprocess=args.preprocess).require_labels().load()
     if y.dtype.kind not in "iu":
         raise IntqError(f"training data {args.data}: labels must be integers, got {y.dtype}")
     calib = None
     if args.calib:
-        calib, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
-    ev = None
-    if args.eval_data:
-        ev = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
-        if ev[1] is None:
-            raise IntqError(f"eval data {args.eval_data}: no labels (key y or y_eval)")
+        calib, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
+                             preprocess=args.preprocess)
+    ev = args.eval_data and Data(args.eval_data, chw=chw, keys=("x", "x_eval"),
+                                 label_keys=("y", "y_eval"), what="eval data",
+                                 preprocess=args.preprocess).require_labels()
     cfg = _config(args)
     try:
         from .twin.qat import train
     except ImportError as e:
         raise IntqError(f"qat needs torch: {e}") from None
-    from .pipeline import compile_model
 
-    if ev is not None:  # the post-training model it starts from, for comparison
-        ig0, _, _ = compile_model(args.model, x[:256] if calib is None else calib, cfg)
-        from .evaluate import evaluate
-
-        before = evaluate(ig0, ev[0], ev[1], progress=False)["int_top1"]
+    if ev:  # the post-training model it starts from, for comparison
+        ptq = compile_onnx(args.model, x[:256] if calib is None else calib, config=cfg)
+        before = ptq.evaluate(ev)["int_top1"]
         print(f"before QAT (post-training quantization): int top-1 {before:.4f}")
     model, history = train(args.model, x, y, cfg, epochs=args.epochs, lr=args.lr,
                            batch=args.batch, calib=calib, seed=args.seed)
     model.info["source"] = str(args.model)
     model.info["qat"]["data"] = str(args.data)
-    if ev is not None:
-        from .evaluate import evaluate
-
-        model.info["accuracy"] = dict(evaluate(model.integer, ev[0], ev[1], model.float,
-                                               progress=False), data=str(args.eval_data))
+    if ev:
+        model.info["accuracy"] = dict(model.evaluate(ev), data=str(args.eval_data))
         print(f"after QAT: int top-1 {model.info['accuracy']['int_top1']:.4f}")
     model.save(args.output)
     print(f"wrote {args.output} (check it with: intq verify {args.output} --inputs ...)")
@@ -296,17 +293,21 @@ def _limit(text: str) -> tuple[float, bool]:
 
 def cmd_allocate(args) -> int:
     from .artifact import atomic_write
-    from .pipeline import load_npz_images
+    from .data import Data, load_data, onnx_input_chw
 
     _check_output(args.output)
-    for p in (args.plot, args.sweep):
-        if p:
-            _check_output(p)
-    calib, _ = load_npz_images(args.calib, ("x", "x_calib"), what="calibration data")
+    _check_plotting("--plot", args.plot)
+    _check_plotting("--sweep", args.sweep)
+    chw = functools.cache(lambda: onnx_input_chw(args.model))
+    calib, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
+                         preprocess=args.preprocess)
     x = y = None
     if args.data:
-        x, y = load_npz_images(args.data, ("x", "x_train", "x_eval"), ("y", "y_train", "y_eval"),
-                               what="data")
+        x, y = load_data(args.data, chw, ("x", "x_train", "x_eval"), ("y", "y_train", "y_eval"),
+                         what="data", preprocess=args.preprocess)
+    ev = args.sweep and args.eval_data and Data(
+        args.eval_data, chw=chw, keys=("x", "x_eval"), label_keys=("y", "y_eval"),
+        what="eval data", preprocess=args.preprocess).require_labels()
     limits = {}
     if args.frac is not None:
         limits = {k: (args.frac, True) for k in ("size_mb", "bops_g", "latency_ms")}
@@ -342,17 +343,14 @@ def cmd_allocate(args) -> int:
     res = prob.solve(limits)
     if args.sweep:
         evaluate_bits = None
-        if args.eval_data:
-            from .evaluate import evaluate
-            from .pipeline import compile_model
-
-            xe, ye = load_npz_images(args.eval_data, ("x", "x_eval"), ("y", "y_eval"), what="eval data")
-            if ye is None:
-                raise IntqError(f"eval data {args.eval_data}: no labels (key y or y_eval)")
+        if ev:
+            from .model import Model
+            from .model import compile as compile_onnx
 
             def top1(b):
-                ig, _, _ = compile_model(args.model, calib, QuantConfig(profile=args.profile, bits=b))
-                return evaluate(ig, xe, ye, progress=False)["int_top1"]
+                compiled = compile_onnx(args.model, calib, bits=b, profile=args.profile)
+                # integer side only: the float model's top-1 is the same at every point
+                return Model(compiled.integer).evaluate(ev)["int_top1"]
             evaluate_bits = top1
         points = sweep(prob, "size_mb", 11, evaluate_bits)
         sweep_plot(points, args.sweep, "size_mb", f"{args.model}: ILP sweep over the size limit")
@@ -407,13 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bias-correction", action="store_true", help="subtract the mean output "
                    "shift that weight rounding causes, measured on the calibration data (worth "
                    "it for depthwise layers)")
-    s.add_argument("--eval-data", help=".npz with x/y: record float and integer top-1 in the card")
+    s.add_argument("--eval-data", help=".npz with x/y, or a folder of class subfolders: record "
+                   "float and integer top-1 in the card")
     s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("run", help="run an .intq model on an .npy input")
     s.add_argument("model")
-    s.add_argument("input", help=".npy float32 NCHW images")
+    s.add_argument("input", help=".npy float32 NCHW images (memory-mapped, read batch by batch)")
     s.add_argument("-o", "--output", required=True, help="output .npy")
+    s.add_argument("--batch", type=int, default=32, help="images per run (default 32): memory "
+                   "is one batch's, whatever the size of the file")
     s.add_argument("--int", action="store_true", help="write the integer logits (scale printed)")
     _backend_option(s)
     s.set_defaults(func=cmd_run)
@@ -444,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "torch twin's, layer by layer (exit 0 only when all are exact)")
     s.add_argument("model", help=".intq file")
     s.add_argument("--inputs", required=True, help=".npz with float32 images under x (or x_eval, "
-                   "x_calib), or a folder of images")
+                   "x_calib), an .npy, or a folder of images")
     _add_preprocess(s)
     s.add_argument("--images", type=int, help="use only the first N images")
     s.add_argument("--naive", action="store_true", help="also run naive fake quantization (float "
@@ -458,16 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ".intq artifact")
     s.add_argument("model", help="ONNX file")
     s.add_argument("--data", required=True, help=".npz with training images x (or x_train) and "
-                   "integer labels y (or y_train)")
+                   "integer labels y (or y_train), or a folder of class subfolders")
+    _add_preprocess(s)
     s.add_argument("-o", "--output", required=True, help="output .intq file")
     s.add_argument("--bits", default="4", help="8, 4, or a JSON file mapping layer names to 4/8")
     s.add_argument("--epochs", type=int, default=6)
     s.add_argument("--lr", type=float, default=2e-4)
     s.add_argument("--batch", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--calib", help=".npz whose images set the starting activation ranges "
-                   "(default: the first 256 training images)")
-    s.add_argument("--eval-data", help=".npz with x/y: top-1 before and after, recorded in the card")
+    s.add_argument("--calib", help=".npz or folder whose images set the starting activation "
+                   "ranges (default: the first 256 training images)")
+    s.add_argument("--eval-data", help=".npz with x/y, or a folder of class subfolders: top-1 "
+                   "before and after, recorded in the card")
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
     s.set_defaults(func=cmd_qat, calib_method="minmax", weight_clip="max")
@@ -475,9 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("allocate", help="choose 4 or 8 bits per layer by an ILP under size, "
                        "BOPS and latency limits; writes the bits file compile reads")
     s.add_argument("model", help="ONNX file")
-    s.add_argument("--calib", required=True, help=".npz with calibration images x")
-    s.add_argument("--data", help=".npz with images x and labels y for the sensitivities "
-                   "(default: the calibration images, KL divergence / own predictions)")
+    s.add_argument("--calib", required=True, help=".npz with calibration images x, or a folder "
+                   "of images")
+    s.add_argument("--data", help=".npz with images x and labels y, or a folder of class "
+                   "subfolders, for the sensitivities (default: the calibration images, KL "
+                   "divergence / own predictions)")
+    _add_preprocess(s)
     s.add_argument("-o", "--output", required=True, help="output bits file (JSON)")
     s.add_argument("--max-size-mb", type=_limit, metavar="X|P%%")
     s.add_argument("--max-bops-g", type=_limit, metavar="Y|P%%")
@@ -496,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(HAWQ-V3 Fig. I.1)")
     s.add_argument("--sweep", metavar="OUT.png", help="also solve for size limits from all-INT4 to "
                    "all-INT8 and plot sensitivity (and top-1 with --eval-data) against size")
-    s.add_argument("--eval-data", help=".npz with x/y: top-1 of each sweep point (compiled and run)")
+    s.add_argument("--eval-data", help=".npz with x/y, or a folder of class subfolders: top-1 of "
+                   "each sweep point (compiled and run)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_allocate)
 

@@ -1,9 +1,11 @@
 """Top-1 evaluation of an integer model against its float model, callable from Python.
 
-`evaluate(int_graph, x, y, float_graph=..., backend=...)` runs both over the images in
-batches (a fixed-batch graph gets padded batches, see `float_executor.batches`) and
-returns the metrics that `intq eval` prints: integer and float top-1, their top-1
-agreement and the cosine between the logit vectors.
+`evaluate(int_graph, data, labels, float_graph=..., backend=...)` streams the data (arrays,
+an .npz or .npy file, or an image folder: anything `intq.data.Data` opens) batch by batch
+through both models (a fixed-batch graph gets padded batches, see `float_executor.batches`),
+so a folder or a mapped file is never in memory whole, and returns the metrics that
+`intq eval` prints: integer and float top-1, their top-1 agreement, the cosine between the
+logit vectors and the number of unreadable images skipped.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 
 import numpy as np
 
+from .data import Data
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
 from .float_executor import batches, run_float
 from .ir import Graph
@@ -70,6 +73,23 @@ def metrics(li, lf, y) -> dict:
 
 
 def evaluate(int_graph: Graph, x, y=None, float_graph: Graph | None = None,
-             backend=DEFAULT_BACKEND, batch: int = 64, progress: bool = True, executor=None) -> dict:
-    li, lf = logits(int_graph, x, float_graph, backend, batch, progress, executor)
-    return dict(metrics(li, lf, y), backend=backend)
+             backend=DEFAULT_BACKEND, batch: int = 64, progress: bool = True, executor=None,
+             preprocess: str = "imagenet") -> dict:
+    """Metrics over `x`: images (with labels `y`), an .npz / .npy path or an image folder
+    (labels from the file or the class subfolders; `preprocess` for a folder), or an open
+    `Data`. Reads `batch` images at a time."""
+    data = x if isinstance(x, Data) else Data(
+        x, y, chw=lambda: int_graph.values[int_graph.inputs[0]].shape[1:], keys=("x", "x_eval"),
+        label_keys=("y", "y_eval"), what="eval data", preprocess=preprocess)
+    ex = executor or make_executor(int_graph, backend)
+    parts, done = [], 0
+    bar = ProgressBar(data.count, show=progress and data.count > batch)
+    for xb, yb in data.batches(batch):
+        parts.append((*logits(int_graph, xb, float_graph, executor=ex, batch=batch, progress=False), yb))
+        done += len(xb)
+        bar.update(done + len(data.skipped), label=done)
+    bar.close()
+    li = np.concatenate([p[0] for p in parts])
+    lf = np.concatenate([p[1] for p in parts]) if float_graph is not None else None
+    labels = np.concatenate([p[2] for p in parts]) if data.labelled else None
+    return dict(metrics(li, lf, labels), backend=ex.backend, unreadable=len(data.skipped))

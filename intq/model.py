@@ -1,10 +1,12 @@
-"""The Python API: `intq.compile(...)` and `intq.load(...)` return a `Model`.
+"""The Python API, which the `intq` command calls too: `intq.compile(...)` and
+`intq.load(...)` return a `Model`.
 
     import intq
     model = intq.compile("resnet.onnx", calib="digits_calib.npz", bits=4)
     logits = model.run(images)                 # float32 logits, Numba backend
     q = model.run(images, integer=True)        # the integer logits themselves
     model.evaluate(images, labels)             # top-1, agreement with float, cosine
+    model.evaluate("test.npz")                 # or an .npz / image folder, streamed
     model.report()                             # per-layer cost table and quantization card
     model.save("resnet.intq"); intq.load("resnet.intq")
 """
@@ -15,10 +17,12 @@ import os
 import numpy as np
 
 from .artifact import load_artifact, save_artifact
+from .data import load_data, onnx_input_chw
 from .evaluate import evaluate
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
+from .float_executor import batches
 from .ir import Graph
-from .pipeline import compile_model, load_npz_images
+from .pipeline import compile_model
 from .quant.scheme import QuantConfig
 from .report import cost_table, quantization_card
 
@@ -30,6 +34,11 @@ class Model:
     def __init__(self, integer: Graph, float_graph: Graph | None = None, info: dict | None = None):
         self.integer, self.float, self.info = integer, float_graph, info or {}
         self._executors: dict = {}
+
+    @property
+    def input_chw(self) -> tuple:
+        """(C, H, W) of the model's input: what an image folder is preprocessed to."""
+        return tuple(self.integer.values[self.integer.inputs[0]].shape[1:])
 
     def executor(self, backend: str = DEFAULT_BACKEND):
         """The executor of this model for `backend`, built once (the Numba plan packs
@@ -44,16 +53,26 @@ class Model:
         q = self.executor(backend).run(np.asarray(x, dtype=np.float32))[0]
         if integer:
             return q
-        return dequantize(q, self.integer.metadata["outputs"][self.integer.outputs[0]])
+        return dequantize(q, self.output_qparams)
+
+    def run_batches(self, x, batch: int, backend: str = DEFAULT_BACKEND, integer: bool = False):
+        """`run` over x (an array, or a memory-mapped file), `batch` images at a time: yields
+        each batch's output, so memory holds one batch (a graph exported with a fixed batch
+        runs at that size, its last run padded and trimmed)."""
+        for xb, n in batches(self.integer, x, batch):
+            yield self.run(xb, backend, integer)[:n]
 
     @property
     def output_qparams(self) -> dict:
         """scale and zero_point of the first output: real = scale * (q - zero_point)."""
         return self.integer.metadata["outputs"][self.integer.outputs[0]]
 
-    def evaluate(self, x, y=None, backend: str = DEFAULT_BACKEND, batch: int = 64) -> dict:
-        return evaluate(self.integer, np.asarray(x, np.float32), y, self.float, backend, batch,
-                        progress=False, executor=self.executor(backend))
+    def evaluate(self, x, y=None, backend: str = DEFAULT_BACKEND, batch: int = 64,
+                 preprocess: str = "imagenet", progress: bool = False) -> dict:
+        """Metrics against the float model (see `intq.evaluate.evaluate`) over images x with
+        labels y, or over an .npz / .npy path or an image folder, read `batch` at a time."""
+        return evaluate(self.integer, x, y, self.float, backend, batch, progress=progress,
+                        executor=self.executor(backend), preprocess=preprocess)
 
     def report(self) -> dict:
         return {**cost_table(self.integer), "card": quantization_card(self.integer, self.info)}
@@ -62,23 +81,26 @@ class Model:
         save_artifact(path, self.integer, self.float, self.info)
 
 
-def compile(model, calib, bits=8, **options) -> Model:  # noqa: A001  (intq.compile)
+def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantConfig | None = None,
+            **options) -> Model:  # noqa: A001  (intq.compile)
     """Quantize an ONNX model (path or ModelProto) to an integer-only Model.
 
-    calib: float32 NCHW images, or an .npz path holding them under x / x_calib.
+    calib: float32 NCHW images, or a path: an .npz holding them under x / x_calib, an .npy,
+    or an image folder (preprocessed to the model's input by `preprocess`, see intq.images).
     bits: 8, 4, or a dict mapping Conv/Linear node names to 4 or 8 (first conv and last
     linear stay at 8 unless named). options: QuantConfig fields (calib_method, profile,
-    residual_bits, weight_clip, ...)."""
-    if isinstance(calib, (str, os.PathLike)):
-        calib_path = os.fspath(calib)
-        calib, _ = load_npz_images(calib, ("x", "x_calib"), what="calibration data")
-    else:
-        calib_path = None
-        calib = np.asarray(calib, np.float32)
-    table = dict(bits) if isinstance(bits, dict) else {}
-    default = 8 if isinstance(bits, dict) else int(bits)
-    cfg = QuantConfig(default_bits=default, bits=table, **options)
-    ig, fg, info = compile_model(model, calib, cfg)
+    residual_bits, weight_clip, ...); or `config`, a whole QuantConfig, instead of both."""
+    calib_path = os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None
+    chw = (lambda: model.values[model.inputs[0]].shape[1:]) if isinstance(model, Graph) else \
+        (lambda: onnx_input_chw(model))
+    calib, _ = load_data(calib, chw, ("x", "x_calib"), what="calibration data", preprocess=preprocess)
+    if config is None:
+        table = dict(bits) if isinstance(bits, dict) else {}
+        default = 8 if isinstance(bits, dict) else int(bits)
+        config = QuantConfig(default_bits=default, bits=table, **options)
+    elif options or bits != 8:
+        raise TypeError("give either config or bits and QuantConfig fields, not both")
+    ig, fg, info = compile_model(model, calib, config)
     info["source"] = str(model) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"
     if calib_path:
         info["calibration"]["data"] = calib_path
@@ -87,5 +109,4 @@ def compile(model, calib, bits=8, **options) -> Model:  # noqa: A001  (intq.comp
 
 def load(path) -> Model:
     """A Model from an .intq artifact."""
-    art = load_artifact(path)
-    return Model(art.integer, art.float, art.info)
+    return Model(*load_artifact(path))

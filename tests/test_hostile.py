@@ -446,7 +446,7 @@ def test_damaged_deflate_streams_are_refused_in_one_line(tmp_path, resnet_entrie
     """Found in review: a byte flipped inside an artifact's or an .npz's compressed data
     raised zlib.error through the loaders."""
     from intq.artifact import load_artifact
-    from intq.pipeline import load_npz_images
+    from intq.data import load_npz_images
 
     art = tmp_path / "m.intq"
     write_entries(art, resnet_entries)
@@ -465,7 +465,7 @@ def test_damaged_deflate_streams_are_refused_in_one_line(tmp_path, resnet_entrie
 def test_npz_member_stored_without_npy_suffix_loads(tmp_path):
     """numpy lists a member stored as plain `x` like `x.npy`; the header check opened
     `x.npy` and raised KeyError."""
-    from intq.pipeline import load_npz_images
+    from intq.data import load_npz_images
 
     x = np.random.default_rng(0).random((2, 1, 4, 4), np.float32)
     buf = io.BytesIO()
@@ -478,7 +478,7 @@ def test_npz_member_stored_without_npy_suffix_loads(tmp_path):
 
 
 def test_onnx_model_without_a_real_input_is_refused_in_one_line(tmp_path):
-    from intq.pipeline import onnx_input_chw
+    from intq.data import onnx_input_chw
 
     w = numpy_helper.from_array(np.ones((1, 1, 4, 4), np.float32), name="w")
     graph = helper.make_graph([helper.make_node("Relu", ["w"], ["y"])], "g",

@@ -13,7 +13,7 @@ PKG = Path(intq.__file__).parent
 # Each stage may import only from stages listed before it (and itself).
 # `pipeline` chains the stages, so it comes after all of them.
 ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
-         "float_executor", "quant", "reference", "artifact", "images", "pipeline", "executor",
+         "float_executor", "quant", "reference", "artifact", "images", "data", "pipeline", "executor",
          "evaluate", "analysis", "report", "model", "twin", "bench", "alloc", "cli"]
 CONSUMERS = {"twin": ("torch",), "alloc": ("torch", "pulp")}  # subpackages that may import what the core may not
 
