@@ -150,7 +150,8 @@ def test_a_fixed_batch_graph_runs_any_batch():
 
 INT8, INT4, POT = QuantConfig(default_bits=8), QuantConfig(default_bits=4), QuantConfig(profile="pot")
 # 32-bit residuals make lowering copy table and pool inputs down to 16 bits; the graph
-# without the SE product, which compile refuses at 32 bits (see the report in the log).
+# without the SE product: compile refuses a product of two 32-bit tensors (lower_mul narrows
+# one operand to 8 bits, and 8 + 32 bits may still overflow IntMul's INT32).
 POINT_CASES = [("every_op", INT8), ("every_op", INT4), ("every_op", POT),
                ("every_op_no_product", QuantConfig(residual_bits=32)),
                (MODELS / "mobilenetv3.onnx", INT8), (MODELS / "mobilenetv3.onnx", INT4),
