@@ -4,6 +4,7 @@ estimators pass gradients where they should, BatchNorm statistics update and the
 and a fine-tuned model converts into an artifact that verifies exact."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,10 +125,15 @@ def run_cli(*args):
 
 
 def test_cli_qat_user_errors(tmp_path):
+    """A model that compile refuses (LRN) is refused in the same one line; MobileNetV3,
+    which compile accepts, is no user error (tests/test_accept_all.py trains it)."""
+    import onnx
+
+    lrn = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_bvlc_alexnet.onnx"
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((4, 1, 16, 16), np.float32))
     np.savez(tmp_path / "t.npz", x=np.zeros((4, 1, 16, 16), np.float32), y=np.arange(4))
     cases = [(MODELS / "mobilenet.onnx", tmp_path / "nolabels.npz", "no labels"),
-             (MODELS / "mobilenetv3.onnx", tmp_path / "t.npz", "qat: unsupported ops: HardSigmoid ("),
+             (lrn, tmp_path / "t.npz", "unsupported ops: LRN ("),
              (MODELS / "mobilenet.onnx", tmp_path / "none.npz", "no such file")]
     for model, data, frag in cases:
         proc = run_cli("qat", model, "--data", data, "-o", tmp_path / "o.intq", "--epochs", "1")
@@ -138,13 +144,14 @@ def test_cli_qat_user_errors(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet", "inception", "mobilenet", "mobilenetv3", "mobilenetv3.dynamo"])
 def test_float_twin_equals_the_float_executor(name, calib):
-    """With quantization off (what the sensitivities run) the torch model is the float
-    graph: hard-swish, hard-sigmoid, SE products and softmax included."""
+    """With no overlay (what the sensitivities run, QAT's model without its fake
+    quantization) the torch interpreter is the float graph: hard-swish, hard-sigmoid, SE
+    products and softmax included."""
     from intq.float_executor import run_float
+    from intq.twin.interpret import FloatInterpreter
 
-    fg, bns = float_graph_with_batchnorms(MODELS / f"{name}.onnx")
-    qm = QATModel(fg, bns, QuantConfig(), calib[:64], float_only=True).eval()
+    fg, _ = float_graph_with_batchnorms(MODELS / f"{name}.onnx")
     with torch.no_grad():
-        got = qm(torch.as_tensor(calib[:64])).numpy()
+        got = FloatInterpreter(fg)(torch.as_tensor(calib[:64])).numpy()
     want = run_float(fg, calib[:64])[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -74,9 +74,9 @@ def _cached(name, compute):
     return value, False
 
 
-def sensitivities(model, fg, bns, cfg, calib, x, y, method, bits, samples=32, progress=None):
-    """{layer: {b: omega}} (cached), computed by `intq.alloc.sensitivity`."""
-    from ..twin.qat import QATModel
+def sensitivities(model, fg, cfg, calib, x, y, method, bits, samples=32, progress=None):
+    """{layer: {b: omega}} (cached), computed by `intq.alloc.sensitivity` on the float
+    graph fg of `model`."""
     from . import sensitivity as sens
 
     if method not in METHODS:
@@ -86,10 +86,8 @@ def sensitivities(model, fg, bns, cfg, calib, x, y, method, bits, samples=32, pr
 
     def compute():
         if method == "hessian":
-            qm = QATModel(fg, {}, cfg, calib, float_only=True)
-            return sens.hessian_sensitivity(qm, x, y, bits, samples, progress=progress)
-        qm = QATModel(fg, bns, cfg, calib, float_only=True)
-        return sens.perturbation_sensitivity(qm, x, y, bits, progress=progress)
+            return sens.hessian_sensitivity(fg, cfg, x, y, bits, samples, progress=progress)
+        return sens.perturbation_sensitivity(fg, cfg, calib, x, y, bits, progress=progress)
 
     value, hit = _cached(f"sensitivity-{key}.json", compute)
     return {layer: {int(b): float(v) for b, v in d.items()} for layer, d in value.items()}, hit
@@ -159,8 +157,9 @@ class Problem:
     def __init__(self, model, calib, x=None, y=None, method="perturbation", bits=(4, 8),
                  latency_table=None, need_latency=False, fix_ends=True, images=256, samples=32,
                  progress=None, config=None):
+        from ..pipeline import float_graph
         from ..quant.scheme import QuantConfig
-        from ..twin.qat import check_data, float_graph_with_batchnorms
+        from ..twin.qat import check_data
 
         self.cfg = config or QuantConfig()
         self.bits = tuple(sorted(set(bits)))
@@ -168,7 +167,7 @@ class Problem:
             raise IntqError(f"allowed bit widths are 4 and 8 (the kernels intq has), got {list(bits)}")
         if images < 1:
             raise IntqError(f"sensitivities need at least 1 image, got {images}")
-        fg, bns = float_graph_with_batchnorms(model)
+        fg = float_graph(model)
         self.fg = fg
         calib, _ = check_data(fg, calib, None, "calibration data")
         x, y = check_data(fg, calib if x is None else x, y, "sensitivity data")
@@ -176,7 +175,7 @@ class Problem:
         self.images = int(len(x))
         self.names = [n.name for n in graph_costs.layer_nodes(fg)]
         omega, self.sensitivity_cached = sensitivities(
-            model, fg, bns, self.cfg, calib, x, y, method, self.bits, samples,
+            model, fg, self.cfg, calib, x, y, method, self.bits, samples,
             progress and (lambda d, t: progress(d, t, f"{method} sensitivities")))
         self.method = method
         self.cost = graph_costs.size_bops(fg, self.bits)

@@ -1,12 +1,16 @@
-"""Quantization-aware training: the float graph of an ONNX model, rebuilt as a trainable torch
-module that fake-quantizes exactly where `intq compile` quantizes, then compiled into a
-normal integer artifact.
+"""Quantization-aware training: the float graph of an ONNX model, run in torch by
+`intq.twin.interpret.FloatInterpreter` under an overlay (`QATModel`) that fake-quantizes
+exactly where `intq compile` quantizes, then compiled into a normal integer artifact.
 
 * The quantization points and their formats come from the lowering's own decisions
   (`intq.quant.lower.Lowering`: per-channel symmetric weights at the layer's bits, unsigned
   narrow inputs of each Conv/Linear, the 16-bit residual stream, first and last layer at
-  8, accumulators handed to adds and concats unrounded), so training sees the compiled
-  model's scheme, not an approximation of it.
+  8, accumulators handed to adds and concats unrounded, a lookup table's output at its
+  stored parameters with its input as stored, a product's output at the product's
+  parameters, softmax at uint8 1/256, the 16- and 8-bit copies lowering makes of table,
+  product and pool inputs), so training sees the compiled model's scheme, not an
+  approximation of it. This is why this module imports the lowering, unlike the twin's
+  integer ops.
 * Every rounding has a straight-through estimator (gradient 1 inside the clamp range, 0
   outside).
 * BatchNorm stays unfolded while its statistics update (HAWQ-V3 §3.2): a Conv that the
@@ -36,16 +40,11 @@ from ..passes import PIPELINE, fold_batchnorm, run_passes
 from ..passes.fold_affine import foldable_layer, is_input_affine
 from ..pipeline import compile_model
 from ..quant.calibrate import Calibration
-from ..quant.lower import Lowering
-from ..quant.scheme import QuantConfig
-
-SUPPORTED = {"Conv", "Linear", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
-             "Flatten", "Reshape", "Relu", "Clip", "Pad", "ChannelAffine"}
-# Ops the float model runs (sensitivities) but QAT cannot train yet: their quantization
-# points are lowering's lookup tables and products, which QAT does not mirror.
-FLOAT_ONLY = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu", "PRelu",
-              "Softmax", "Mul"}
-
+from ..quant.lower import INT32_MAX, LAYERS, PASS_THROUGH, Lowering, lowering_problem
+from ..quant.lower_nonlinear import (LOWERINGS, SOFTMAX_OUT, TABLE_MAX_BITS, lower_affine,
+                                     lower_leaky_relu, lower_lookup, lower_mul, lower_softmax)
+from ..quant.scheme import QParams, QuantConfig
+from .interpret import FloatInterpreter, Overlay
 
 def float_graph_with_batchnorms(model):
     """(float graph after every pass, {conv/linear name: its BatchNorm before folding}).
@@ -129,34 +128,62 @@ def fake_quant_act(v, qp, lo=None, hi=None):
     return torch.clamp(_ste_round(vc / qp.scale), lo - qp.zero_point, hi - qp.zero_point) * qp.scale
 
 
-class QATModel(torch.nn.Module):
-    """The trainable twin: the float graph in torch with fake quantization at the compiled
-    model's quantization points. `forward(x)` returns float logits."""
+# What lowering does at each op, as far as fake quantization is concerned: which inputs it
+# requantizes before the op reads them (`QATModel.operands`) and how it stores the output
+# (`QATModel.stored`). The kinds follow lowering's own dispatch: LAYERS, PASS_THROUGH and the
+# rule functions of `lower_nonlinear.LOWERINGS` are lowering's; only the four ops that
+# `Lowering.run` dispatches by name (Add/Concat to lower_join, the average pools to
+# lower_pool) are named here, as it names them.
+_RULE_KINDS = {lower_lookup: "table", lower_softmax: "softmax", lower_mul: "product",
+               lower_leaky_relu: "rescale", lower_affine: "rescale"}
 
-    def __init__(self, fg, bns: dict, cfg: QuantConfig, calib_images, momentum: float = 0.1,
-                 float_only: bool = False):
+
+def lowering_kind(op: str) -> str | None:
+    """"layer", "pass_through", "rescale" (the output requantized to its stored parameters:
+    joins, leaky ReLU, affine maps), "pool", "table", "softmax" or "product"; None for an op
+    lowering has no rule for (or a rule QAT does not know: a new lowering needs its kind)."""
+    if op in LAYERS:
+        return "layer"
+    if op in PASS_THROUGH:
+        return "pass_through"
+    if op in ("Add", "Concat"):
+        return "rescale"
+    if op in ("AveragePool", "GlobalAveragePool"):
+        return "pool"
+    return _RULE_KINDS.get(LOWERINGS.get(op))
+
+
+class QATModel(torch.nn.Module, Overlay):
+    """The trainable twin: the float graph in torch (`FloatInterpreter`) under the overlay
+    that fake-quantizes exactly where, and as, the compiled model quantizes. `forward(x)`
+    returns float logits; after it, `points` holds every quantization point of that forward,
+    {integer tensor name as lowering names it: QParams}."""
+
+    def __init__(self, fg, bns: dict, cfg: QuantConfig, calib_images, momentum: float = 0.1):
         super().__init__()
-        ok = SUPPORTED | (FLOAT_ONLY if float_only else set())
-        unsupported = sorted({f"{n.op} ({n.name})" for n in fg.nodes if n.op not in ok})
-        if unsupported:
-            what = "float model (sensitivities)" if float_only else "qat"
-            raise IntqError(f"{what}: unsupported ops: {', '.join(unsupported)}")
-        self.float_only = float_only
+        problems = [f"node {n.name}: {p}" for n in fg.nodes if (p := lowering_problem(fg, n))]
+        if problems:
+            raise IntqError(f"qat: {problems[0]}" + (f" (and {len(problems) - 1} more)"
+                                                     if len(problems) > 1 else ""))
+        self.kinds = {n.name: lowering_kind(n.op) for n in fg.nodes}
+        unknown = sorted({f"{n.op} ({n.name})" for n in fg.nodes if self.kinds[n.name] is None})
+        if unknown:
+            raise IntqError(f"qat: no fake-quantization rule for the lowering of {', '.join(unknown)}")
+        self.graph = FloatInterpreter(fg)
         self.fg, self.cfg, self.momentum = fg, cfg, momentum
         self.calib = Calibration(fg, calib_images)
         self.ranges = {t: (self.calib.lo[t], self.calib.hi[t]) for t in self.calib.lo}
         self.lw = Lowering(fg, FrozenRanges(self.ranges, self.calib), cfg)
+        self.normalised = any(is_input_affine(fg, n) for n in fg.consumers(fg.inputs[0]))
         self.frozen_bn = False
         self.frozen_ranges = False
-        # quantize=False runs the float model, except the layers in `only` ({name: bits}),
-        # whose weights and input are quantized: the perturbation sensitivity of one layer.
         self._storage: dict = {}
-        self.quantize = not float_only
-        self.only: dict = {}
+        self._q: dict = {}        # this forward: tensor -> QParams it is held at (None: float)
+        self.points: dict = {}
         self.weights = torch.nn.ParameterDict()
         self.bn = torch.nn.ModuleDict()
         self.keys = {}
-        for i, node in enumerate(n for n in fg.nodes if n.op in ("Conv", "Linear")):
+        for i, node in enumerate(n for n in fg.nodes if n.op in LAYERS):
             key = f"l{i}"
             self.keys[node.name] = key
             r = bns.get(node.name)
@@ -200,24 +227,14 @@ class QATModel(torch.nn.Module):
             self._storage[t] = self.lw.storage(t)
         return self.lw.act_qparams(t, *self._storage[t])
 
-    def _stored(self, t, v, act=None):
-        """v fake-quantized as tensor t is stored (its range observed first)."""
-        if not self.quantize:
-            return v
-        self._observe(t, v)
-        qp = self._stored_qparams(t)
-        lo, hi = qp.clamp_bounds(*act) if act else (None, None)
+    def _quantize(self, name, v, qp, lo=None, hi=None):
+        """v fake-quantized at qp (clamped to [lo, hi]), recorded as point `name`."""
+        self.points[name] = qp
         return fake_quant_act(v, qp, lo, hi)
 
-    def _layer_input(self, t, v, bits):
-        """A Conv/Linear input: its stored value, requantized to the layer's narrow format
-        when it is stored otherwise (what lowering's `narrow_input` emits)."""
-        if not self.quantize:
-            return v
-        qs = self._stored_qparams(t)
-        if qs.bits == bits and not qs.signed:
-            return v
-        return fake_quant_act(v, self.lw.act_qparams(t, bits, narrow=True))
+    def _requantized_copy(self, t, v, suffix, qp):
+        """lowering's `requantized_copy(t, suffix, ...)`: t as one op reads it."""
+        return self._quantize(f"{t}.{suffix}", v, qp)
 
     def folded(self, name):
         """(weight, bias) of a layer as the integer model will hold them, float32 tensors
@@ -230,128 +247,87 @@ class QATModel(torch.nn.Module):
         s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         return w * s.reshape((-1,) + (1,) * (w.dim() - 1)), (b - bn.running_mean) * s + bn.bias
 
-    # -- forward --------------------------------------------------------------------
-    def _layer(self, node, x):
-        bits = self.only.get(node.name, self.lw.bits[node.name])
-        if node.name in self.only:
-            x = fake_quant_act(x, self.lw.act_qparams(node.inputs[0], bits, narrow=True))
-        else:
-            x = self._layer_input(node.inputs[0], x, bits)
+    # -- the overlay ----------------------------------------------------------------
+    def forward(self, x):
+        self._q, self.points = {}, {}
+        return self.graph(x, self)
+
+    def operands(self, node, ins):
+        """The requantized copies lowering feeds an op: a layer's narrow input
+        (`narrow_input`), a table's or softmax's 16-bit input (`_table_input`), the 8-bit
+        operand of a product whose widths exceed 30 bits (`lower_mul`), a pool's 16-bit
+        input where its INT32 window sum could overflow (`pool_input`)."""
+        kind, t = self.kinds[node.name], node.inputs[0]
+        q = self._q.get(t)
+        if kind == "layer":
+            bits = self.lw.bits[node.name]
+            if not (isinstance(q, QParams) and q.bits == bits and not q.signed):
+                ins = [self._requantized_copy(t, ins[0], f"q{bits}",
+                                              self.lw.act_qparams(t, bits, narrow=True)), *ins[1:]]
+        elif kind in ("table", "softmax"):
+            if q.bits > TABLE_MAX_BITS:
+                ins = [self._requantized_copy(t, ins[0], "w16", self.lw.act_qparams(t, 16, narrow=False))]
+        elif kind == "product":
+            qa, qb = (self._q[i] for i in node.inputs)
+            if qa.bits + qb.bits > 30:
+                sizes = [np.prod([d or 1 for d in self.fg.values[i].shape]) for i in node.inputs]
+                i = 0 if sizes[0] < sizes[1] else 1
+                ti = node.inputs[i]
+                ins = list(ins)
+                ins[i] = self._requantized_copy(ti, ins[i], "s8", self.lw.act_qparams(ti, 8, narrow=False))
+        elif kind == "pool":
+            h, w = self.fg.values[t].shape[2:]
+            count = h * w if node.op == "GlobalAveragePool" else int(np.prod(node.attrs["kernel_shape"]))
+            if count * max(q.zero_point - q.qmin, q.qmax - q.zero_point) > INT32_MAX:
+                ins = [self._requantized_copy(t, ins[0], "w16", self.lw.act_qparams(t, 16, narrow=False))]
+        return ins
+
+    def layer(self, node, x, w, b, forward):
+        """conv(x, Q(W)) + b, then the BatchNorm in batch mode while its statistics update;
+        folded weights Q(W s) once they are frozen (and in eval mode)."""
         key = self.keys[node.name]
         unfolded = key in self.bn and not self.frozen_bn and self.training
         w, b = ((self.weights[key + "_w"], self.weights[key + "_b"]) if unfolded
                 else self.folded(node.name))
-        quantized = self.quantize or node.name in self.only
-        wq = fake_quant_weight(w, bits, self.cfg.profile) if quantized else w
-        if node.op == "Conv":
-            a = node.attrs
-            pt, pl, pb, pr = a["pads"]
-            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), wq, b, stride=tuple(a["strides"]),
-                         dilation=tuple(a["dilations"]), groups=a["groups"])
-        else:
-            y = F.linear(x, wq, b)
-        if unfolded:
-            y = self.bn[key](y)
-        return self._activation(node, y)
+        y = forward(x, fake_quant_weight(w, self.lw.bits[node.name], self.cfg.profile), b)
+        return self.bn[key](y) if unfolded else y
 
-    @classmethod
-    def _activation(cls, node, y):
-        """y clamped by the node's fused ReLU/ReLU6 (act_min/act_max), if it has one."""
-        act = cls._act(node)
-        return torch.clamp(y, min=act[0], max=act[1]) if act else y
+    def _hold(self, t, v, name, qp, lo=None, hi=None):
+        """Tensor t held at qp: v fake-quantized, recorded as the point `name`."""
+        self._q[t] = qp
+        return self._quantize(name, v, qp, lo, hi)
 
-    def forward(self, x):
-        fg, env = self.fg, {}
-        t = fg.inputs[0]
-        # The graph input is quantized where lowering puts QuantizeInput: after the input
-        # normalisation when the graph has one.
-        normalised = any(is_input_affine(fg, n) for n in fg.consumers(t))
-        env[t] = x if normalised else self._stored(t, x)
-        for node in fg.nodes:
-            ins = [env.get(i) for i in node.inputs]
-            op, a = node.op, node.attrs
-            if op in FLOAT_ONLY or (op == "ChannelAffine" and not is_input_affine(fg, node)):
-                if self.quantize:
-                    raise IntqError(f"qat: {op} ({node.name}) runs only with quantization off")
-                env[node.output] = self._float_op(node, ins)
-                continue
-            if op == "ChannelAffine" and is_input_affine(fg, node):
-                s, sh = (torch.as_tensor(fg.constants[i], dtype=torch.float32) for i in node.inputs[1:3])
-                shape = (1, -1, 1, 1)
-                env[node.output] = self._stored(node.output, ins[0] * s.reshape(shape) + sh.reshape(shape))
-                continue
-            if op in ("Conv", "Linear"):
-                y = self._layer(node, ins[0])
-                if self.lw.accumulates_into_join(node):
-                    env[node.output] = y           # the accumulator, handed over unrounded
-                    continue
-            elif op == "Add":
-                y = self._activation(node, ins[0] + ins[1])
-            elif op == "Concat":
-                y = self._activation(node, torch.cat(ins, dim=a["axis"]))
-            elif op == "GlobalAveragePool":
-                y = ins[0].mean(dim=(2, 3), keepdim=bool(a.get("keepdims", 1)))
-            elif op == "AveragePool":
-                pt, pl, pb, pr = a["pads"]
-                if (pt, pl) != (pb, pr) or a.get("ceil_mode", 0):
-                    raise IntqError(f"qat: AveragePool {node.name} with asymmetric pads or ceil_mode")
-                y = F.avg_pool2d(ins[0], tuple(a["kernel_shape"]), tuple(a["strides"]), (pt, pl),
-                                 count_include_pad=bool(a["count_include_pad"]))
-            else:
-                env.update(zip(node.outputs, self._pass_through(node, ins[0])))
-                continue
-            env[node.output] = self._stored(node.output, y, self._act(node))
-        return env[fg.outputs[0]]
-
-    def _float_op(self, node, ins):
-        """The float forms of FLOAT_ONLY ops (and of a ChannelAffine inside the network)."""
-        a, op, x = node.attrs, node.op, ins[0]
-        if op in ("Mul", "PRelu", "ChannelAffine"):
-            consts = [torch.as_tensor(self.fg.constants[t], dtype=torch.float32)
-                      if t in self.fg.constants else None for t in node.inputs]
-            if op == "Mul":
-                return x * (ins[1] if consts[1] is None else consts[1])
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            if op == "PRelu":
-                return torch.where(x >= 0, x, x * consts[1].reshape(shape))
-            return self._activation(node, x * consts[1].reshape(shape) + consts[2].reshape(shape))
-        if op == "Softmax":
-            axes = tuple(int(v) % x.dim() for v in a["axes"])
-            return torch.softmax(x.flatten(axes[0]), dim=-1).reshape(x.shape) if len(axes) > 1 \
-                else torch.softmax(x, dim=axes[0])
-        if op == "LeakyRelu":
-            return torch.where(x >= 0, x, a.get("alpha", 0.01) * x)
-        fn = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
-              "Swish": lambda v: v * torch.sigmoid(v),
-              "HardSigmoid": lambda v: torch.clamp(a.get("alpha", 0.2) * v + a.get("beta", 0.5), 0, 1),
-              "HardSwish": lambda v: v * torch.clamp(a.get("alpha", 1 / 6) * v + a.get("beta", 0.5), 0, 1)}
-        return fn[op](x)
-
-    @staticmethod
-    def _act(node):
-        lo, hi = node.attrs.get("act_min"), node.attrs.get("act_max")
-        return (lo, hi) if lo is not None or hi is not None else None
-
-    def _pass_through(self, node, x):
-        a, op = node.attrs, node.op
-        if op == "MaxPool":
-            pt, pl, pb, pr = a["pads"]
-            xp = F.pad(x, (pl, pr, pt, pb), value=-math.inf)
-            return (F.max_pool2d(xp, tuple(a["kernel_shape"]), tuple(a["strides"]),
-                                 dilation=tuple(a.get("dilations", (1, 1))),
-                                 ceil_mode=bool(a.get("ceil_mode", 0))),)
-        if op == "Flatten":
-            return (x.flatten(a.get("axis", 1)),)
-        if op == "Reshape":
-            return (x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(a["shape"])]),)
-        if op == "Relu":
-            return (torch.relu(x),)
-        if op == "Clip":
-            return (torch.clamp(x, a.get("min"), a.get("max")),)
-        if op == "Pad":
-            pt, pl, pb, pr = a["pads"]
-            return (F.pad(x, (pl, pr, pt, pb)),)
-        raise IntqError(f"qat: no torch form for {op} ({node.name})")
+    def stored(self, t, v, node):
+        """v as the compiled model holds tensor t (its range observed first)."""
+        self._observe(t, v)
+        if node is None:
+            # The graph input is quantized where lowering puts QuantizeInput: after the
+            # input normalisation when the graph has one.
+            if self.normalised:
+                self._q[t] = None
+                return v
+            return self._hold(t, v, f"{t}.q", self._stored_qparams(t))
+        if node.op == "ChannelAffine" and is_input_affine(self.fg, node):
+            return self._hold(t, v, f"{node.inputs[0]}.q", self._stored_qparams(t))
+        kind = self.kinds[node.name]
+        if kind == "pass_through":
+            # Same parameters as the input, and the values stay on its grid; an unfused
+            # ReLU/Clip clamps to integer bounds, which puts a bound off the grid back on it.
+            qp = self._q[node.inputs[0]]
+            self._q[t] = self.points[t] = qp
+            if node.op in ("Relu", "Clip"):
+                lo, hi = (qp.clamp_bounds(0.0, None) if node.op == "Relu"
+                          else qp.clamp_bounds(node.attrs.get("min"), node.attrs.get("max")))
+                v = fake_quant_act(v, qp, lo, hi)
+            return v
+        if kind == "layer" and self.lw.accumulates_into_join(node):
+            self._q[t] = None   # the INT32 accumulator, handed to the join unrounded
+            return v
+        if kind == "softmax":
+            return self._hold(t, v, t, SOFTMAX_OUT)
+        qp = self._stored_qparams(t)
+        lo, hi = qp.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
+        return self._hold(t, v, t, qp, lo, hi)
 
     # -- conversion -------------------------------------------------------------------
     def convert(self, calib_images, info: dict | None = None) -> Model:
