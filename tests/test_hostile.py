@@ -267,7 +267,7 @@ def test_run_is_refused_above_the_memory_limit(tmp_path, fuzzer):
     write_entries(path, fuzzer.bases[0][0])
     x = tmp_path / "x.npy"
     np.save(x, np.repeat(np.load(MODELS / "digits_test.npz")["x"][:1], 1000, axis=0))
-    proc = run_cli("run", path, x, "-o", tmp_path / "y.npy", env={"INTQ_MEMORY_LIMIT": "64M"})
+    proc = run_cli("run", path, x, "-o", tmp_path / "y.npy", "--batch", "1000", env={"INTQ_MEMORY_LIMIT": "64M"})
     assert_user_error(proc, "batch of 1000", "memory limit of 64.0 MiB", "INTQ_MEMORY_LIMIT")
     assert not (tmp_path / "y.npy").exists()
     proc = run_cli("run", path, x, "-o", tmp_path / "y.npy", env={"INTQ_MEMORY_LIMIT": "lots"})

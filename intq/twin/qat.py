@@ -40,7 +40,7 @@ from ..passes import PIPELINE, fold_batchnorm, run_passes
 from ..passes.fold_affine import foldable_layer, is_input_affine
 from ..pipeline import compile_model
 from ..quant.calibrate import Calibration
-from ..quant.lower import INT32_MAX, LAYERS, PASS_THROUGH, Lowering, lowering_problem
+from ..quant.lower import INT32_MAX, LAYERS, Lowering, lowering_problem, lowering_rule
 from ..quant.lower_nonlinear import (LOWERINGS, SOFTMAX_OUT, TABLE_MAX_BITS, lower_affine,
                                      lower_leaky_relu, lower_lookup, lower_mul, lower_softmax)
 from ..quant.scheme import QParams, QuantConfig
@@ -130,11 +130,10 @@ def fake_quant_act(v, qp, lo=None, hi=None):
 
 # What lowering does at each op, as far as fake quantization is concerned: which inputs it
 # requantizes before the op reads them (`QATModel.operands`) and how it stores the output
-# (`QATModel.stored`). The kinds follow lowering's own dispatch: LAYERS, PASS_THROUGH and the
-# rule functions of `lower_nonlinear.LOWERINGS` are lowering's; only the four ops that
-# `Lowering.run` dispatches by name (Add/Concat to lower_join, the average pools to
-# lower_pool) are named here, as it names them.
-_RULE_KINDS = {lower_lookup: "table", lower_softmax: "softmax", lower_mul: "product",
+# (`QATModel.stored`), keyed by lowering's own rule for the op (`lower.lowering_rule`).
+_RULE_KINDS = {Lowering.lower_layer: "layer", Lowering.lower_pass_through: "pass_through",
+               Lowering.lower_join: "rescale", Lowering.lower_pool: "pool",
+               lower_lookup: "table", lower_softmax: "softmax", lower_mul: "product",
                lower_leaky_relu: "rescale", lower_affine: "rescale"}
 
 
@@ -142,15 +141,7 @@ def lowering_kind(op: str) -> str | None:
     """"layer", "pass_through", "rescale" (the output requantized to its stored parameters:
     joins, leaky ReLU, affine maps), "pool", "table", "softmax" or "product"; None for an op
     lowering has no rule for (or a rule QAT does not know: a new lowering needs its kind)."""
-    if op in LAYERS:
-        return "layer"
-    if op in PASS_THROUGH:
-        return "pass_through"
-    if op in ("Add", "Concat"):
-        return "rescale"
-    if op in ("AveragePool", "GlobalAveragePool"):
-        return "pool"
-    return _RULE_KINDS.get(LOWERINGS.get(op))
+    return _RULE_KINDS.get(lowering_rule(op))
 
 
 class QATModel(torch.nn.Module, Overlay):
