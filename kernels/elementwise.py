@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .epilogue import MUL, ROUND, SHIFT1, SHIFT2, offset, round_shift
+from .epilogue import MUL, ROUND, SHIFT1, SHIFT2, dn_table, offset, round_shift
 
 
 @njit(parallel=True, cache=True)
@@ -126,6 +126,36 @@ def affine(x, xg, dims, zin, rq, sign, zps, out, og, lo, hi):
             for c in range(c_):
                 v = round_shift((np.int64(xr[c]) - zin) * sign[c] * mul[c], s1[c], rnd[c], s2[c])
                 y[c] = min(max(v + zps[c], lo), hi)
+
+
+@njit(parallel=True, cache=True)
+def absolute(x, xg, dims, zin, rq, out, og, zo, lo, hi):
+    """`IntAbs`: y = clamp(DN_k(|x - zin|) + zo, lo, hi) per channel k."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    mul, s1, rnd, s2 = rq[MUL], rq[SHIFT1], rq[ROUND], rq[SHIFT2]
+    for row in prange(n_ * h_):
+        n = row // h_
+        h = row - n * h_
+        for w in range(w_):
+            i = offset(xg, n, h, w)
+            o = offset(og, n, h, w)
+            xr, y = x[i:i + c_], out[o:o + c_]
+            for c in range(c_):
+                v = round_shift(abs(np.int64(xr[c]) - zin) * mul[c], s1[c], rnd[c], s2[c])
+                y[c] = min(max(v + zo, lo), hi)
+
+
+def absolute_args(node, consts, channels):
+    """`absolute`'s arguments between the input and the output buffers, and after them."""
+    a = node.attrs
+    return (int(a["in_zero_point"]), dn_table(consts[0], consts[1], channels, channels)), \
+        (int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+
+
+# Channelwise kernels with the common signature kernel(x, xg, dims, *before, out, og,
+# *after), by op: `plan.KernelStep` runs them; `args(node, constants, channels)` gives
+# (before, after).
+KERNELS = {"IntAbs": (absolute, absolute_args)}
 
 
 @njit(parallel=True, cache=True)

@@ -511,6 +511,20 @@ class AffineStep(Step):
         return lambda: elementwise.affine(xb, xg, dims, zin, rq, sign, zps, ob, og, lo, hi)
 
 
+class KernelStep(Step):
+    """A channelwise op whose kernel has the common signature of `elementwise.KERNELS`."""
+
+    def __init__(self, node, x: Layout, out: Layout, kernel, args, consts):
+        self.name, self.x, self.out, self.kernel = node.name, x, out, kernel
+        self.reads, self.writes = (x.name,), (out.name,)
+        self.before, self.after = args(node, consts, x.c)
+
+    def bind(self, env, n):
+        xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
+        ob, og, kernel, before, after = env[self.out.name], self.out.geometry(), self.kernel, self.before, self.after
+        return lambda: kernel(xb, xg, dims, *before, ob, og, *after)
+
+
 class LookupStep(Step):
     """IntLookup: one gather from the table per element."""
 
@@ -711,6 +725,8 @@ class Plan:
         consts = [g.constants[t] for t in node.inputs[1:] if t in g.constants]
         if not (x.channels_inner and out.channels_inner):
             return None
+        if op in elementwise.KERNELS:
+            return KernelStep(node, x, out, *elementwise.KERNELS[op], consts)
         if op == "IntAffine":
             return AffineStep(node, x, out, consts)
         if op == "IntLookup":

@@ -37,6 +37,7 @@ def conv_then(opset, node, extra=None):
 
 
 CASES = {
+    "abs": (lambda o: conv_then(o, helper.make_node("Abs", ["c"], ["y"])), [9, 13]),
     "conv_bias_pads": (lambda o: case_conv(o, pads=[1, 0, 2, 1]), [9, 13]),
     "conv_groups_stride_dilation": (lambda o: case_conv(o, group=2, strides=[2, 2], dilations=[2, 2]), [11]),
     "conv_depthwise": (lambda o: case_conv(o, group=4, pads=[1, 1, 1, 1]), [13]),

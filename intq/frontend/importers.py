@@ -11,7 +11,7 @@ from onnx import TensorProto
 
 from ..errors import IntqError, UnsupportedOpsError
 from ..ir import Graph, Value
-from ..ops import infer_shapes
+from ..ops import get_op, infer_shapes, ops_where
 from .folding import OnnxView, attr, fold_onnx_constants
 from .load import load_onnx
 
@@ -251,20 +251,17 @@ def pad(ctx, node):
     ctx.emit(node, "Pad", [node.input[0]], {"pads": (pads[2], pads[3], pads[6], pads[7])})
 
 
-@importer("Sigmoid", "Tanh", "HardSwish")
-def unary(ctx, node):
-    ctx.emit(node, node.op_type, [node.input[0]])
+def declared_importer(spec):
+    """The importer of an op whose spec declares its ONNX form (`OpSpec.onnx_ops`)."""
+    def one_to_one(ctx, node):
+        ctx.emit(node, spec.name, list(node.input),
+                 {k: float(attr(node, k, v)) for k, v in spec.onnx_attrs.items()})
+    return one_to_one
 
 
-@importer("HardSigmoid")
-def hard_sigmoid(ctx, node):
-    ctx.emit(node, "HardSigmoid", [node.input[0]],
-             {"alpha": float(attr(node, "alpha", 0.2)), "beta": float(attr(node, "beta", 0.5))})
-
-
-@importer("LeakyRelu")
-def leaky_relu(ctx, node):
-    ctx.emit(node, "LeakyRelu", [node.input[0]], {"alpha": float(attr(node, "alpha", 0.01))})
+for _name in ops_where(float_graph=True):
+    for _onnx_op in get_op(_name).onnx_ops:
+        importer(_onnx_op)(declared_importer(get_op(_name)))
 
 
 @importer("PRelu")

@@ -42,6 +42,12 @@ class OpSpec:
     tags: frozenset = frozenset()
     # The one op that reads the float graph input in an integer graph.
     reads_float_input = False
+    # ONNX ops that import as this op one to one (inputs as they are, the attributes in
+    # `onnx_attrs` with their ONNX defaults, as floats): `intq.frontend` registers their
+    # importer from here; an op needing more (constant inputs, opset differences) has its
+    # own importer in `frontend/importers.py`.
+    onnx_ops: tuple = ()
+    onnx_attrs: dict = {}
 
     @staticmethod
     def precheck(node, graph, problems):

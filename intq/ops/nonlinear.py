@@ -8,9 +8,11 @@ x * hardsigmoid(x) into Swish and HardSwish so each is one table.
 """
 import numpy as np
 
+from ..dyadic import requantize
 from ..errors import IntqError
 from . import contract as k
 from .base import OpSpec, same_shape
+from .integer import per_channel
 
 
 def _sigmoid(x):
@@ -33,6 +35,7 @@ class Elementwise(OpSpec):
 
 class Sigmoid(Elementwise):
     name = "Sigmoid"
+    onnx_ops = ("Sigmoid",)
 
     @staticmethod
     def fn(attrs, x):
@@ -41,6 +44,7 @@ class Sigmoid(Elementwise):
 
 class Tanh(Elementwise):
     name = "Tanh"
+    onnx_ops = ("Tanh",)
 
     @staticmethod
     def fn(attrs, x):
@@ -51,6 +55,8 @@ class HardSigmoid(Elementwise):
     """max(0, min(1, alpha * x + beta)); ONNX defaults alpha 0.2, beta 0.5 (torch: 1/6, 1/2)."""
 
     name = "HardSigmoid"
+    onnx_ops = ("HardSigmoid",)
+    onnx_attrs = {"alpha": 0.2, "beta": 0.5}
     optional = {"alpha": k.finite, "beta": k.finite}
 
     @staticmethod
@@ -62,6 +68,7 @@ class HardSwish(Elementwise):
     """x * max(0, min(1, alpha * x + beta)), alpha 1/6 and beta 1/2 for ONNX HardSwish."""
 
     name = "HardSwish"
+    onnx_ops = ("HardSwish",)
     optional = {"alpha": k.finite, "beta": k.finite}
 
     @staticmethod
@@ -81,6 +88,8 @@ class Swish(Elementwise):
 
 class LeakyRelu(Elementwise):
     name = "LeakyRelu"
+    onnx_ops = ("LeakyRelu",)
+    onnx_attrs = {"alpha": 0.01}
     optional = {"alpha": k.finite}
 
     @staticmethod
@@ -127,4 +136,42 @@ class Softmax(OpSpec):
 
 
 LOOKUP_OPS = {s.name: s for s in (Sigmoid, Tanh, HardSigmoid, HardSwish, Swish)}
-SPECS = [Sigmoid, Tanh, HardSigmoid, HardSwish, Swish, LeakyRelu, PRelu, Softmax]
+class Abs(Elementwise):
+    """|x| (ONNX Abs), lowered to `IntAbs`: exact up to its one rounding."""
+
+    name = "Abs"
+    onnx_ops = ("Abs",)
+
+    @staticmethod
+    def fn(attrs, x):
+        return np.abs(x)
+
+
+class IntAbs(OpSpec):
+    """y = clamp(DN_b,c(|x - in_zero_point|) + out_zero_point, lo, hi); b, c one value or
+    one per channel (S_in / S_out). One rounding, so |error| <= 1/2 output step."""
+
+    name = "IntAbs"
+    float_graph, integer_graph = False, True
+    attrs = {"in_zero_point": k.INT, **k.REQUANT}
+    arity = (3, 3)
+    tags = frozenset({"channelwise"})
+
+    @staticmethod
+    def infer(node, ins, graph):
+        return [(ins[0].shape, node.attrs["dtype"])]
+
+    @staticmethod
+    def run(attrs, x, b, c):
+        nd = x.ndim
+        return (requantize(np.abs(x - attrs["in_zero_point"]), per_channel(b, nd), per_channel(c, nd),
+                           attrs["lo"], attrs["hi"], attrs["out_zero_point"]),)
+
+    @staticmethod
+    def check(node, g, p):
+        k.requant_output(p, node)
+        k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[node.inputs[0]].dtype)
+        k.multipliers(p, g, node, node.inputs[1], node.inputs[2], g.values[node.output].shape)
+
+
+SPECS = [Sigmoid, Tanh, HardSigmoid, HardSwish, Swish, LeakyRelu, PRelu, Softmax, Abs, IntAbs]

@@ -28,7 +28,7 @@ from ..ops import get_op, infer_shapes, known_ops, ops_where
 from ..ops.pool import AveragePool
 from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
-from .lower_nonlinear import LOWERINGS
+from .lower_nonlinear import LOWERINGS, fake_quantized_as
 from .scheme import (QParams, QuantConfig, activation_qparams, bias_correction, bias_scale_floor,
                      quantize_weights)
 
@@ -327,6 +327,10 @@ def lowering_rule(op: str):
 
 
 _RULES = {"AveragePool": Lowering.lower_pool, "GlobalAveragePool": Lowering.lower_pool}
+# How quantization-aware training mirrors each rule (see `lower_nonlinear.fake_quantized_as`).
+for _rule, _kind in ((Lowering.lower_layer, "layer"), (Lowering.lower_pass_through, "pass_through"),
+                     (Lowering.lower_join, "rescale"), (Lowering.lower_pool, "pool")):
+    fake_quantized_as(_kind)(_rule)
 
 
 def lowered_ops() -> frozenset:

@@ -26,6 +26,16 @@ TABLE_MAX_BITS = 16
 SOFTMAX_OUT = QParams(8, False, 1.0 / 256, 0)
 
 
+def fake_quantized_as(kind: str):
+    """Tag a lowering rule with how quantization-aware training mirrors it (`twin.qat`):
+    "table", "rescale" (input as stored, output at its stored parameters), "product",
+    "softmax", ... so a new rule states it where it is written."""
+    def tag(rule):
+        rule.fake_quant = kind
+        return rule
+    return tag
+
+
 def _table_input(lw, node):
     """The op's input at 16 bits or fewer (a table over 2^32 integers is not an option)."""
     t = node.inputs[0]
@@ -39,6 +49,7 @@ def _table_dtype(q: QParams):
     return np.dtype(f"{'int' if q.signed else 'uint'}{max(q.bits, 8)}")
 
 
+@fake_quantized_as("table")
 def lower_lookup(lw, node):
     x, q = _table_input(lw, node)
     q_out = lw.stored_qparams(node.output)
@@ -51,6 +62,7 @@ def lower_lookup(lw, node):
     lw.bind(node.output, node.output, q_out)
 
 
+@fake_quantized_as("rescale")
 def lower_leaky_relu(lw, node):
     x, q = lw.env[node.inputs[0]]
     q_out = lw.stored_qparams(node.output)
@@ -67,6 +79,7 @@ def lower_leaky_relu(lw, node):
     lw.bind(node.output, node.output, q_out)
 
 
+@fake_quantized_as("product")
 def lower_mul(lw, node):
     if any(t in lw.fg.constants for t in node.inputs):
         raise IntqError(f"node {node.name}: Mul by a constant that is not per channel has no "
@@ -89,6 +102,7 @@ def lower_mul(lw, node):
     lw.bind(node.output, node.output, q_out)
 
 
+@fake_quantized_as("softmax")
 def lower_softmax(lw, node):
     x, q = _table_input(lw, node)
     shape = lw.fg.values[node.inputs[0]].shape
@@ -105,6 +119,7 @@ def lower_softmax(lw, node):
     lw.bind(node.output, node.output, SOFTMAX_OUT)
 
 
+@fake_quantized_as("rescale")
 def lower_affine(lw, node):
     x, q = lw.env[node.inputs[0]]
     q_out = lw.stored_qparams(node.output)
@@ -122,6 +137,18 @@ def lower_affine(lw, node):
     lw.bind(node.output, node.output, q_out)
 
 
-LOWERINGS = {**{op: lower_lookup for op in LOOKUP_OPS}, "LeakyRelu": lower_leaky_relu,
+@fake_quantized_as("rescale")
+def lower_abs(lw, node):
+    """|x| as `IntAbs`: one dyadic multiplier S_in / S_out after the absolute value."""
+    x, q = lw.env[node.inputs[0]]
+    q_out = lw.stored_qparams(node.output)
+    b, c = lw.multipliers(node.output, np.array(q.scale / q_out.scale))
+    lw.ig.add_node("IntAbs", [x, b, c], [node.output],
+                   {"in_zero_point": q.zero_point, "out_zero_point": q_out.zero_point,
+                    "lo": q_out.qmin, "hi": q_out.qmax, "dtype": q_out.dtype}, name=node.name)
+    lw.bind(node.output, node.output, q_out)
+
+
+LOWERINGS = {**{op: lower_lookup for op in LOOKUP_OPS}, "LeakyRelu": lower_leaky_relu, "Abs": lower_abs,
              "PRelu": lower_leaky_relu, "Mul": lower_mul, "Softmax": lower_softmax,
              "ChannelAffine": lower_affine}

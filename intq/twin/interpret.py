@@ -229,6 +229,7 @@ FLOAT_OPS: dict = {
     "ChannelAffine": _channel_affine,
     "Sigmoid": lambda g, n, x: torch.sigmoid(x),
     "Tanh": lambda g, n, x: torch.tanh(x),
+    "Abs": lambda g, n, x: torch.abs(x),
     "HardSigmoid": _hard_sigmoid,
     "HardSwish": _hard_swish,
     "Swish": lambda g, n, x: x * torch.sigmoid(x),

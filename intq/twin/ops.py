@@ -391,6 +391,21 @@ class IntAffine(TwinOp):
                                 a["hi"], self.zps),)
 
 
+class IntAbs(TwinOp):
+    """clamp(DN(|x - z_in|) + z_out, lo, hi), one multiplier or one per channel."""
+
+    def __init__(self, node, graph):
+        super().__init__(node, graph)
+        nd = len(graph.values[node.inputs[0]].shape)
+        self.register_buffer("b", _channel(graph.constants[node.inputs[1]], nd))
+        self.register_buffer("c", _channel(graph.constants[node.inputs[2]], nd))
+
+    def exact(self, x):
+        a = self.attrs
+        return (self.requantize(torch.abs(x - a["in_zero_point"]), self.b, self.c, a["lo"], a["hi"],
+                                a["out_zero_point"]),)
+
+
 class IntLookup(TwinOp):
     """table[x - offset]."""
 
@@ -516,5 +531,5 @@ class Split(_Move):
 
 MODULES = {cls.__name__: cls for cls in (
     QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
-    IntGlobalAvgPool, MaxPool, IntClamp, IntPad, IntAffine, IntLookup, IntLeakyRelu, IntMul,
+    IntGlobalAvgPool, MaxPool, IntClamp, IntPad, IntAffine, IntAbs, IntLookup, IntLeakyRelu, IntMul,
     IntSoftmax, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split)}

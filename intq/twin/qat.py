@@ -41,10 +41,11 @@ from ..passes.fold_affine import foldable_layer, is_input_affine
 from ..pipeline import compile_model
 from ..quant.calibrate import Calibration
 from ..quant.lower import INT32_MAX, LAYERS, Lowering, lowering_problem, lowering_rule
-from ..quant.lower_nonlinear import (LOWERINGS, SOFTMAX_OUT, TABLE_MAX_BITS, lower_affine,
-                                     lower_leaky_relu, lower_lookup, lower_mul, lower_softmax)
+from ..quant.lower_nonlinear import SOFTMAX_OUT, TABLE_MAX_BITS
 from ..quant.scheme import QParams, QuantConfig
 from .interpret import FloatInterpreter, Overlay
+
+
 
 def float_graph_with_batchnorms(model):
     """(float graph after every pass, {conv/linear name: its BatchNorm before folding}).
@@ -128,20 +129,14 @@ def fake_quant_act(v, qp, lo=None, hi=None):
     return torch.clamp(_ste_round(vc / qp.scale), lo - qp.zero_point, hi - qp.zero_point) * qp.scale
 
 
-# What lowering does at each op, as far as fake quantization is concerned: which inputs it
-# requantizes before the op reads them (`QATModel.operands`) and how it stores the output
-# (`QATModel.stored`), keyed by lowering's own rule for the op (`lower.lowering_rule`).
-_RULE_KINDS = {Lowering.lower_layer: "layer", Lowering.lower_pass_through: "pass_through",
-               Lowering.lower_join: "rescale", Lowering.lower_pool: "pool",
-               lower_lookup: "table", lower_softmax: "softmax", lower_mul: "product",
-               lower_leaky_relu: "rescale", lower_affine: "rescale"}
-
-
 def lowering_kind(op: str) -> str | None:
-    """"layer", "pass_through", "rescale" (the output requantized to its stored parameters:
-    joins, leaky ReLU, affine maps), "pool", "table", "softmax" or "product"; None for an op
-    lowering has no rule for (or a rule QAT does not know: a new lowering needs its kind)."""
-    return _RULE_KINDS.get(lowering_rule(op))
+    """What lowering does at op, as far as fake quantization is concerned: which inputs it
+    requantizes before the op reads them (`QATModel.operands`) and how it stores the output
+    (`QATModel.stored`), as lowering's own rule for the op states it (`fake_quantized_as`):
+    "layer", "pass_through", "rescale" (the output requantized to its stored parameters:
+    joins, leaky ReLU, affine maps, |x|), "pool", "table", "softmax" or "product"; None for
+    an op lowering has no rule for."""
+    return getattr(lowering_rule(op), "fake_quant", None)
 
 
 class QATModel(torch.nn.Module, Overlay):
