@@ -316,7 +316,9 @@ def lowering_rule(op: str):
     """The function lowering a float op (`rule(lowering, node)`), or None: layers and
     joins by their kind tags, ops that keep their input's quantization likewise, pools and
     the nonlinear ops of `lower_nonlinear` by name."""
-    spec_tags = get_op(op).tags if op in known_ops() else frozenset()
+    if op not in known_ops() or not get_op(op).float_graph:
+        return None   # not an op of the float graph (an integer op, an unknown name)
+    spec_tags = get_op(op).tags
     if "layer" in spec_tags:
         return Lowering.lower_layer
     if "join" in spec_tags:
