@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from intq.ir import Graph, Node
-from intq.ops import get_op, infer_shapes, ops_where
+from intq.ir import Graph, Node, Value
+from intq.ops import get_op, ops_where
 
 EPILOGUES = ("requantize", "residual", "concat_branch")
 ACCUMULATING = ops_where("accumulator", integer_graph=True)
@@ -114,7 +114,6 @@ def fuse(graph: Graph, residual: bool = True, copies: bool = True) -> Graph:
     g.nodes = nodes
     if copies:
         _fold_copies(g)
-    infer_shapes_fused(g)
     return g
 
 
@@ -147,6 +146,7 @@ def _concat_branch(g, layer, cat, i, coff) -> Node:
     rq = Node("Requantize", f"{cat.name}[{i}]", [layer.output, cat.inputs[n + i], cat.inputs[2 * n + i]],
               [part], {"in_zero_point": 0, "out_zero_point": a["out_zero_point"], "lo": a["lo"],
                        "hi": a["hi"], "dtype": a["dtype"]})
+    g.values[part] = Value(part, g.values[layer.output].shape, a["dtype"])
     one = g.add_constant(g.unique_name(f"{cat.output}.identity_b"), np.ones(1, np.int64))
     zero = g.add_constant(g.unique_name(f"{cat.output}.identity_c"), np.zeros(1, np.int64))
     cat.inputs = list(cat.inputs)
@@ -171,12 +171,3 @@ def _fold_copies(g) -> None:
         new = _fused(g, parts, w.attrs["epilogue"], w.attrs["branch"], copy=True)
         w.inputs, w.outputs, w.attrs = new.inputs, new.outputs, new.attrs
     g.nodes = keep
-
-
-def infer_shapes_fused(g) -> None:
-    """Shapes of every tensor of the fused graph: the unfused nodes by their specs, the
-    parts of a fused node likewise (its outputs are its parts' outputs)."""
-    flat = Graph(g.name)
-    flat.values, flat.constants, flat.inputs, flat.outputs = g.values, g.constants, g.inputs, g.outputs
-    flat.nodes = [p for n in g.nodes for p in (n.attrs["nodes"] if n.op == "FusedConv" else [n])]
-    infer_shapes(flat)

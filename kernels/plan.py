@@ -668,10 +668,6 @@ class Plan:
             self.steps.append(self._step(node))
 
     def _step(self, node):
-        if node.op == "FusedConv":
-            return self._fused_step(node)
-        if node.op in ("IntConv", "IntLinear"):
-            return self._conv_step(node, node.output, 0, Epilogue(RAW))
         builder = STEPS.get(node.op)
         if builder is None:
             raise IntqError(f"numba backend: no kernel for op {node.op} (node {node.name})")
@@ -873,8 +869,12 @@ def _elementwise_step(plan, node):
                                             for t in node.inputs if t in g.constants})
 
 
-# The step of each unfused integer op, by name (a test checks that every integer op has one).
+# The step of each node of the fused graph, by op (a test checks that every integer op has one).
 STEPS = {
+    # A layer alone stores its INT32 accumulator; one with its epilogue is a FusedConv.
+    "IntConv": lambda plan, node: plan._conv_step(node, node.output, 0, Epilogue(RAW)),
+    "IntLinear": lambda plan, node: plan._conv_step(node, node.output, 0, Epilogue(RAW)),
+    "FusedConv": lambda plan, node: plan._fused_step(node),
     "QuantizeInput": lambda plan, node: QuantizeStep(node, plan.layout(node.output), node.inputs[0]),
     "Requantize": _requantize_step,
     "IntAdd": _add_step,

@@ -31,7 +31,7 @@ def test_integer_op_is_complete(op):
     assert op in SCHEMAS and op in ARITY, f"{op}: no validator contract"
     if op in INTEGER_ONLY:
         assert spec.check is not OpSpec.check, f"{op}: no semantic checks"
-    assert op in STEPS or "accumulator" in spec.tags, f"{op}: no Numba step"
+    assert op in STEPS, f"{op}: no Numba step"
     assert op in MODULES, f"{op}: no twin module"
 
 
@@ -41,8 +41,5 @@ def test_lowered_float_op_has_torch_forms(op):
     assert lowering_kind(op) is not None, f"{op}: no QAT rule"
 
 
-def test_layers_have_a_kernel_step_through_fusion():
-    """IntConv/IntLinear have no entry in STEPS: the plan runs them as ConvSteps, alone
-    (RAW) or as FusedConv nodes; that is what their "accumulator" tag promises."""
-    assert ops_where("accumulator") == {"IntConv", "IntLinear"}
-    assert not set(STEPS) - set(known_ops())
+def test_steps_are_for_known_ops_and_fused_nodes():
+    assert not set(STEPS) - set(known_ops()) - {"FusedConv"}

@@ -35,6 +35,11 @@ def get_op(name: str) -> type[OpSpec]:
         raise IntqError(f"no op spec for {name!r}") from None
 
 
+def find_op(name: str) -> type[OpSpec] | None:
+    """The spec of op `name`, or None where there is none."""
+    return _REGISTRY.get(name)
+
+
 def known_ops() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -15,7 +15,6 @@ from numbers import Integral, Real
 import numpy as np
 
 from ..dyadic import MAX_B, MAX_C
-from .base import numel
 
 INT32_MAX = (1 << 31) - 1
 MAX_DIM = 1 << 31            # no tensor dimension is larger; keeps shape arithmetic exact
@@ -255,8 +254,3 @@ def window_sum(p, g, node, count):
     """An INT32 sum of `count` values of (x - in_zero_point) cannot overflow."""
     if count * span(g, node.inputs[0], node.attrs["in_zero_point"]) > INT32_MAX:
         p.fail(f"{where(node)}: the INT32 window sum may overflow")
-
-
-def table_count(g, x) -> int:
-    lo, hi = dtype_range(g.values[x].dtype)
-    return hi - lo + 1

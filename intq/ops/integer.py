@@ -20,7 +20,7 @@ from .conv import Conv
 from .elementwise import Concat
 from .linear import Linear
 from .pad import Pad
-from .pool import _pool_infer
+from .pool import _pool_infer, kernel_window
 from .window import conv2d, windows
 
 
@@ -192,25 +192,10 @@ def check_branches(node, g, p):
         p.fail(f"{k.where(node)}: the sum of rescaled branches may overflow int64")
 
 
-def check_pool(node, g, p, count):
-    """An average pool: output requantization, an INT32 window sum of `count` cells, and
-    multipliers that broadcast onto the output (one per output position at most)."""
-    k.requant_output(p, node)
-    k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[node.inputs[0]].dtype)
-    k.window_sum(p, g, node, count)
-    k.multipliers(p, g, node, node.inputs[1], node.inputs[2], g.values[node.output].shape,
-                  per_channel=False)
+class _Join(OpSpec):
+    """The contract IntAdd and IntConcat share: n branches, each with its zero point and
+    its own multiplier (inputs: the n branches, their n b's, their n c's)."""
 
-
-class IntAdd(OpSpec):
-    """Residual add, HAWQ-V3 eq. 7: y = clamp(sum_i DN_i(x_i - z_i) + z_out, lo, hi).
-
-    Inputs are the k branches, then their k multipliers b_i, then their k shifts c_i; each
-    branch is rounded by its own multiplier before the sum.
-    """
-
-    name = "IntAdd"
-    attrs = {"n": k.BRANCHES, "zero_points": k.ZERO_POINTS, **k.REQUANT}
     float_graph, integer_graph = False, True
     arity = staticmethod(lambda a: _branches(a, 3))
     activations = staticmethod(lambda a: a.get("n"))
@@ -223,6 +208,27 @@ class IntAdd(OpSpec):
     @staticmethod
     def check(node, g, p):
         check_branches(node, g, p)
+
+
+def check_pool(node, g, p, count):
+    """An average pool: output requantization, an INT32 window sum of `count` cells, and
+    multipliers that broadcast onto the output (one per output position at most)."""
+    k.requant_output(p, node)
+    k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[node.inputs[0]].dtype)
+    k.window_sum(p, g, node, count)
+    k.multipliers(p, g, node, node.inputs[1], node.inputs[2], g.values[node.output].shape,
+                  per_channel=False)
+
+
+class IntAdd(_Join):
+    """Residual add, HAWQ-V3 eq. 7: y = clamp(sum_i DN_i(x_i - z_i) + z_out, lo, hi).
+
+    Inputs are the k branches, then their k multipliers b_i, then their k shifts c_i; each
+    branch is rounded by its own multiplier before the sum.
+    """
+
+    name = "IntAdd"
+    attrs = {"n": k.BRANCHES, "zero_points": k.ZERO_POINTS, **k.REQUANT}
 
     @staticmethod
     def infer(node, ins, graph):
@@ -242,27 +248,15 @@ class IntAdd(OpSpec):
         return (np.clip(total + attrs["out_zero_point"], attrs["lo"], attrs["hi"]),)
 
 
-class IntConcat(OpSpec):
+class IntConcat(_Join):
     """Concat, HAWQ-V3 eq. 18: each branch rescaled by its own DN to the output scale."""
 
     name = "IntConcat"
     attrs = {"n": k.BRANCHES, "zero_points": k.ZERO_POINTS, "axis": k.AXIS, **k.REQUANT}
-    float_graph, integer_graph = False, True
-    arity = staticmethod(lambda a: _branches(a, 3))
-    activations = staticmethod(lambda a: a.get("n"))
-    tags = frozenset({"join"})
-
-    @staticmethod
-    def input_zero_points(attrs):
-        return attrs.get("zero_points") or ()
 
     @staticmethod
     def precheck(node, g, p):
         k.axis_within_rank(p, g, node)
-
-    @staticmethod
-    def check(node, g, p):
-        check_branches(node, g, p)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -288,10 +282,7 @@ class IntAvgPool(OpSpec):
     optional = {"ceil_mode": k.flag}
     arity = (3, 3)
     tags = frozenset({"windowed"})
-
-    @staticmethod
-    def precheck(node, g, p):
-        k.window(p, g, node, node.attrs["kernel_shape"])
+    precheck = staticmethod(kernel_window)
 
     @staticmethod
     def check(node, g, p):
@@ -360,10 +351,7 @@ class IntPad(OpSpec):
     float_graph, integer_graph = False, True
     attrs = {"pads": k.PADS, "value": k.INT}
     tags = frozenset({"movement"})
-
-    @staticmethod
-    def precheck(node, g, p):
-        k.window(p, g, node, (1, 1))
+    precheck = staticmethod(Pad.precheck)
 
     @staticmethod
     def check(node, g, p):

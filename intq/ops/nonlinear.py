@@ -12,7 +12,7 @@ from ..dyadic import requantize
 from ..errors import IntqError
 from . import contract as k
 from .base import OpSpec, same_shape
-from .integer import per_channel
+from .integer import Requantize, per_channel
 
 
 def _sigmoid(x):
@@ -147,31 +147,19 @@ class Abs(Elementwise):
         return np.abs(x)
 
 
-class IntAbs(OpSpec):
+class IntAbs(Requantize):
     """y = clamp(DN_b,c(|x - in_zero_point|) + out_zero_point, lo, hi); b, c one value or
-    one per channel (S_in / S_out). One rounding, so |error| <= 1/2 output step."""
+    one per channel (S_in / S_out). One rounding, so |error| <= 1/2 output step. Its
+    contract (attributes, inputs, checks) is Requantize's."""
 
     name = "IntAbs"
-    float_graph, integer_graph = False, True
-    attrs = {"in_zero_point": k.INT, **k.REQUANT}
-    arity = (3, 3)
     tags = frozenset({"channelwise"})
-
-    @staticmethod
-    def infer(node, ins, graph):
-        return [(ins[0].shape, node.attrs["dtype"])]
 
     @staticmethod
     def run(attrs, x, b, c):
         nd = x.ndim
         return (requantize(np.abs(x - attrs["in_zero_point"]), per_channel(b, nd), per_channel(c, nd),
                            attrs["lo"], attrs["hi"], attrs["out_zero_point"]),)
-
-    @staticmethod
-    def check(node, g, p):
-        k.requant_output(p, node)
-        k.in_range(p, node, "in_zero_point", node.attrs["in_zero_point"], g.values[node.inputs[0]].dtype)
-        k.multipliers(p, g, node, node.inputs[1], node.inputs[2], g.values[node.output].shape)
 
 
 SPECS = [Sigmoid, Tanh, HardSigmoid, HardSwish, Swish, LeakyRelu, PRelu, Softmax, Abs, IntAbs]

@@ -19,6 +19,11 @@ def _pool_infer(node, ins):
     return [((n, c, ho, wo), ins[0].dtype)]
 
 
+def kernel_window(node, g, p):
+    """The precheck of a pool: its pads within the input and its kernel window."""
+    k.window(p, g, node, node.attrs["kernel_shape"])
+
+
 class MaxPool(OpSpec):
     name = "MaxPool"
     integer_graph = True
@@ -26,9 +31,7 @@ class MaxPool(OpSpec):
     optional = {"dilations": k.PAIR, "ceil_mode": k.flag}
     tags = frozenset({"windowed", "keeps_qparams"})
 
-    @staticmethod
-    def precheck(node, g, p):
-        k.window(p, g, node, node.attrs["kernel_shape"])
+    precheck = staticmethod(kernel_window)
 
     @staticmethod
     def infer(node, ins, graph):
@@ -48,9 +51,7 @@ class AveragePool(OpSpec):
     optional = {"ceil_mode": k.flag}
     tags = frozenset({"windowed"})
 
-    @staticmethod
-    def precheck(node, g, p):
-        k.window(p, g, node, node.attrs["kernel_shape"])
+    precheck = staticmethod(kernel_window)
 
     @staticmethod
     def infer(node, ins, graph):

@@ -24,7 +24,7 @@ import numpy as np
 from ..dyadic import dyadic_multipliers
 from ..errors import IntqError
 from ..ir import Graph
-from ..ops import get_op, infer_shapes, known_ops, ops_where
+from ..ops import find_op, infer_shapes, ops_where
 from ..ops.pool import AveragePool
 from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
@@ -154,6 +154,7 @@ class Lowering:
         return self.requantized_copy(t, f"q{bits}", lambda: self.act_qparams(t, bits, narrow=True))
 
     # -- ops ---------------------------------------------------------------------
+    @fake_quantized_as("layer")
     def lower_layer(self, node):
         bits = self.bits[node.name]
         x, qx = self.narrow_input(node.inputs[0], bits)
@@ -206,6 +207,7 @@ class Lowering:
         self.requantize(acc, accq, node.output, q_out, lo, hi)
         self.bind(node.output, node.output, q_out)
 
+    @fake_quantized_as("rescale")
     def lower_join(self, node):
         if any(t in self.fg.constants for t in node.inputs):
             raise IntqError(f"node {node.name}: {node.op} with a constant operand has no integer form")
@@ -237,6 +239,7 @@ class Lowering:
         t = node.inputs[0]
         return self.requantized_copy(t, "w16", lambda: self.act_qparams(t, 16, narrow=False))
 
+    @fake_quantized_as("pool")
     def lower_pool(self, node):
         x, q = self.pool_input(node)
         q_out = self.stored_qparams(node.output)
@@ -256,6 +259,7 @@ class Lowering:
         self.ig.add_node(op, [x, bname, cname], [node.output], attrs, name=node.name)
         self.bind(node.output, node.output, q_out)
 
+    @fake_quantized_as("pass_through")
     def lower_pass_through(self, node):
         x, q = self.env[node.inputs[0]]
         attrs = dict(node.attrs)
@@ -316,9 +320,10 @@ def lowering_rule(op: str):
     """The function lowering a float op (`rule(lowering, node)`), or None: layers and
     joins by their kind tags, ops that keep their input's quantization likewise, pools and
     the nonlinear ops of `lower_nonlinear` by name."""
-    if op not in known_ops() or not get_op(op).float_graph:
+    spec = find_op(op)
+    if spec is None or not spec.float_graph:
         return None   # not an op of the float graph (an integer op, an unknown name)
-    spec_tags = get_op(op).tags
+    spec_tags = spec.tags
     if "layer" in spec_tags:
         return Lowering.lower_layer
     if "join" in spec_tags:
@@ -329,10 +334,7 @@ def lowering_rule(op: str):
 
 
 _RULES = {"AveragePool": Lowering.lower_pool, "GlobalAveragePool": Lowering.lower_pool}
-# How quantization-aware training mirrors each rule (see `lower_nonlinear.fake_quantized_as`).
-for _rule, _kind in ((Lowering.lower_layer, "layer"), (Lowering.lower_pass_through, "pass_through"),
-                     (Lowering.lower_join, "rescale"), (Lowering.lower_pool, "pool")):
-    fake_quantized_as(_kind)(_rule)
+
 
 
 def lowered_ops() -> frozenset:

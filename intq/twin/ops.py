@@ -391,14 +391,8 @@ class IntAffine(TwinOp):
                                 a["hi"], self.zps),)
 
 
-class IntAbs(TwinOp):
-    """clamp(DN(|x - z_in|) + z_out, lo, hi), one multiplier or one per channel."""
-
-    def __init__(self, node, graph):
-        super().__init__(node, graph)
-        nd = len(graph.values[node.inputs[0]].shape)
-        self.register_buffer("b", _channel(graph.constants[node.inputs[1]], nd))
-        self.register_buffer("c", _channel(graph.constants[node.inputs[2]], nd))
+class IntAbs(Requantize):
+    """clamp(DN(|x - z_in|) + z_out, lo, hi): Requantize's constants, of |x - z_in|."""
 
     def exact(self, x):
         a = self.attrs
