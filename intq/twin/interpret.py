@@ -1,7 +1,8 @@
 """One torch interpreter of intq's float graph (the graph after every float pass,
 `intq.pipeline.float_graph`), driven by a per-op table, with overlays for what is done to it.
 
-`FLOAT_OPS` maps each float op name to its torch forward, `fn(graph, node, *inputs)` ->
+`FLOAT_OPS` (in `intq.twin.ops`, beside the integer twin modules: every op's torch side in
+one file) maps each float op name to its torch forward, `fn(graph, node, *inputs)` ->
 one tensor or a tuple (Split); an entry wrapped in `LayerForward` is a weighted layer
 (Conv, Linear): `fn(graph, node, x, w, b)`, and the overlay's `layer` hook runs it. A fused
 ReLU/ReLU6/Clip (`act_min`/`act_max`, left by `passes.fuse_activation`) is applied by the
@@ -29,13 +30,12 @@ test fails when an op that lowering accepts has no entry here.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import IntqError
+# The table lives with the twin's other torch forms; re-exported for its readers.
+from .ops import FLOAT_OPS, LayerForward, fused_clamp, is_layer  # noqa: F401
 
 
 class Overlay:
@@ -52,202 +52,6 @@ class Overlay:
 
 
 PLAIN = Overlay()
-
-
-class LayerForward:
-    """A table entry for an op whose inputs 1 and 2 are a weight and an optional bias: the
-    interpreter hands it to the overlay's `layer` hook instead of calling it directly."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, graph, node, x, w, b=None):
-        return self.fn(graph, node, x, w, b)
-
-
-# -- the table -------------------------------------------------------------------------
-
-def _pad(x, pads, value=0.0):
-    """Zero (or `value`) padding of the spatial axes, pads as (top, left, bottom, right)."""
-    pt, pl, pb, pr = pads
-    return F.pad(x, (pl, pr, pt, pb), value=value) if any(pads) else x
-
-
-def _crop(graph, node, y):
-    """y cut to the node's static output size: torch lets a ceil_mode window start in the
-    end padding we pad explicitly, ONNX (and `ops.window`) does not."""
-    h, w = graph.values[node.output].shape[2:]
-    return y[:, :, :h, :w]
-
-
-def _conv(graph, node, x, w, b):
-    a = node.attrs
-    return F.conv2d(_pad(x, a["pads"]), w, b, stride=tuple(a["strides"]),
-                    dilation=tuple(a["dilations"]), groups=a["groups"])
-
-
-def _linear(graph, node, x, w, b):
-    return F.linear(x, w, b)
-
-
-def _max_pool(graph, node, x):
-    a = node.attrs
-    y = F.max_pool2d(_pad(x, a["pads"], -math.inf), tuple(a["kernel_shape"]), tuple(a["strides"]),
-                     dilation=tuple(a.get("dilations", (1, 1))), ceil_mode=bool(a.get("ceil_mode", 0)))
-    return _crop(graph, node, y)
-
-
-def _average_pool(graph, node, x):
-    """Window sums over the zero-padded input divided by each window's count: the cells of
-    the input, plus the padding's when count_include_pad, never what ceil_mode reads past
-    the padding (as `ops.pool.AveragePool`)."""
-    a = node.attrs
-    k, s, ceil = tuple(a["kernel_shape"]), tuple(a["strides"]), bool(a.get("ceil_mode", 0))
-    total = F.avg_pool2d(_pad(x, a["pads"]), k, s, ceil_mode=ceil, divisor_override=1)
-    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
-    count = F.avg_pool2d(_pad(ones, a["pads"], float(a["count_include_pad"])), k, s,
-                         ceil_mode=ceil, divisor_override=1)
-    return _crop(graph, node, total / count)
-
-
-def _global_average_pool(graph, node, x):
-    return x.mean(dim=(2, 3), keepdim=bool(node.attrs.get("keepdims", 1)))
-
-
-def _flatten(graph, node, x):
-    axis = node.attrs.get("axis", 1) % max(x.dim(), 1)
-    return x.reshape(math.prod(x.shape[:axis]), -1)
-
-
-def _reshape(graph, node, x):
-    """The static output shape with the batch of this run: a graph exported with a fixed
-    batch spells it as a number (ShuffleNet's channel shuffle reshapes to [1, g, c/g, h, w]),
-    and training feeds other batch sizes. Where the reshape does not carry the batch, the
-    target as written."""
-    out = graph.values[node.output].shape
-    inp = graph.values[node.inputs[0]].shape
-    if len(out) and (out[0] is None or (inp and out[0] == inp[0])):
-        return x.reshape((x.shape[0],) + tuple(out[1:]))
-    return x.reshape([x.shape[i] if t == 0 else t for i, t in enumerate(node.attrs["shape"])])
-
-
-def _transpose(graph, node, x):
-    return x.permute(*node.attrs["perm"])
-
-
-def _squeeze(graph, node, x):
-    for a in sorted((int(a) % x.dim() for a in node.attrs["axes"]), reverse=True):
-        x = x.squeeze(a)
-    return x
-
-
-def _unsqueeze(graph, node, x):
-    rank = x.dim() + len(node.attrs["axes"])
-    for a in sorted(int(a) % rank for a in node.attrs["axes"]):
-        x = x.unsqueeze(a)
-    return x
-
-
-def _slice(graph, node, x):
-    """ONNX slicing (negative steps included, which torch indexing lacks) off the batch axis."""
-    a = node.attrs
-    for axis, s, e, st in zip(a["axes"], a["starts"], a["ends"], a["steps"]):
-        axis = int(axis) % x.dim()
-        idx = range(x.shape[axis])[slice(int(s), int(e), int(st))]
-        if idx.step == 1:
-            x = x.narrow(axis, idx.start, len(idx))
-        else:
-            x = x.index_select(axis, torch.as_tensor(list(idx), dtype=torch.long, device=x.device))
-    return x
-
-
-def _split(graph, node, x):
-    return tuple(torch.split(x, list(node.attrs["split"]), dim=node.attrs["axis"]))
-
-
-def _clip(graph, node, x):
-    return torch.clamp(x, node.attrs.get("min"), node.attrs.get("max"))
-
-
-def _channel(v, x):
-    """A (C,) or (1,) constant shaped to broadcast along axis 1 of x."""
-    return v.reshape((1, -1) + (1,) * (x.dim() - 2))
-
-
-def _channel_affine(graph, node, x, scale, shift):
-    return x * _channel(scale, x) + _channel(shift, x)
-
-
-def _prelu(graph, node, x, slope):
-    return torch.where(x >= 0, x, x * _channel(slope, x))
-
-
-def _leaky_relu(graph, node, x):
-    return torch.where(x >= 0, x, node.attrs.get("alpha", 0.01) * x)
-
-
-def _hard_sigmoid(graph, node, x):
-    a = node.attrs
-    return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0.0, 1.0)
-
-
-def _hard_swish(graph, node, x):
-    a = node.attrs
-    return x * torch.clamp(a.get("alpha", 1 / 6) * x + a.get("beta", 0.5), 0.0, 1.0)
-
-
-def _softmax(graph, node, x):
-    """Softmax over `axes` (one axis, or several: every axis from `axis` on, opset < 13)."""
-    axes = sorted(int(a) % x.dim() for a in node.attrs["axes"])
-    if len(axes) == 1:
-        return torch.softmax(x, dim=axes[0])
-    rest = [d for d in range(x.dim()) if d not in axes]
-    p = x.permute(*rest, *axes)
-    y = torch.softmax(p.reshape(*p.shape[:len(rest)], -1), dim=-1).reshape(p.shape)
-    return y.permute(*np.argsort(rest + axes).tolist())
-
-
-FLOAT_OPS: dict = {
-    "Conv": LayerForward(_conv),
-    "Linear": LayerForward(_linear),
-    "Add": lambda g, n, *xs: sum(xs[1:], xs[0]),
-    "Mul": lambda g, n, a, b: a * b,
-    "Concat": lambda g, n, *xs: torch.cat(xs, dim=n.attrs["axis"]),
-    "MaxPool": _max_pool,
-    "AveragePool": _average_pool,
-    "GlobalAveragePool": _global_average_pool,
-    "Flatten": _flatten,
-    "Reshape": _reshape,
-    "Transpose": _transpose,
-    "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze,
-    "Slice": _slice,
-    "Split": _split,
-    "Relu": lambda g, n, x: torch.relu(x),
-    "Clip": _clip,
-    "Pad": lambda g, n, x: _pad(x, n.attrs["pads"]),
-    "ChannelAffine": _channel_affine,
-    "Sigmoid": lambda g, n, x: torch.sigmoid(x),
-    "Tanh": lambda g, n, x: torch.tanh(x),
-    "Abs": lambda g, n, x: torch.abs(x),
-    "HardSigmoid": _hard_sigmoid,
-    "HardSwish": _hard_swish,
-    "Swish": lambda g, n, x: x * torch.sigmoid(x),
-    "LeakyRelu": _leaky_relu,
-    "PRelu": _prelu,
-    "Softmax": _softmax,
-}
-
-
-def is_layer(op: str) -> bool:
-    """Whether `op`'s table entry is a weighted layer (run through the `layer` hook)."""
-    return isinstance(FLOAT_OPS.get(op), LayerForward)
-
-
-def fused_clamp(node, y):
-    """y clamped by the ReLU/ReLU6/Clip fused into the node, if it has one."""
-    lo, hi = node.attrs.get("act_min"), node.attrs.get("act_max")
-    return y if lo is None and hi is None else torch.clamp(y, lo, hi)
 
 
 class FloatInterpreter(torch.nn.Module):
