@@ -48,8 +48,13 @@ class Accumulator:
 
 
 class Lowering:
-    def __init__(self, fg: Graph, calib, cfg: QuantConfig):
+    """`weights` ({layer name: integer weights}) replaces round-to-nearest for those layers
+    (learned rounding, `intq.rounding`): the lowering still chooses the scales, and each
+    given tensor must lie on the layer's grid (shape and symmetric range at its bits)."""
+
+    def __init__(self, fg: Graph, calib, cfg: QuantConfig, weights: dict | None = None):
         self.fg, self.calib, self.cfg = fg, calib, cfg
+        self.weights = dict(weights or {})
         self.ig = Graph(fg.name)
         self.env: dict[str, tuple[str, object]] = {}
         self.cache: dict[tuple[str, int], tuple[str, QParams]] = {}
@@ -62,8 +67,14 @@ class Lowering:
         if unknown:
             raise IntqError(f"bit widths given for unknown layers: {', '.join(unknown)}; "
                             f"layers are: {', '.join(self.bits)}")
+        unknown = sorted(set(self.weights) - set(self.bits))
+        if unknown:
+            raise IntqError(f"rounded weights given for unknown layers: {', '.join(unknown)}")
         self.layer_info: list[dict] = []
         self.qparams: dict[str, dict] = {}
+        # Per layer, the grid its weights were put on: {"scales": (M,), "qmax", "input": QParams}
+        # (what a rounding method must use so that the integers it picks are the compiled ones).
+        self.weight_grid: dict[str, dict] = {}
 
     # -- decisions ---------------------------------------------------------------
     def readers(self, t):
@@ -164,6 +175,15 @@ class Lowering:
                 if len(node.inputs) > 2 and node.inputs[2] else np.zeros(m))
         wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip,
                                   min_scales=bias_scale_floor(bias, qx.scale))
+        qmax = (1 << (bits - 1)) - 1
+        self.weight_grid[node.name] = {"scales": sw, "qmax": qmax, "input": qx}
+        if node.name in self.weights:
+            wq = np.asarray(self.weights[node.name])
+            if wq.shape != w.shape or wq.dtype.kind not in "iu" or (
+                    wq.size and int(np.abs(wq.astype(np.int64)).max()) > qmax):
+                raise IntqError(f"layer {node.name}: rounded weights must be integers of shape "
+                                f"{w.shape} within +-{qmax}")
+            wq = wq.astype(np.int8)
         if self.cfg.bias_correction:
             # The floor above came from the uncorrected bias: the shift is of the order of
             # one weight step times the input, far inside the floor's INT32 headroom, and
@@ -353,5 +373,5 @@ def lowering_problem(fg: Graph, node) -> str | None:
     return None
 
 
-def lower_to_integer(fg: Graph, calib, cfg: QuantConfig) -> Graph:
-    return Lowering(fg, calib, cfg).run()
+def lower_to_integer(fg: Graph, calib, cfg: QuantConfig, weights: dict | None = None) -> Graph:
+    return Lowering(fg, calib, cfg, weights).run()

@@ -82,8 +82,19 @@ class FloatInterpreter(torch.nn.Module):
     def forward(self, x, overlay: Overlay | None = None, trace: bool = False):
         fg, hooks = self.fg, overlay or PLAIN
         t = fg.inputs[0]
-        env = {t: hooks.stored(t, x, None)}
-        for node in fg.nodes:
+        env = self.run_nodes(fg.nodes, {t: hooks.stored(t, x, None)}, hooks)
+        if trace:
+            return env
+        outs = tuple(env[o] for o in fg.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    def run_nodes(self, nodes, env: dict, overlay: Overlay | None = None) -> dict:
+        """Run `nodes` (a topologically ordered part of the graph) on `env`, {tensor: value}
+        holding every tensor they read that no earlier one of them computes; returns env
+        with their outputs added. `forward` is this over the whole graph; block-wise
+        reconstruction (`intq.rounding`) runs one block at a time."""
+        fg, hooks = self.fg, overlay or PLAIN
+        for node in nodes:
             ins = [None if not i else self.constant(i) if i in self._buffer_of else env[i]
                    for i in node.inputs]
             ins = hooks.operands(node, ins)
@@ -96,7 +107,4 @@ class FloatInterpreter(torch.nn.Module):
             outs = y if isinstance(y, tuple) else (y,)
             for name, v in zip(node.outputs, outs):
                 env[name] = hooks.stored(name, fused_clamp(node, v), node)
-        if trace:
-            return env
-        outs = tuple(env[o] for o in fg.outputs)
-        return outs[0] if len(outs) == 1 else outs
+        return env

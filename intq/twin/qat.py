@@ -145,7 +145,8 @@ class QATModel(torch.nn.Module, Overlay):
     returns float logits; after it, `points` holds every quantization point of that forward,
     {integer tensor name as lowering names it: QParams}."""
 
-    def __init__(self, fg, bns: dict, cfg: QuantConfig, calib_images, momentum: float = 0.1):
+    def __init__(self, fg, bns: dict, cfg: QuantConfig, calib_images, momentum: float = 0.1,
+                 calibration=None):
         super().__init__()
         problems = [f"node {n.name}: {p}" for n in fg.nodes if (p := lowering_problem(fg, n))]
         if problems:
@@ -157,7 +158,7 @@ class QATModel(torch.nn.Module, Overlay):
             raise IntqError(f"qat: no fake-quantization rule for the lowering of {', '.join(unknown)}")
         self.graph = FloatInterpreter(fg)
         self.fg, self.cfg, self.momentum = fg, cfg, momentum
-        self.calib = Calibration(fg, calib_images)
+        self.calib = calibration if calibration is not None else Calibration(fg, calib_images)
         self.ranges = {t: (self.calib.lo[t], self.calib.hi[t]) for t in self.calib.lo}
         self.lw = Lowering(fg, FrozenRanges(self.ranges, self.calib), cfg)
         self.normalised = any(is_input_affine(fg, n) for n in fg.consumers(fg.inputs[0]))

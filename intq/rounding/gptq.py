@@ -1,0 +1,99 @@
+"""GPTQ (Frantar et al. 2023): one-shot Hessian-aware rounding of one layer.
+
+A layer's output error on its calibration inputs X is (W - Q) X; its squared norm is
+sum over output channels of (w - q)^T H (w - q) with H = X X^T / n, one H per convolution
+group (a depthwise channel has its own 9 x 9 H). GPTQ rounds the input columns one at a
+time (in order of decreasing H diagonal, "act order") and after each rounding moves the
+not-yet-rounded weights of the same output channel by the least-squares compensation of
+that rounding's error (Optimal Brain Surgeon on the inverse Hessian's Cholesky factor).
+The weights end on intq's grid: q = clamp(floor(v / s + 1/2), -qmax, qmax) with the
+lowering's per-channel scale s, so the integers are the ones compiled. They may lie more
+than one step from round-to-nearest of the original weight: the compensation moves them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _pad(x, pads):
+    pt, pl, pb, pr = pads
+    return F.pad(x, (pl, pr, pt, pb)) if any(pads) else x
+
+
+def layer_columns(node, x, weight_shape) -> torch.Tensor:
+    """The layer's input as the matrix its weights multiply, per group: (G, D, positions)
+    float64, D = C/G * kh * kw in the weight's (c, kh, kw) order; zero padding included."""
+    if node.op == "Linear" or x.dim() == 2:
+        return x.reshape(x.shape[0], -1).double().T[None]
+    a = node.attrs
+    g = a["groups"]
+    kh, kw = weight_shape[2:]
+    cols = F.unfold(_pad(x.double(), a["pads"]), (kh, kw), dilation=tuple(a["dilations"]),
+                    stride=tuple(a["strides"]))                     # (B, C*kh*kw, L)
+    b, d, positions = cols.shape
+    cols = cols.reshape(b, g, d // g, positions).permute(1, 2, 0, 3)  # (G, D, B, L)
+    return cols.reshape(g, d // g, b * positions)
+
+
+class Hessian:
+    """Running H = X X^T / n per group over calibration batches."""
+
+    def __init__(self):
+        self.h, self.n = None, 0
+
+    def add(self, cols: torch.Tensor):
+        h = cols @ cols.transpose(1, 2)
+        self.h = h if self.h is None else self.h + h
+        self.n += cols.shape[2]
+
+    def value(self) -> torch.Tensor:
+        return self.h / max(self.n, 1)
+
+
+def gptq_round(w, scales, qmax: int, h, damp: float = 0.01, act_order: bool = True,
+               block: int = 128) -> torch.Tensor:
+    """Integer weights (float64 tensor of integers, shape of w) for w (M, ...) with
+    per-channel scales (M,) and per-group Hessians h (G, D, D), D = w[0].numel().
+
+    damp adds damp * mean(diag H) to the diagonal (GPTQ's dampening; the objective is
+    then (w - q)^T (H + lambda I) (w - q)); a column no input ever reaches (zero diagonal)
+    is rounded to nearest."""
+    m = w.shape[0]
+    g, d = h.shape[0], h.shape[1]
+    rows = m // g
+    W = w.double().reshape(g, rows, d).clone()
+    s = scales.double().reshape(g, rows, 1)
+    H = h.double().clone()
+    dead = torch.diagonal(H, dim1=1, dim2=2) <= 0
+    idx = torch.arange(d)
+    H[:, idx, idx] += dead.double()
+    mean_diag = torch.diagonal(H, dim1=1, dim2=2).mean(dim=1)
+    H[:, idx, idx] += (damp * mean_diag)[:, None]
+    if act_order:
+        perm = torch.argsort(torch.diagonal(H, dim1=1, dim2=2), dim=1, descending=True)
+    else:
+        perm = idx.expand(g, d)
+    inv = torch.argsort(perm, dim=1)
+    W = torch.gather(W, 2, perm[:, None, :].expand(g, rows, d))
+    H = torch.gather(torch.gather(H, 1, perm[:, :, None].expand(g, d, d)), 2,
+                     perm[:, None, :].expand(g, d, d))
+    # U: upper Cholesky factor of H^-1 (row i holds the OBS update of column i's error).
+    L = torch.linalg.cholesky(H)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    Q = torch.zeros_like(W)
+    for b0 in range(0, d, block):
+        b1 = min(b0 + block, d)
+        Wb = W[:, :, b0:b1].clone()
+        Err = torch.zeros_like(Wb)
+        Ub = U[:, b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            col = Wb[:, :, i]
+            q = torch.clamp(torch.floor(col / s[..., 0] + 0.5), -qmax, qmax)
+            Q[:, :, b0 + i] = q
+            e = (col - q * s[..., 0]) / Ub[:, i, i][:, None]
+            Wb[:, :, i:] -= e[:, :, None] * Ub[:, i, i:][:, None, :]
+            Err[:, :, i] = e
+        W[:, :, b1:] -= Err @ U[:, b0:b1, b1:]
+    Q = torch.gather(Q, 2, inv[:, None, :].expand(g, rows, d))
+    return Q.reshape(w.shape)

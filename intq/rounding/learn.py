@@ -1,0 +1,323 @@
+"""Learned weight rounding from unlabelled calibration images, through the torch side with
+the compiler's exact quantization scheme.
+
+The lowering is run once with round-to-nearest: it fixes every layer's grid (per-channel
+scale, bound, input parameters; `Lowering.weight_grid`) and every activation's parameters.
+The float graph then runs in torch (`FloatInterpreter`) under the QAT overlay
+(`intq.twin.qat.QATModel`: fake quantization exactly where and as `intq compile`
+quantizes), block by block (`blocks.blocks`): each block's input as the quantized model
+holds it, with every earlier block's weights already rounded, is cached, and the block's
+layers are rounded by one of
+
+* ``gptq``: one-shot, per layer in order, Hessian of the layer's quantized input (`gptq`);
+* ``adaround``: per layer, the rounding direction learned by reconstructing the layer's
+  float output from its quantized input (AdaRound);
+* ``brecq``: the same, all layers of a block together, reconstructing the block's float
+  output (BRECQ);
+* ``qdrop``: BRECQ with the activations quantized inside the block, each element's
+  quantization dropped (left float) with probability 1/2, the block input likewise mixing
+  quantized and float values (QDrop).
+
+The result is {layer: integer weights}; `Lowering(..., weights=...)` compiles exactly those
+integers on exactly that grid, so `intq verify` checks the optimized model itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..errors import IntqError
+from ..quant.calibrate import Calibration
+from ..quant.lower import Lowering
+from ..twin.interpret import FLOAT_OPS, fused_clamp
+from ..twin.qat import QATModel, fake_quant_act
+from .adaround import SoftRounding, beta_schedule
+from .blocks import blocks
+from .gptq import Hessian, gptq_round, layer_columns
+
+METHODS = ("nearest", "gptq", "adaround", "brecq", "qdrop")
+# What `--rounding learned` means: the best method by the measurements in the README.
+LEARNED = "qdrop"
+
+
+def resolve_method(name: str) -> str:
+    name = LEARNED if name == "learned" else name
+    if name not in METHODS:
+        raise IntqError(f"unknown rounding {name!r}; choose from learned, {', '.join(METHODS)}")
+    return name
+
+
+@dataclass
+class Settings:
+    """The knobs of the reconstruction methods (GPTQ reads damp and act_order only)."""
+
+    steps: int = 300          # optimizer steps per block (brecq, qdrop) or layer (adaround)
+    batch: int = 32
+    lr: float = 3e-3          # Adam on the rounding variables V
+    reg_weight: float = 0.01  # lambda of the rounding regularizer
+    drop: float = 0.5         # QDrop's probability of leaving an element unquantized
+    damp: float = 0.01
+    act_order: bool = True
+    seed: int = 0
+
+
+class _Overlay(QATModel):
+    """The QAT overlay with the lowering's own Lowering (so every activation is quantized
+    with the calibration method `compile` uses), weights taken from `state` ({layer: float
+    tensor of dequantized weights, or a SoftRounding}; the float weight when absent), an
+    input capture hook and QDrop's random drop of activation quantization."""
+
+    def __init__(self, fg, cfg, calib, lowering, sample):
+        super().__init__(fg, {}, cfg, None, calibration=calib)
+        self.lw = lowering
+        self.state: dict = {}
+        self.capture: dict = {}
+        self.drop = 0.0
+        self.eval()
+        with torch.no_grad():
+            self.forward(sample)
+        self.static_q = dict(self._q)
+
+    def layer(self, node, x, w, b, forward):
+        if node.name in self.capture:
+            self.capture[node.name](x)
+        st = self.state.get(node.name)
+        if isinstance(st, SoftRounding):
+            w = st.soft()
+        elif st is not None:
+            w = st
+        return forward(x, w, b)
+
+    def _quantize(self, name, v, qp, lo=None, hi=None):
+        self.points[name] = qp
+        fq = fake_quant_act(v, qp, lo, hi)
+        if self.drop > 0:
+            return torch.where(torch.rand_like(fq) < self.drop, v, fq)
+        return fq
+
+    def hold_input(self, x):
+        self._q, self.points = {}, {}
+        return self.stored(self.fg.inputs[0], x, None)
+
+    def run_quantized(self, block, x):
+        self._q, self.points = dict(self.static_q), {}
+        env = self.graph.run_nodes(block.nodes, {block.input: x}, self)
+        return [env[o] for o in block.outputs]
+
+    def run_float(self, block, x, want=None):
+        env = self.graph.run_nodes(block.nodes, {block.input: x})
+        return [env[o] for o in (want or block.outputs)]
+
+
+def _batched(fn, xs, batch):
+    """fn over the rows of the tensors xs in batches, outputs concatenated (no grad)."""
+    outs = None
+    with torch.no_grad():
+        for i in range(0, len(xs[0]), batch):
+            ys = fn(*(x[i:i + batch] for x in xs))
+            outs = [[y] for y in ys] if outs is None else [o + [y] for o, y in zip(outs, ys)]
+    return [torch.cat(o) for o in outs]
+
+
+def _lp(out, target):
+    """BRECQ's reconstruction loss: squared error summed over channels, mean elsewhere."""
+    d = (out - target).pow(2)
+    return d.sum(1).mean() if d.dim() > 1 else d.mean()
+
+
+class Reconstruction:
+    def __init__(self, fg, images, cfg, calib, method, settings, device, progress, lowering):
+        self.fg, self.cfg, self.method, self.s = fg, cfg, method, settings
+        self.device = torch.device(device)
+        self.progress = progress
+        self.lw = lowering
+        self.grid = lowering.weight_grid
+        self.images = torch.as_tensor(np.asarray(images, np.float32))
+        self.ov = _Overlay(fg, cfg, calib, lowering, self.images[:1]).to(self.device)
+        self.blocks = blocks(fg)
+        self.gen = torch.Generator().manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)
+        self.integers: dict[str, np.ndarray] = {}
+
+    def weight(self, node) -> np.ndarray:
+        return self.fg.constants[node.inputs[1]].astype(np.float64)
+
+    def fix(self, node, q: np.ndarray):
+        """Layer `node` rounded to the integers q from now on."""
+        g = self.grid[node.name]
+        q = np.asarray(q).astype(np.int8)
+        self.integers[node.name] = q
+        shape = (-1,) + (1,) * (q.ndim - 1)
+        w = q.astype(np.float64) * np.asarray(g["scales"]).reshape(shape)
+        self.ov.state[node.name] = torch.as_tensor(w, dtype=torch.float32, device=self.device)
+
+    def run(self):
+        s, ov, dev = self.s, self.ov, self.device
+        xf = self.images.to(dev)
+        xq = _batched(lambda x: [ov.hold_input(x)], [xf], 64)[0]
+        total = len(self.blocks)
+        for k, block in enumerate(self.blocks):
+            yf = _batched(lambda x: ov.run_float(block, x), [xf], 64)
+            if self.method == "gptq":
+                self.gptq_block(block, xq)
+            elif self.method == "adaround":
+                self.adaround_block(block, xq, xf)
+            else:
+                self.reconstruct_block(block, xq, xf, yf, drop=s.drop if self.method == "qdrop" else 0.0)
+            if k + 1 < total:
+                xq = _batched(lambda x: ov.run_quantized(block, x), [xq], 64)[0]
+                xf = yf[0]
+            if self.progress:
+                self.progress(k + 1, total)
+        return self.integers
+
+    # -- methods ----------------------------------------------------------------------
+    def gptq_block(self, block, xq):
+        ov = self.ov
+        for node in block.layers:
+            w = self.weight(node)
+            h = Hessian()
+            ov.capture = {node.name: lambda x, n=node: h.add(layer_columns(n, x, w.shape))}
+            _batched(lambda x: ov.run_quantized(block, x), [xq], 64)
+            ov.capture = {}
+            g = self.grid[node.name]
+            q = gptq_round(torch.as_tensor(w), torch.as_tensor(g["scales"]), g["qmax"],
+                           h.value().cpu(), damp=self.s.damp, act_order=self.s.act_order)
+            self.fix(node, q.numpy())
+
+    def adaround_block(self, block, xq, xf):
+        ov = self.ov
+        for node in block.layers:
+            got = []
+            ov.capture = {node.name: lambda x: got.append(x.detach())}
+            _batched(lambda x: ov.run_quantized(block, x), [xq], 64)
+            ov.capture = {}
+            xin = torch.cat(got)
+            target = _batched(lambda x: ov.run_float(block, x, [node.outputs[0]]), [xf], 64)[0]
+            soft = self._soft(node)
+            fn = FLOAT_OPS[node.op]
+            b = ov.graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+
+            def forward(idx, node=node, soft=soft, fn=fn, b=b):
+                return [fused_clamp(node, fn(self.fg, node, xin[idx], soft.soft(), b))]
+            self._optimize([soft], forward, [target], len(xin))
+            self.fix(node, soft.hard_integers())
+
+    def reconstruct_block(self, block, xq, xf, yf, drop):
+        ov = self.ov
+        softs = [self._soft(n) for n in block.layers]
+
+        def forward(idx):
+            x = xq[idx]
+            if drop > 0:
+                x = torch.where(torch.rand_like(x) < drop, xf[idx], x)
+            ov.drop = drop
+            try:
+                return ov.run_quantized(block, x)
+            finally:
+                ov.drop = 0.0
+        self._optimize(softs, forward, yf, len(xq))
+        for node, soft in zip(block.layers, softs):
+            self.fix(node, soft.hard_integers())
+
+    def _soft(self, node) -> SoftRounding:
+        g = self.grid[node.name]
+        soft = SoftRounding(self.weight(node), g["scales"], g["qmax"]).to(self.device)
+        self.ov.state[node.name] = soft
+        return soft
+
+    def _optimize(self, softs, forward, targets, n):
+        s = self.s
+        opt = torch.optim.Adam([p.v for p in softs], lr=s.lr)
+        for step in range(s.steps):
+            idx = torch.randint(0, n, (min(s.batch, n),), generator=self.gen).to(self.device)
+            outs = forward(idx)
+            loss = sum(_lp(o, t[idx]) for o, t in zip(outs, targets))
+            beta = beta_schedule(step, s.steps)
+            if beta is not None:
+                loss = loss + s.reg_weight * sum(p.regularizer(beta) for p in softs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str((p.shape, p.dtype)).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:24]
+
+
+def graph_digest(fg) -> str:
+    """A digest of a float graph's structure and constants (names included)."""
+    parts = [repr([(n.op, n.name, n.inputs, n.outputs, sorted(n.attrs.items(), key=str))
+                   for n in fg.nodes]), repr(fg.inputs), repr(fg.outputs)]
+    parts += [fg.constants[k] for k in sorted(fg.constants)]
+    return _digest(*parts)
+
+
+def _cache_path(key):
+    from ..alloc.allocate import cache_dir
+    d = cache_dir()
+    return None if d is None else os.path.join(d, f"rounding-{key}.npz")
+
+
+def learn_rounding(fg, images, cfg, method: str = "learned", calibration=None,
+                   settings: Settings | None = None, device: str = "cpu", progress=None,
+                   use_cache: bool = True) -> tuple[dict, dict]:
+    """({layer: int8 integer weights}, info) for the float graph fg under QuantConfig cfg,
+    learned on the calibration images (float32 NCHW). `progress(done, total)` is told after
+    each block; info holds the method, settings, blocks and the time of each phase.
+    Results are cached per graph, images, scheme, method and settings (`INTQ_CACHE_DIR`)."""
+    method = resolve_method(method)
+    settings = settings or Settings()
+    images = np.asarray(images, np.float32)
+    scheme = {k: v for k, v in cfg.to_dict().items() if k not in ("bias_correction", "rounding")}
+    key = _digest(graph_digest(fg), images, repr(sorted(scheme.items(), key=str)), method,
+                  repr(asdict(settings)), "v1")
+    info = {"method": method, "settings": asdict(settings), "images": int(len(images)),
+            "device": str(device)}
+    path = _cache_path(key) if use_cache else None
+    if path and os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                weights = {str(k): z[f"w{i}"] for i, k in enumerate(z["names"])}
+            return weights, {**info, "cached": True, "seconds": {}}
+        except (OSError, ValueError):
+            pass  # a damaged entry is recomputed
+    t0 = time.perf_counter()
+    calib = calibration if calibration is not None else Calibration(fg, images)
+    t1 = time.perf_counter()
+    lowering = Lowering(fg, calib, cfg)
+    lowering.run()
+    if method == "nearest":
+        raise IntqError("nearest rounding needs no learning")
+    rec = Reconstruction(fg, images, cfg, calib, method, settings, device, progress, lowering)
+    t2 = time.perf_counter()
+    weights = rec.run()
+    t3 = time.perf_counter()
+    info.update(cached=False, blocks=len(rec.blocks),
+                seconds={"calibration": round(t1 - t0, 2), "grid": round(t2 - t1, 2),
+                         "rounding": round(t3 - t2, 2)})
+    if path:
+        from ..artifact import atomic_write
+        import io
+        buf = io.BytesIO()
+        # Layer names may hold any character: keep them in an array, not as member names.
+        np.savez(buf, names=np.array(list(weights)),
+                 **{f"w{i}": q for i, q in enumerate(weights.values())})
+        try:
+            with atomic_write(path) as f:
+                f.write(buf.getvalue())
+        except IntqError:
+            pass
+    return weights, info
