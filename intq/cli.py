@@ -43,7 +43,38 @@ def _config(args):
     return QuantConfig(profile=args.profile, default_bits=default, bits=table,
                        calib_method=args.calib_method, residual_bits=args.residual_bits,
                        weight_clip=args.weight_clip,
-                       bias_correction=getattr(args, "bias_correction", False))
+                       bias_correction=getattr(args, "bias_correction", False),
+                       rounding=getattr(args, "rounding", "nearest"))
+
+
+def _rounding_options(args) -> dict:
+    """How `--rounding` learns (`intq.rounding.learn_rounding`): its settings, the torch
+    device, and a progress bar over the blocks on a terminal."""
+    from .evaluate import ProgressBar
+
+    if args.rounding == "nearest":
+        return {}
+    if args.rounding_steps is not None and args.rounding_steps < 1:
+        raise IntqError("--rounding-steps must be at least 1")
+    try:
+        import torch
+    except ImportError:
+        raise IntqError("--rounding learns through torch, which is not installed") from None
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, ValueError) as e:
+        raise IntqError(f"--device {args.device}: {str(e).splitlines()[0]}") from None
+    from .rounding import Settings
+
+    settings = Settings() if args.rounding_steps is None else Settings(steps=args.rounding_steps)
+    bar = ProgressBar(1)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done)
+        if done == total:
+            bar.close()
+    return {"settings": settings, "device": args.device, "progress": progress}
 
 
 def _load_model(path):
@@ -79,7 +110,7 @@ def cmd_compile(args) -> int:
                                  preprocess=args.preprocess).require_labels()
     calib = Data(args.calib, chw=chw, keys=("x", "x_calib"), what="calibration data",
                  preprocess=args.preprocess).load()[0]
-    model = compile_onnx(args.model, calib, config=cfg)
+    model = compile_onnx(args.model, calib, config=cfg, rounding_options=_rounding_options(args))
     model.info["source"] = str(args.model)
     model.info["calibration"]["data"] = str(args.calib)
     if ev:
@@ -90,6 +121,10 @@ def cmd_compile(args) -> int:
     print(f"wrote {args.output}: {len(layers)} layers at {'/'.join(map(str, widths))} bits, "
           f"profile {args.profile}, calibrated on {info['calibration']['images']} images "
           f"({info['calibration']['seconds']:.1f} s)")
+    if "rounding" in info:
+        r = info["rounding"]
+        took = ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()) or "from the cache"
+        print(f"rounding {r['method']} on {r['images']} images ({took})")
     if "accuracy" in info:
         a = info["accuracy"]
         print(f"top-1 int {a.get('int_top1', float('nan')):.4f} float {a.get('float_top1', float('nan')):.4f}")
@@ -405,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bias-correction", action="store_true", help="subtract the mean output "
                    "shift that weight rounding causes, measured on the calibration data (worth "
                    "it for depthwise layers)")
+    s.add_argument("--rounding", default="nearest",
+                   choices=["nearest", "learned", "gptq", "adaround", "brecq", "qdrop"],
+                   help="how weights are rounded to their grid: nearest, or learned from the "
+                   "calibration images (learned = the best method, see the README; gptq is "
+                   "one-shot and fast); cached per model, data and settings")
+    s.add_argument("--rounding-steps", type=int, help="optimizer steps per block or layer for "
+                   "adaround/brecq/qdrop (default 300)")
+    s.add_argument("--device", default="cpu", help="torch device for --rounding (default cpu)")
     s.add_argument("--eval-data", help=".npz with x/y, or a folder of class subfolders: record "
                    "float and integer top-1 in the card")
     s.set_defaults(func=cmd_compile)

@@ -82,14 +82,17 @@ class Model:
 
 
 def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantConfig | None = None,
-            **options) -> Model:  # noqa: A001  (intq.compile)
+            rounding_options: dict | None = None, **options) -> Model:  # noqa: A001  (intq.compile)
     """Quantize an ONNX model (path or ModelProto) to an integer-only Model.
 
     calib: float32 NCHW images, or a path: an .npz holding them under x / x_calib, an .npy,
     or an image folder (preprocessed to the model's input by `preprocess`, see intq.images).
     bits: 8, 4, or a dict mapping Conv/Linear node names to 4 or 8 (first conv and last
     linear stay at 8 unless named). options: QuantConfig fields (calib_method, profile,
-    residual_bits, weight_clip, ...); or `config`, a whole QuantConfig, instead of both."""
+    residual_bits, weight_clip, rounding, ...); or `config`, a whole QuantConfig, instead of
+    both. rounding_options (with rounding other than nearest): settings
+    (`intq.rounding.Settings`), device (torch device, default cpu), progress(done, total),
+    use_cache."""
     calib_path = os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None
     chw = (lambda: model.values[model.inputs[0]].shape[1:]) if isinstance(model, Graph) else \
         (lambda: onnx_input_chw(model))
@@ -100,7 +103,7 @@ def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantCon
         config = QuantConfig(default_bits=default, bits=table, **options)
     elif options or bits != 8:
         raise TypeError("give either config or bits and QuantConfig fields, not both")
-    ig, fg, info = compile_model(model, calib, config)
+    ig, fg, info = compile_model(model, calib, config, rounding_options=rounding_options)
     info["source"] = str(model) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"
     if calib_path:
         info["calibration"]["data"] = calib_path

@@ -19,11 +19,14 @@ def float_graph(model, allow_unsupported: bool = False) -> Graph:
     return run_passes(import_onnx(model, allow_unsupported))
 
 
-def compile_model(model, calib_images, config, calibration=None):
+def compile_model(model, calib_images, config, calibration=None, rounding_options=None):
     """ONNX model (path, ModelProto, or an already imported float Graph) + calibration
     images + QuantConfig -> (integer graph, float graph, info). `calibration` replaces the
     statistics gathered from the images (anything with `Calibration.range`'s signature:
-    quantization-aware training passes the activation ranges it trained with)."""
+    quantization-aware training passes the activation ranges it trained with).
+    With `config.rounding` other than nearest the weights' integers are learned on the
+    calibration images first (`intq.rounding.learn_rounding`, given `rounding_options`:
+    settings, device, progress, use_cache)."""
     fg = model if isinstance(model, Graph) else float_graph(model)
     # Refuse what the passes cannot make sense of (NaN weights from a BatchNormalization
     # with a negative variance, out-of-range attributes) before calibrating on it.
@@ -34,7 +37,16 @@ def compile_model(model, calib_images, config, calibration=None):
                         f"the model expects {tuple(want[1:])}")
     t0 = time.perf_counter()
     calib = calibration if calibration is not None else Calibration(fg, calib_images)
-    ig = lower_to_integer(fg, calib, config)
+    seconds = round(time.perf_counter() - t0, 3)
+    weights, rounding = None, None
+    if config.rounding != "nearest":
+        from .rounding import learn_rounding  # torch: imported only when asked for
+
+        weights, rounding = learn_rounding(fg, calib_images, config, config.rounding,
+                                           calibration=calib, **(rounding_options or {}))
+    ig = lower_to_integer(fg, calib, config, weights)
     info = {"calibration": {"images": int(len(calib_images)), "method": config.calib_method,
-                            "seconds": round(time.perf_counter() - t0, 3)}}
+                            "seconds": seconds}}
+    if rounding is not None:
+        info["rounding"] = rounding
     return ig, fg, info

@@ -23,6 +23,10 @@ import numpy as np
 from ..errors import IntqError
 
 PROFILES = ("hawq", "pot")
+# How weights are put on their grid: round-to-nearest, or learned from calibration data
+# (`intq.rounding`). "learned" names the best method measured (see the README).
+ROUNDINGS = ("nearest", "gptq", "adaround", "brecq", "qdrop")
+LEARNED_ROUNDING = "qdrop"
 
 
 @dataclass
@@ -39,12 +43,18 @@ class QuantConfig:
     percentile: float = 99.99
     keep_first_last_8: bool = True
     bias_correction: bool = False     # see `bias_correction` below
+    rounding: str = "nearest"         # one of ROUNDINGS, or "learned"
 
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise IntqError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILES)}")
         if self.residual_bits not in (8, 16, 32):
             raise IntqError("residual bits must be 8, 16 or 32")
+        if self.rounding == "learned":
+            self.rounding = LEARNED_ROUNDING
+        if self.rounding not in ROUNDINGS:
+            raise IntqError(f"unknown rounding {self.rounding!r}; choose from learned, "
+                            f"{', '.join(ROUNDINGS)}")
         if self.calib_method not in ("minmax", "percentile", "mse"):
             raise IntqError(f"unknown calibration method {self.calib_method!r}")
         for name, b in self.bits.items():

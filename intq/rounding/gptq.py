@@ -21,19 +21,26 @@ def _pad(x, pads):
     return F.pad(x, (pl, pr, pt, pb)) if any(pads) else x
 
 
-def layer_columns(node, x, weight_shape) -> torch.Tensor:
-    """The layer's input as the matrix its weights multiply, per group: (G, D, positions)
-    float64, D = C/G * kh * kw in the weight's (c, kh, kw) order; zero padding included."""
+def layer_columns(node, x, weight_shape, positions: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The layer's input as the matrix its weights multiply, per group: (G, D, columns)
+    float32, D = C/G * kh * kw in the weight's (c, kh, kw) order; zero padding included.
+    `positions` keeps that many output positions per image, drawn at random (a 9 x 9
+    depthwise Hessian needs no 3 million samples; the unfolded input of a 112 x 112 layer
+    would fill gigabytes)."""
     if node.op == "Linear" or x.dim() == 2:
-        return x.reshape(x.shape[0], -1).double().T[None]
+        return x.reshape(x.shape[0], -1).float().T[None]
     a = node.attrs
     g = a["groups"]
     kh, kw = weight_shape[2:]
-    cols = F.unfold(_pad(x.double(), a["pads"]), (kh, kw), dilation=tuple(a["dilations"]),
+    cols = F.unfold(_pad(x.float(), a["pads"]), (kh, kw), dilation=tuple(a["dilations"]),
                     stride=tuple(a["strides"]))                     # (B, C*kh*kw, L)
-    b, d, positions = cols.shape
-    cols = cols.reshape(b, g, d // g, positions).permute(1, 2, 0, 3)  # (G, D, B, L)
-    return cols.reshape(g, d // g, b * positions)
+    b, d, count = cols.shape
+    if positions is not None and count > positions:
+        keep = torch.randperm(count, generator=generator)[:positions].to(cols.device)
+        cols, count = cols[:, :, keep], positions
+    cols = cols.reshape(b, g, d // g, count).permute(1, 2, 0, 3)  # (G, D, B, L)
+    return cols.reshape(g, d // g, b * count)
 
 
 class Hessian:
@@ -43,7 +50,7 @@ class Hessian:
         self.h, self.n = None, 0
 
     def add(self, cols: torch.Tensor):
-        h = cols @ cols.transpose(1, 2)
+        h = (cols @ cols.transpose(1, 2)).double()
         self.h = h if self.h is None else self.h + h
         self.n += cols.shape[2]
 

@@ -34,15 +34,14 @@ import torch
 from ..errors import IntqError
 from ..quant.calibrate import Calibration
 from ..quant.lower import Lowering
+from ..quant.scheme import LEARNED_ROUNDING, ROUNDINGS
 from ..twin.interpret import FLOAT_OPS, fused_clamp
 from ..twin.qat import QATModel, fake_quant_act
 from .adaround import SoftRounding, beta_schedule
 from .blocks import blocks
 from .gptq import Hessian, gptq_round, layer_columns
 
-METHODS = ("nearest", "gptq", "adaround", "brecq", "qdrop")
-# What `--rounding learned` means: the best method by the measurements in the README.
-LEARNED = "qdrop"
+METHODS, LEARNED = ROUNDINGS, LEARNED_ROUNDING
 
 
 def resolve_method(name: str) -> str:
@@ -63,6 +62,8 @@ class Settings:
     drop: float = 0.5         # QDrop's probability of leaving an element unquantized
     damp: float = 0.01
     act_order: bool = True
+    positions: int = 256      # output positions per image sampled for a GPTQ Hessian
+    hessian_images: int = 128 # images a GPTQ Hessian is estimated on
     seed: int = 0
 
 
@@ -77,6 +78,7 @@ class _Overlay(QATModel):
         self.lw = lowering
         self.state: dict = {}
         self.capture: dict = {}
+        self.stop_after_capture = False
         self.drop = 0.0
         self.eval()
         with torch.no_grad():
@@ -86,6 +88,8 @@ class _Overlay(QATModel):
     def layer(self, node, x, w, b, forward):
         if node.name in self.capture:
             self.capture[node.name](x)
+            if self.stop_after_capture:
+                raise _Captured
         st = self.state.get(node.name)
         if isinstance(st, SoftRounding):
             w = st.soft()
@@ -112,6 +116,10 @@ class _Overlay(QATModel):
     def run_float(self, block, x, want=None):
         env = self.graph.run_nodes(block.nodes, {block.input: x})
         return [env[o] for o in (want or block.outputs)]
+
+
+class _Captured(Exception):
+    """Raised once the captured layer has its input: the rest of the block is not needed."""
 
 
 def _batched(fn, xs, batch):
@@ -157,12 +165,22 @@ class Reconstruction:
         self.ov.state[node.name] = torch.as_tensor(w, dtype=torch.float32, device=self.device)
 
     def run(self):
+        # Fake-quantized activations and soft weights produce denormal floats, on which
+        # x86 arithmetic is many times slower: flush them to zero while learning.
+        torch.set_flush_denormal(True)
+        try:
+            return self._run()
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _run(self):
         s, ov, dev = self.s, self.ov, self.device
         xf = self.images.to(dev)
         xq = _batched(lambda x: [ov.hold_input(x)], [xf], 64)[0]
         total = len(self.blocks)
         for k, block in enumerate(self.blocks):
-            yf = _batched(lambda x: ov.run_float(block, x), [xf], 64)
+            # GPTQ reads only the quantized model's inputs; the others the float model too.
+            yf = None if self.method == "gptq" else _batched(lambda x: ov.run_float(block, x), [xf], 64)
             if self.method == "gptq":
                 self.gptq_block(block, xq)
             elif self.method == "adaround":
@@ -171,7 +189,7 @@ class Reconstruction:
                 self.reconstruct_block(block, xq, xf, yf, drop=s.drop if self.method == "qdrop" else 0.0)
             if k + 1 < total:
                 xq = _batched(lambda x: ov.run_quantized(block, x), [xq], 64)[0]
-                xf = yf[0]
+                xf = None if yf is None else yf[0]
             if self.progress:
                 self.progress(k + 1, total)
         return self.integers
@@ -179,12 +197,20 @@ class Reconstruction:
     # -- methods ----------------------------------------------------------------------
     def gptq_block(self, block, xq):
         ov = self.ov
+        xq = xq[:self.s.hessian_images]
         for node in block.layers:
             w = self.weight(node)
             h = Hessian()
-            ov.capture = {node.name: lambda x, n=node: h.add(layer_columns(n, x, w.shape))}
-            _batched(lambda x: ov.run_quantized(block, x), [xq], 64)
-            ov.capture = {}
+            ov.capture = {node.name: lambda x, n=node: h.add(layer_columns(
+                n, x, w.shape, self.s.positions, self.gen))}
+            ov.stop_after_capture = True
+            with torch.no_grad():
+                for i in range(0, len(xq), 64):
+                    try:
+                        ov.run_quantized(block, xq[i:i + 64])
+                    except _Captured:
+                        pass
+            ov.capture, ov.stop_after_capture = {}, False
             g = self.grid[node.name]
             q = gptq_round(torch.as_tensor(w), torch.as_tensor(g["scales"]), g["qmax"],
                            h.value().cpu(), damp=self.s.damp, act_order=self.s.act_order)
@@ -258,11 +284,23 @@ def _digest(*parts) -> str:
 
 
 def graph_digest(fg) -> str:
-    """A digest of a float graph's structure and constants (names included)."""
-    parts = [repr([(n.op, n.name, n.inputs, n.outputs, sorted(n.attrs.items(), key=str))
-                   for n in fg.nodes]), repr(fg.inputs), repr(fg.outputs)]
-    parts += [fg.constants[k] for k in sorted(fg.constants)]
-    return _digest(*parts)
+    """A digest of a float graph's structure and constants that ignores names: two
+    exports of one network (the legacy and the dynamo exporter name every tensor
+    differently) that fold to the same graph share their learned rounding."""
+    ids: dict = {}
+
+    def tid(t):
+        return ids.setdefault(t, len(ids))
+    for t in fg.inputs:
+        tid(t)
+    parts = []
+    for n in fg.nodes:
+        ins = [None if not t else ("c", _digest(fg.constants[t])) if t in fg.constants else tid(t)
+               for t in n.inputs]
+        parts.append((n.op, sorted(((k, repr(v)) for k, v in n.attrs.items())), ins,
+                      [tid(o) for o in n.outputs]))
+    parts.append([tid(o) for o in fg.outputs])
+    return _digest(repr(parts))
 
 
 def _cache_path(key):
@@ -271,53 +309,104 @@ def _cache_path(key):
     return None if d is None else os.path.join(d, f"rounding-{key}.npz")
 
 
+def _load(path, names):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["count"]) != len(names):
+                return None
+            return {n: z[f"w{i}"] for i, n in enumerate(names)}
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged entry is recomputed
+
+
+def _store(path, weights, names):
+    import io
+
+    from ..artifact import atomic_write
+    buf = io.BytesIO()
+    # By layer position, not name: names differ between exports of one graph.
+    np.savez(buf, count=np.array(len(names)), **{f"w{i}": weights[n] for i, n in enumerate(names)})
+    try:
+        with atomic_write(path) as f:
+            f.write(buf.getvalue())
+    except IntqError:
+        pass  # an unwritable cache only costs the next run time
+
+
+def _choice(wa) -> str:
+    return f"w{wa[0]}a{wa[1]}"
+
+
 def learn_rounding(fg, images, cfg, method: str = "learned", calibration=None,
                    settings: Settings | None = None, device: str = "cpu", progress=None,
                    use_cache: bool = True) -> tuple[dict, dict]:
     """({layer: int8 integer weights}, info) for the float graph fg under QuantConfig cfg,
     learned on the calibration images (float32 NCHW). `progress(done, total)` is told after
-    each block; info holds the method, settings, blocks and the time of each phase.
-    Results are cached per graph, images, scheme, method and settings (`INTQ_CACHE_DIR`)."""
+    each block; info holds the method, settings and the time of each phase.
+
+    A model whose free layers (all but the first and last) share one choice of weight and
+    activation bits is learned as it is. A mixed model takes each layer's integers from
+    the learning of the uniform model at that layer's choice (the first and last layers
+    as the mixed model has them): the ILP's sensitivities, its sweep and every mixed
+    compile then share one learning per choice, which the cache keeps per graph
+    (names aside), images, scheme, method and settings (`INTQ_CACHE_DIR`)."""
+    from dataclasses import replace
+
     method = resolve_method(method)
-    settings = settings or Settings()
-    images = np.asarray(images, np.float32)
-    scheme = {k: v for k, v in cfg.to_dict().items() if k not in ("bias_correction", "rounding")}
-    key = _digest(graph_digest(fg), images, repr(sorted(scheme.items(), key=str)), method,
-                  repr(asdict(settings)), "v1")
-    info = {"method": method, "settings": asdict(settings), "images": int(len(images)),
-            "device": str(device)}
-    path = _cache_path(key) if use_cache else None
-    if path and os.path.isfile(path):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                weights = {str(k): z[f"w{i}"] for i, k in enumerate(z["names"])}
-            return weights, {**info, "cached": True, "seconds": {}}
-        except (OSError, ValueError):
-            pass  # a damaged entry is recomputed
-    t0 = time.perf_counter()
-    calib = calibration if calibration is not None else Calibration(fg, images)
-    t1 = time.perf_counter()
-    lowering = Lowering(fg, calib, cfg)
-    lowering.run()
     if method == "nearest":
         raise IntqError("nearest rounding needs no learning")
-    rec = Reconstruction(fg, images, cfg, calib, method, settings, device, progress, lowering)
-    t2 = time.perf_counter()
-    weights = rec.run()
-    t3 = time.perf_counter()
-    info.update(cached=False, blocks=len(rec.blocks),
-                seconds={"calibration": round(t1 - t0, 2), "grid": round(t2 - t1, 2),
-                         "rounding": round(t3 - t2, 2)})
-    if path:
-        from ..artifact import atomic_write
-        import io
-        buf = io.BytesIO()
-        # Layer names may hold any character: keep them in an array, not as member names.
-        np.savez(buf, names=np.array(list(weights)),
-                 **{f"w{i}": q for i, q in enumerate(weights.values())})
-        try:
-            with atomic_write(path) as f:
-                f.write(buf.getvalue())
-        except IntqError:
-            pass
+    settings = settings or Settings()
+    images = np.asarray(images, np.float32)
+    t0 = time.perf_counter()
+    calib = calibration if calibration is not None else Calibration(fg, images)
+    calib_s = time.perf_counter() - t0
+    lowering = Lowering(fg, calib, cfg)
+    lowering.run()
+    names = [l["name"] for l in lowering.layer_info]
+    choices = {l["name"]: (l["w_bits"], l["a_bits"]) for l in lowering.layer_info}
+    ends = {names[0], names[-1]}
+    free = sorted({choices[n] for n in names if n not in ends}, reverse=True) or [None]
+    info = {"method": method, "settings": asdict(settings), "images": int(len(images)),
+            "device": str(device), "runs": [], "seconds": {"calibration": round(calib_s, 2)}}
+    weights: dict = {}
+    for c in free:
+        if len(free) == 1:
+            cfg_c, lw_c = cfg, lowering
+        else:
+            cfg_c = replace(cfg, bits={n: _choice(choices[n] if n in ends or c is None else c)
+                                       for n in names})
+            lw_c = None
+        got, run = _learn_one(fg, images, cfg_c, method, calib, settings, device, progress,
+                              use_cache, lw_c)
+        weights.update({n: got[n] for n in names if c is None or choices[n] == c or n in ends})
+        info["runs"].append({"choice": None if c is None else _choice(c), **run})
+        for k, v in run["seconds"].items():
+            info["seconds"][k] = round(info["seconds"].get(k, 0.0) + v, 2)
+    info["cached"] = all(r["cached"] for r in info["runs"])
     return weights, info
+
+
+def _learn_one(fg, images, cfg, method, calib, settings, device, progress, use_cache, lowering):
+    t0 = time.perf_counter()
+    if lowering is None:
+        lowering = Lowering(fg, calib, cfg)
+        lowering.run()
+    names = [l["name"] for l in lowering.layer_info]
+    layout = [(l["w_bits"], l["a_bits"]) for l in lowering.layer_info]
+    scheme = {k: v for k, v in cfg.to_dict().items()
+              if k not in ("bias_correction", "rounding", "bits", "default_bits", "keep_first_last_8")}
+    key = _digest(graph_digest(fg), images, repr(sorted(scheme.items(), key=str)), repr(layout),
+                  method, repr(asdict(settings)), "v1")
+    path = _cache_path(key) if use_cache else None
+    if path and os.path.isfile(path):
+        weights = _load(path, names)
+        if weights is not None:
+            return weights, {"cached": True, "seconds": {}}
+    rec = Reconstruction(fg, images, cfg, calib, method, settings, device, progress, lowering)
+    t1 = time.perf_counter()
+    weights = rec.run()
+    t2 = time.perf_counter()
+    if path:
+        _store(path, weights, names)
+    return weights, {"cached": False, "blocks": len(rec.blocks),
+                     "seconds": {"grid": round(t1 - t0, 2), "rounding": round(t2 - t1, 2)}}
