@@ -85,9 +85,12 @@ def cmd_compile(args) -> int:
     if ev:
         model.info["accuracy"] = dict(model.evaluate(ev, progress=True), data=str(args.eval_data))
     model.save(args.output)
+    from .report import bit_width_counts
+
     info, layers = model.info, model.integer.metadata["layers"]
-    widths = sorted({l["w_bits"] for l in layers})
-    print(f"wrote {args.output}: {len(layers)} layers at {'/'.join(map(str, widths))} bits, "
+    counts = bit_width_counts(layers)
+    mix = "/".join(counts) + (f" ({' + '.join(map(str, counts.values()))})" if len(counts) > 1 else "")
+    print(f"wrote {args.output}: {len(layers)} layers at {mix}, "
           f"profile {args.profile}, calibrated on {info['calibration']['images']} images "
           f"({info['calibration']['seconds']:.1f} s)")
     if "accuracy" in info:
@@ -396,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib", required=True, help=".npz with float32 images under x (or x_calib), "
                    "or a folder of images")
     _add_preprocess(s)
-    s.add_argument("--bits", default="8", help="8, 4, or a JSON file mapping layer names to 4/8 "
-                   "(first conv and last linear stay at 8 unless the file says otherwise)")
+    s.add_argument("--bits", default="8", help="w8a8 (= 8), w4a8 (4-bit weights, 8-bit inputs), "
+                   "w4a4 (= 4) for every layer but the first conv and last linear (W8A8), or a "
+                   "JSON file mapping layer names to those (ends W8A8 unless it names them)")
     s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
@@ -462,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "integer labels y (or y_train), or a folder of class subfolders")
     _add_preprocess(s)
     s.add_argument("-o", "--output", required=True, help="output .intq file")
-    s.add_argument("--bits", default="4", help="8, 4, or a JSON file mapping layer names to 4/8")
+    s.add_argument("--bits", default="4", help="w8a8 (= 8), w4a8, w4a4 (= 4), or a JSON file "
+                   "mapping layer names to those")
     s.add_argument("--epochs", type=int, default=6)
     s.add_argument("--lr", type=float, default=2e-4)
     s.add_argument("--batch", type=int, default=64)
