@@ -115,8 +115,8 @@ class QuantConfig:
             with open(spec) as f:
                 table = json.load(f)
         except FileNotFoundError:
-            raise IntqError(f"--bits: {spec} is neither one of {ALLOWED} nor an existing "
-                            f"JSON file") from None
+            raise IntqError(f"--bits: {spec!r} is neither a bit width (allowed: {ALLOWED}) nor "
+                            f"an existing JSON file") from None
         except IsADirectoryError:
             raise IntqError(f"--bits: {spec} is a directory, not a JSON file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
