@@ -293,3 +293,41 @@ def test_cached_latencies_hold_for_one_kernel_path_and_source(cache, monkeypatch
     monkeypatch.setattr(intq.kernels, "SOURCE_DIGEST", "edited")
     assert allocate.latencies(path, fg)[1]["source"] == "measured"
     assert len(measured) == 3
+
+
+def test_supplied_weights_replace_nearest_rounding(cache):
+    """`weights(layer, w_bits)` stands in for the rounded weights: handing back the float
+    weights themselves leaves only the input's quantization, so W4A8 scores exactly as
+    W8A8 (perturbation and hessian alike). A wrong shape is one error; with a
+    `weights_key` the result is cached under it, without one it is not cached."""
+    from intq.alloc.allocate import Problem
+    from intq.alloc.sensitivity import hessian_sensitivity, perturbation_sensitivity
+    from intq.quant.scheme import QuantConfig
+
+    fg = float_graph(MODELS / "resnet.onnx")
+    weight = {n.name: fg.constants[n.inputs[1]] for n in graph_costs.layer_nodes(fg)}
+    calls = []
+
+    def unrounded(name, w_bits):
+        calls.append((name, w_bits))
+        return weight[name]
+
+    x = np.load(MODELS / "digits_calib.npz")["x"][:16]
+    cfg = QuantConfig()
+    for omega in (perturbation_sensitivity(fg, cfg, x, x, weights=unrounded),
+                  hessian_sensitivity(fg, cfg, x, samples=4, weights=unrounded)):
+        for n in weight:
+            assert omega[n]["w4a8"] == omega[n]["w8a8"], n
+            assert omega[n]["w4a4"] != omega[n]["w4a8"], n
+    assert {b for _, b in calls} == {4, 8} and {n for n, _ in calls} == set(weight)
+    nearest = perturbation_sensitivity(fg, cfg, x, x)
+    assert all(nearest[n]["w4a8"] != nearest[n]["w8a8"] for n in weight)
+    with pytest.raises(IntqError, match="supplied 4-bit weights have shape"):
+        perturbation_sensitivity(fg, cfg, x, x, weights=lambda n, b: np.zeros(3))
+    # None from the callable means nearest rounding for that layer and width
+    again = perturbation_sensitivity(fg, cfg, x, x, weights=lambda n, b: None)
+    assert again == nearest
+    runs = [Problem(MODELS / "resnet.onnx", x, images=16, weights=unrounded, weights_key=key)
+            for key in ("unrounded", "unrounded", None, None)]
+    assert [p.sensitivity_cached for p in runs] == [False, True, False, False]
+    assert runs[1].cost == runs[0].cost
