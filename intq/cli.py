@@ -116,9 +116,12 @@ def cmd_compile(args) -> int:
     if ev:
         model.info["accuracy"] = dict(model.evaluate(ev, progress=True), data=str(args.eval_data))
     model.save(args.output)
+    from .report import bit_width_counts
+
     info, layers = model.info, model.integer.metadata["layers"]
-    widths = sorted({l["w_bits"] for l in layers})
-    print(f"wrote {args.output}: {len(layers)} layers at {'/'.join(map(str, widths))} bits, "
+    counts = bit_width_counts(layers)
+    mix = "/".join(counts) + (f" ({' + '.join(map(str, counts.values()))})" if len(counts) > 1 else "")
+    print(f"wrote {args.output}: {len(layers)} layers at {mix}, "
           f"profile {args.profile}, calibrated on {info['calibration']['images']} images "
           f"({info['calibration']['seconds']:.1f} s)")
     if "rounding" in info:
@@ -318,7 +321,7 @@ def cmd_qat(args) -> int:
 
 def _limit(text: str) -> tuple[float, bool]:
     """A limit: an absolute number, or a percentage / fraction of the way from the smallest
-    reachable value to all-INT8 ("60%")."""
+    reachable value to all-W8A8 ("60%")."""
     t = text.strip()
     try:
         return (float(t[:-1]) / 100, True) if t.endswith("%") else (float(t), False)
@@ -333,6 +336,12 @@ def cmd_allocate(args) -> int:
     _check_output(args.output)
     _check_plotting("--plot", args.plot)
     _check_plotting("--sweep", args.sweep)
+    try:
+        from .alloc.allocate import (Problem, allocation_plot, format_allocation, format_counts,
+                                     parse_choices, sweep, sweep_plot)
+    except ImportError as e:
+        raise IntqError(f"allocate needs torch and pulp: {e}") from None
+    choices = parse_choices(args.choices)
     chw = functools.cache(lambda: onnx_input_chw(args.model))
     calib, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
                          preprocess=args.preprocess)
@@ -343,19 +352,10 @@ def cmd_allocate(args) -> int:
     ev = args.sweep and args.eval_data and Data(
         args.eval_data, chw=chw, keys=("x", "x_eval"), label_keys=("y", "y_eval"),
         what="eval data", preprocess=args.preprocess).require_labels()
-    limits = {}
-    if args.frac is not None:
-        limits = {k: (args.frac, True) for k in ("size_mb", "bops_g", "latency_ms")}
-    for key, val in (("size_mb", args.max_size_mb), ("bops_g", args.max_bops_g),
-                     ("latency_ms", args.max_latency_ms)):
-        if val is not None:
-            limits[key] = val
+    explicit = {key: val for key, val in (("size_mb", args.max_size_mb), ("bops_g", args.max_bops_g),
+                                          ("latency_ms", args.max_latency_ms)) if val is not None}
     from .evaluate import ProgressBar
     from .quant.scheme import QuantConfig
-    try:
-        from .alloc.allocate import Problem, allocation_plot, format_allocation, sweep, sweep_plot
-    except ImportError as e:
-        raise IntqError(f"allocate needs torch and pulp: {e}") from None
 
     bars = {}
 
@@ -370,12 +370,19 @@ def cmd_allocate(args) -> int:
         bars[what].update(done)
 
     cfg = QuantConfig(profile=args.profile)
-    prob = Problem(args.model, calib, x, y, args.sensitivity, latency_table=args.latency_table,
-                   need_latency="latency_ms" in limits, fix_ends=not args.free_ends,
-                   images=args.images, progress=progress, config=cfg)
+    prob = Problem(args.model, calib, x, y, args.sensitivity, choices,
+                   latency_table=args.latency_table,
+                   need_latency=args.frac is not None or "latency_ms" in explicit,
+                   fix_ends=not args.free_ends, images=args.images, progress=progress, config=cfg)
     if bars:
         list(bars.values())[-1].close()
+    limits, note = prob.fraction_limits(args.frac) if args.frac is not None else ({}, None)
+    limits.update(explicit)  # a limit given explicitly wins over --frac's
+    if note and "latency_ms" in explicit:
+        note = None  # --max-latency-ms set the latency limit itself
     res = prob.solve(limits)
+    if note:
+        res["note"] = note
     if args.sweep:
         evaluate_bits = None
         if ev:
@@ -397,9 +404,11 @@ def cmd_allocate(args) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
     else:
+        if note:
+            print(note)
         print(format_allocation(res))
         for p in res.get("sweep", []):
-            print(f"sweep {p['fraction']:.0%}: size {p['size_mb']:.4f} MB, {p['n4']} layers at 4 bits, "
+            print(f"sweep {p['fraction']:.0%}: size {p['size_mb']:.4f} MB, {format_counts(p['counts'])}, "
                   f"sensitivity {p['omega']:.4g}" + (f", top-1 {p['top1']:.4f}" if "top1" in p else ""))
         print(f"wrote {args.output}" + "".join(f" and {p}" for p in (args.plot, args.sweep) if p))
     return 0
@@ -431,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib", required=True, help=".npz with float32 images under x (or x_calib), "
                    "or a folder of images")
     _add_preprocess(s)
-    s.add_argument("--bits", default="8", help="8, 4, or a JSON file mapping layer names to 4/8 "
-                   "(first conv and last linear stay at 8 unless the file says otherwise)")
+    s.add_argument("--bits", default="8", help="w8a8 (= 8), w4a8 (4-bit weights, 8-bit inputs), "
+                   "w4a4 (= 4) for every layer but the first conv and last linear (W8A8), or a "
+                   "JSON file mapping layer names to those (ends W8A8 unless it names them)")
     s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
@@ -505,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "integer labels y (or y_train), or a folder of class subfolders")
     _add_preprocess(s)
     s.add_argument("-o", "--output", required=True, help="output .intq file")
-    s.add_argument("--bits", default="4", help="8, 4, or a JSON file mapping layer names to 4/8")
+    s.add_argument("--bits", default="4", help="w8a8 (= 8), w4a8, w4a4 (= 4), or a JSON file "
+                   "mapping layer names to those")
     s.add_argument("--epochs", type=int, default=6)
     s.add_argument("--lr", type=float, default=2e-4)
     s.add_argument("--batch", type=int, default=64)
@@ -518,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
     s.set_defaults(func=cmd_qat, calib_method="minmax", weight_clip="max")
 
-    s = sub.add_parser("allocate", help="choose 4 or 8 bits per layer by an ILP under size, "
-                       "BOPS and latency limits; writes the bits file compile reads")
+    s = sub.add_parser("allocate", help="choose W8A8, W4A8 or W4A4 per layer by an ILP under "
+                       "size, BOPS and latency limits; writes the bits file compile reads")
     s.add_argument("model", help="ONNX file")
     s.add_argument("--calib", required=True, help=".npz with calibration images x, or a folder "
                    "of images")
@@ -531,20 +542,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-size-mb", type=_limit, metavar="X|P%%")
     s.add_argument("--max-bops-g", type=_limit, metavar="Y|P%%")
     s.add_argument("--max-latency-ms", type=_limit, metavar="Z|P%%",
-                   help="limits: absolute, or P%% of the way from all-INT4 to all-INT8")
-    s.add_argument("--frac", type=float, help="all three limits at this fraction (0..1) of the way "
-                   "from all-INT4 to all-INT8 (a limit given explicitly wins)")
+                   help="limits: absolute, or P%% of the way from the smallest reachable "
+                   "value (every free layer at its cheapest choice) to all-W8A8")
+    s.add_argument("--frac", type=float, help="the size, BOPS and latency limits at this fraction "
+                   "(0..1) of the way from the smallest reachable value to all-W8A8; no latency "
+                   "limit where the table's all-INT4 and all-INT8 times are within 3%% (said in "
+                   "one line); a limit given explicitly wins")
+    s.add_argument("--choices", default="w8a8,w4a8,w4a4", help="the choices the free layers may "
+                   "take, comma-separated (default all three; 8 and 4 alias w8a8 and w4a4)")
     s.add_argument("--sensitivity", default="perturbation", choices=["perturbation", "hessian"])
     s.add_argument("--latency-table", help="per-layer latencies of the target device (the JSON of "
                    "`intq bench --latency-table`); default: measured here, cached")
     s.add_argument("--images", type=int, default=256, help="images used for the sensitivities")
     s.add_argument("--free-ends", action="store_true", help="let the ILP choose the first and last "
-                   "layer's bits too (default: 8)")
+                   "layer's bits too (default: W8A8)")
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
-    s.add_argument("--plot", metavar="OUT.png", help="per-layer bits, sensitivity and INT4 gain "
-                   "(HAWQ-V3 Fig. I.1)")
-    s.add_argument("--sweep", metavar="OUT.png", help="also solve for size limits from all-INT4 to "
-                   "all-INT8 and plot sensitivity (and top-1 with --eval-data) against size")
+    s.add_argument("--plot", metavar="OUT.png", help="per-layer W and A bits, sensitivities and "
+                   "INT4 gain (HAWQ-V3 Fig. I.1)")
+    s.add_argument("--sweep", metavar="OUT.png", help="also solve for 11 size limits from the "
+                   "smallest reachable size to all-W8A8 and plot sensitivity (and top-1 with "
+                   "--eval-data) against size")
     s.add_argument("--eval-data", help=".npz with x/y, or a folder of class subfolders: top-1 of "
                    "each sweep point (compiled and run)")
     s.add_argument("--json", action="store_true")

@@ -87,22 +87,23 @@ def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantCon
 
     calib: float32 NCHW images, or a path: an .npz holding them under x / x_calib, an .npy,
     or an image folder (preprocessed to the model's input by `preprocess`, see intq.images).
-    bits: 8, 4, or a dict mapping Conv/Linear node names to 4 or 8 (first conv and last
-    linear stay at 8 unless named). options: QuantConfig fields (calib_method, profile,
-    residual_bits, weight_clip, rounding, ...); or `config`, a whole QuantConfig, instead of
-    both. rounding_options (with rounding other than nearest): settings
-    (`intq.rounding.Settings`), device (torch device, default cpu), progress(done, total),
-    use_cache."""
+    bits: a choice for every layer but the first conv and the last linear (which stay
+    W8A8): 8 (= "w8a8"), 4 (= "w4a4", weights and inputs at 4 bits), "w4a8" (4-bit weights,
+    8-bit inputs); or a dict mapping Conv/Linear node names to those (first and last at
+    W8A8 unless named). options: QuantConfig fields (calib_method, profile, residual_bits,
+    weight_clip, rounding, ...); or `config`, a whole QuantConfig, instead of both.
+    rounding_options (with rounding other than nearest): settings (`intq.rounding.Settings`),
+    device (torch device, default cpu), progress(done, total), use_cache."""
+    if config is None:  # checked before the calibration data is read
+        table = dict(bits) if isinstance(bits, dict) else {}
+        default = 8 if isinstance(bits, dict) else bits
+        config = QuantConfig(default_bits=default, bits=table, **options)
+    elif options or bits != 8:
+        raise TypeError("give either config or bits and QuantConfig fields, not both")
     calib_path = os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None
     chw = (lambda: model.values[model.inputs[0]].shape[1:]) if isinstance(model, Graph) else \
         (lambda: onnx_input_chw(model))
     calib, _ = load_data(calib, chw, ("x", "x_calib"), what="calibration data", preprocess=preprocess)
-    if config is None:
-        table = dict(bits) if isinstance(bits, dict) else {}
-        default = 8 if isinstance(bits, dict) else int(bits)
-        config = QuantConfig(default_bits=default, bits=table, **options)
-    elif options or bits != 8:
-        raise TypeError("give either config or bits and QuantConfig fields, not both")
     ig, fg, info = compile_model(model, calib, config, rounding_options=rounding_options)
     info["source"] = str(model) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"
     if calib_path:

@@ -41,6 +41,18 @@ def feature_maps(ig) -> dict:
             "mean_bytes": int(round(float(np.mean(sizes)))) if sizes else 0}
 
 
+def wa_label(w_bits: int, a_bits: int) -> str:
+    """"W4A8": a layer's weight and input widths as the card and the summaries print them."""
+    return f"W{w_bits}A{a_bits}"
+
+
+def bit_width_counts(layers) -> dict:
+    """{"W8A8": n, "W4A8": m, ...}, widest first, over rows with w_bits and a_bits."""
+    pairs = sorted({(r["w_bits"], r["a_bits"]) for r in layers}, reverse=True)
+    return {wa_label(w, a): sum((r["w_bits"], r["a_bits"]) == (w, a) for r in layers)
+            for w, a in pairs}
+
+
 def quantization_card(ig, info: dict) -> dict:
     cfg = ig.metadata.get("config", {})
     layers = cost_table(ig)["layers"]
@@ -63,8 +75,10 @@ def quantization_card(ig, info: dict) -> dict:
                                 "integer-only after the input (no float, no division)",
         "residual_stream_bits": cfg.get("residual_bits"),
         "mixed_precision": len(widths) > 1,
-        "bit_widths": [f"W{w}A{a}" for w, a in widths],
-        "first_last_layer_bits": [layers[0]["w_bits"], layers[-1]["w_bits"]] if layers else None,
+        "bit_widths": [wa_label(w, a) for w, a in widths],
+        "layers_per_bit_width": bit_width_counts(layers),
+        "first_last_layer_bits": ([wa_label(r["w_bits"], r["a_bits"]) for r in (layers[0], layers[-1])]
+                                  if layers else None),
         "feature_map_bytes": feature_maps(ig),
         "calibration": info.get("calibration"),
         "calibration_data_type": "the calibration file's images, unlabeled (labels are never read); no training",

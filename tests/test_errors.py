@@ -1,4 +1,5 @@
 """User errors: one clear line on stderr, exit code 2, never a traceback."""
+import json
 import subprocess
 import sys
 
@@ -153,3 +154,33 @@ def test_non_4d_input_rejected():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 16])], [("y", None)], {})
     with pytest.raises(IntqError, match="NCHW"):
         import_onnx(model)
+
+
+def test_bad_bit_width_choices_are_one_line(tmp_path, good_model_file):
+    """--bits, a bits file's values and --choices: one line naming the value (and the layer)
+    and the allowed choices, before any calibration or measuring."""
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.zeros((2, 3, 16, 16), np.float32))
+    out = tmp_path / "m.intq"
+    allowed = "allowed: 8, 4, w8a8, w4a8 or w4a4"
+    assert_user_error(run_cli("compile", good_model_file, "-o", out, "--calib", calib,
+                              "--bits", "w8a4"), "--bits", "w8a4", allowed)
+    bits = tmp_path / "bits.json"
+    for value in ("w2a2", 16, True, [4, 8]):
+        bits.write_text(json.dumps({"c_conv": value}))
+        assert_user_error(run_cli("compile", good_model_file, "-o", out, "--calib", calib,
+                                  "--bits", bits), "layer c_conv", repr(value), allowed)
+    assert not out.exists()
+    proc = run_cli("allocate", good_model_file, "--calib", calib, "-o", tmp_path / "b.json",
+                   "--choices", "w8a8,w4a2")
+    assert_user_error(proc, "--choices", "'w4a2'", allowed)
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bad_bit_width_in_the_python_api_is_checked_before_the_data():
+    import intq
+
+    with pytest.raises(IntqError, match="default bits: 'w5a5' is not a bit width; allowed"):
+        intq.compile("no-such-model.onnx", "no-such-calib.npz", bits="w5a5")
+    with pytest.raises(IntqError, match="layer conv1: 'W8A2' is not a bit width"):
+        intq.compile("no-such-model.onnx", "no-such-calib.npz", bits={"conv1": "W8A2"})

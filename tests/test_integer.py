@@ -277,7 +277,8 @@ def test_quantization_card_declares_feature_maps_and_accuracy_drop():
     assert card["feature_map_bytes"]["max_bytes"] == 16 * 16 * 16 * 4
     assert 0 < card["feature_map_bytes"]["mean_bytes"] < card["feature_map_bytes"]["max_bytes"]
     assert card["top1_drop"] == pytest.approx(0.01)
-    assert "uniform" in card["method"] and card["first_last_layer_bits"] == [8, 8]
+    assert "uniform" in card["method"] and card["first_last_layer_bits"] == ["W8A8", "W8A8"]
+    assert card["layers_per_bit_width"] == {"W8A8": 10}
     assert quantization_card(ig, info)["top1_drop"] is None
 
 

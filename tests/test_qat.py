@@ -49,6 +49,40 @@ def test_untrained_qat_model_converts_to_the_compiled_model(name, bits, calib, t
                 assert np.array_equal(a.constants[ta], b.constants[tb]), (na.name, ta)
 
 
+def test_qat_fake_quantizes_weights_at_w_bits_and_inputs_at_a_bits(calib, test_set, monkeypatch):
+    """Every choice in one net: the overlay rounds each layer's weights at its w_bits (in
+    graph order, as the compiled layers) and holds each layer's input at the compiled
+    input's parameters (a_bits); untrained, it converts to the compiled integers."""
+    import intq.twin.qat as qat
+
+    path = MODELS / "resnet.onnx"
+    fg, bns = float_graph_with_batchnorms(path)
+    names = [n.name for n in fg.nodes if n.op in ("Conv", "Linear")]
+    cycle = ["w4a8", "w4a4", "w8a8"]
+    cfg = QuantConfig(bits={n: cycle[i % 3] for i, n in enumerate(names[1:-1])})
+    compiled = intq.compile(path, calib, config=cfg)
+    layers = compiled.integer.metadata["layers"]
+    assert {(l["w_bits"], l["a_bits"]) for l in layers} == {(8, 8), (4, 8), (4, 4)}
+    seen, real = [], qat.fake_quant_weight
+    monkeypatch.setattr(qat, "fake_quant_weight",
+                        lambda w, bits, profile: seen.append(bits) or real(w, bits, profile))
+    qm = QATModel(fg, bns, cfg, calib).eval()
+    x = test_set[0][:64]
+    with torch.no_grad():
+        qm(torch.as_tensor(x))
+    assert seen == [l["w_bits"] for l in layers]
+    qp = compiled.integer.metadata["qparams"]
+    a_bits = {l["name"]: l["a_bits"] for l in layers}
+    for node in compiled.integer.nodes:
+        if node.op in ("IntConv", "IntLinear"):
+            got = qm.points[node.inputs[0]].to_dict()
+            assert got == qp[node.inputs[0]] and got["bits"] == a_bits[node.name], node.name
+            assert not got["signed"]
+    monkeypatch.undo()
+    converted = qm.convert(calib)
+    assert np.array_equal(converted.run(x, integer=True), compiled.run(x, integer=True))
+
+
 def test_qat_forward_tracks_the_integer_model(calib, test_set):
     """Before training, the fake-quant forward (eval mode, BN folded) and the compiled
     integer model give nearly the same logits."""

@@ -156,11 +156,13 @@ INT8, INT4, POT = QuantConfig(default_bits=8), QuantConfig(default_bits=4), Quan
 POINT_CASES = [("every_op", INT8), ("every_op", INT4), ("every_op", POT),
                ("every_op_no_product", QuantConfig(residual_bits=32)),
                (MODELS / "mobilenetv3.onnx", INT8), (MODELS / "mobilenetv3.onnx", INT4),
-               (LIGHT / "light_shufflenet.onnx", INT8)]
+               (LIGHT / "light_shufflenet.onnx", INT8),
+               ("every_op", QuantConfig(default_bits="w4a8")),
+               (MODELS / "mobilenetv3.onnx", QuantConfig(default_bits="w4a8"))]
 
 
 @pytest.mark.parametrize("name,cfg", POINT_CASES,
-                         ids=[f"{Path(str(n)).stem}-{c.profile}-w{c.default_bits}-r{c.residual_bits}"
+                         ids=[f"{Path(str(n)).stem}-{c.profile}-bits{c.default_bits}-r{c.residual_bits}"
                               for n, c in POINT_CASES])
 def test_qat_quantizes_at_lowerings_points_with_its_parameters(name, cfg):
     """Every tensor the compiled model holds as integers (input, stored outputs, pass-through

@@ -46,7 +46,8 @@ from intq.reference import run_integer  # noqa: E402
 from intq.report import cost_table, quantization_card  # noqa: E402
 
 MODELS = os.path.join(ROOT, "models")
-ARTIFACT_BASES = [("resnet", 4), ("inception", 8), ("mobilenetv3", 8)]
+# (model, bits): W4A4, W8A8, and W4A8 (int4 weights beside 8-bit inputs)
+ARTIFACT_BASES = [("resnet", 4), ("inception", 8), ("mobilenetv3", 8), ("mobilenet", "w4a8")]
 ONNX_BASES = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 OUTCOMES = ("accepted-unchanged", "accepted-changed", "refused", "other")
 

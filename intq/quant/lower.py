@@ -1,12 +1,14 @@
 """Lower a folded float graph to an integer-only graph (HAWQ-V3 §3.1-3.3, App. D-F).
 
 Where each activation lives:
-* A tensor read only by Conv/Linear layers of one bit width is stored at that width
-  (unsigned, 4 or 8 bits): its producer requantizes straight into it. This is how a
+* Each Conv/Linear has a pair of widths (`wa_bits`): its weights at w_bits (int4/int8)
+  and its input, the layer's narrow copy, at a_bits (uint4/uint8): W8A8, W4A8 or W4A4.
+* A tensor read only by Conv/Linear layers of one input width a_bits is stored at that
+  width (unsigned, 4 or 8 bits): its producer requantizes straight into it. This is how a
   transition block "quantizes its input once and feeds both 1x1 convolutions from it".
 * Any other tensor (the residual stream, pool outputs, Inception block inputs) is stored
   wide and signed (`residual_bits`, 16 by default); each Conv that reads it requantizes
-  its own copy to its bit width (one `Requantize` per tensor and width, shared).
+  its own copy to its input width (one `Requantize` per tensor and width, shared).
 * A Conv/Linear whose only reader is an Add or Concat hands over its INT32 accumulator;
   the Add/Concat rescales it with a per-channel DN (eq. 7 and 18), so that path is rounded
   exactly once.
@@ -62,12 +64,13 @@ class Lowering:
         if not layers:
             raise IntqError("model has no Conv or Linear layer to quantize")
         ends = {layers[0].name, layers[-1].name}
-        self.bits = {n.name: cfg.layer_bits(n.name, n.name in ends) for n in layers}
-        unknown = sorted(set(cfg.bits) - set(self.bits))
+        # (w_bits, a_bits) of every Conv/Linear: its weights' width, its narrow input's.
+        self.wa_bits = {n.name: cfg.layer_wa_bits(n.name, n.name in ends) for n in layers}
+        unknown = sorted(set(cfg.bits) - set(self.wa_bits))
         if unknown:
             raise IntqError(f"bit widths given for unknown layers: {', '.join(unknown)}; "
-                            f"layers are: {', '.join(self.bits)}")
-        unknown = sorted(set(self.weights) - set(self.bits))
+                            f"layers are: {', '.join(self.wa_bits)}")
+        unknown = sorted(set(self.weights) - set(self.wa_bits))
         if unknown:
             raise IntqError(f"rounded weights given for unknown layers: {', '.join(unknown)}")
         self.layer_info: list[dict] = []
@@ -91,11 +94,12 @@ class Lowering:
         return out
 
     def storage(self, t) -> tuple[int, bool]:
-        """(bits, narrow) of the tensor t is stored at."""
+        """(bits, narrow) of the tensor t is stored at: narrow at its readers' input width
+        a_bits when every reader is a Conv/Linear and they agree on it."""
         readers = self.readers(t)
         if t in self.fg.outputs or None in readers:
             return self.cfg.output_bits, False
-        widths = {self.bits[n.name] for n in readers if n.op in LAYERS}
+        widths = {self.wa_bits[n.name][1] for n in readers if n.op in LAYERS}
         if readers and all(n.op in LAYERS for n in readers) and len(widths) == 1:
             return widths.pop(), True
         return self.cfg.residual_bits, False
@@ -167,15 +171,15 @@ class Lowering:
     # -- ops ---------------------------------------------------------------------
     @fake_quantized_as("layer")
     def lower_layer(self, node):
-        bits = self.bits[node.name]
-        x, qx = self.narrow_input(node.inputs[0], bits)
+        w_bits, a_bits = self.wa_bits[node.name]
+        x, qx = self.narrow_input(node.inputs[0], a_bits)
         w = self.fg.constants[node.inputs[1]]
         m = w.shape[0]
         bias = (self.fg.constants[node.inputs[2]].astype(np.float64)
                 if len(node.inputs) > 2 and node.inputs[2] else np.zeros(m))
-        wq, sw = quantize_weights(w, bits, self.cfg.profile, self.cfg.weight_clip,
+        wq, sw = quantize_weights(w, w_bits, self.cfg.profile, self.cfg.weight_clip,
                                   min_scales=bias_scale_floor(bias, qx.scale))
-        qmax = (1 << (bits - 1)) - 1
+        qmax = (1 << (w_bits - 1)) - 1
         self.weight_grid[node.name] = {"scales": sw, "qmax": qmax, "input": qx}
         if node.name in self.weights:
             wq = np.asarray(self.weights[node.name])
@@ -206,7 +210,7 @@ class Lowering:
                             f"{int(bound[ch])} > {INT32_MAX} at output channel {ch}); use fewer "
                             f"input bits or smaller weights")
         wname = self.const(f"{node.name}.weight_q", wq)
-        self.ig.values[wname].dtype = f"int{bits}"
+        self.ig.values[wname].dtype = f"int{w_bits}"
         bname = self.const(f"{node.name}.bias_q", bias_total.astype(np.int32))
         acc = f"{node.output}.acc"
         attrs = {"x_zero_point": qx.zero_point}
@@ -215,7 +219,7 @@ class Lowering:
                          groups=node.attrs["groups"])
         op = "IntConv" if node.op == "Conv" else "IntLinear"
         self.ig.add_node(op, [x, wname, bname], [acc], attrs, name=node.name)
-        self.layer_info.append({"name": node.name, "op": node.op, "w_bits": bits, "a_bits": bits,
+        self.layer_info.append({"name": node.name, "op": node.op, "w_bits": w_bits, "a_bits": a_bits,
                                 "weight_scale_max": float(sw.max())})
         accq = Accumulator(acc_scales)
         self.bind(acc, acc, accq)

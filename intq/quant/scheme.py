@@ -29,12 +29,47 @@ ROUNDINGS = ("nearest", "gptq", "adaround", "brecq", "qdrop")
 LEARNED_ROUNDING = "qdrop"
 
 
+# The (weight bits, activation bits) pairs a Conv/Linear layer can take, smallest first:
+# the kernels intq has run 8-bit containers for both, so any of the three runs anywhere.
+CHOICES = ("w4a4", "w4a8", "w8a8")
+_ALIASES = {4: "w4a4", 8: "w8a8", "4": "w4a4", "8": "w8a8"}
+ALLOWED = "8, 4, w8a8, w4a8 or w4a4"
+
+
+def parse_choice(value, where: str = "bits") -> tuple[int, int]:
+    """(w_bits, a_bits) of a layer's bit-width choice: 8 (= W8A8), 4 (= W4A4, weights and
+    input at 4 bits), or one of the names "w8a8", "w4a8", "w4a4" (any case). Anything else
+    is an IntqError naming `where` and the allowed values."""
+    v = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        v = None  # True == 1 would otherwise pass as an int
+    name = _ALIASES.get(v, v)
+    if name not in CHOICES:
+        raise IntqError(f"{where}: {value!r} is not a bit width; allowed: {ALLOWED}")
+    return int(name[1]), int(name[3])
+
+
+def choice_name(w_bits: int, a_bits: int) -> str:
+    """The name of a (w_bits, a_bits) pair: choice_name(4, 8) == "w4a8"."""
+    name = f"w{w_bits}a{a_bits}"
+    if name not in CHOICES:
+        raise IntqError(f"W{w_bits}A{a_bits} is not a bit-width choice; allowed: {ALLOWED}")
+    return name
+
+
+def normalise_choice(value, where: str = "bits") -> str:
+    """A choice as its canonical name: 4 -> "w4a4", "W4A8" -> "w4a8"."""
+    return choice_name(*parse_choice(value, where))
+
+
 @dataclass
 class QuantConfig:
-    """Every choice the lowering makes; `bits` maps Conv/Linear node names to 4 or 8."""
+    """Every choice the lowering makes. `bits` maps Conv/Linear node names to a bit-width
+    choice (8, 4, "w8a8", "w4a8" or "w4a4", see `parse_choice`); `default_bits` is the
+    choice of every other layer (the first and last stay W8A8 when `keep_first_last_8`)."""
 
     profile: str = "hawq"
-    default_bits: int = 8
+    default_bits: int | str = 8
     bits: dict = field(default_factory=dict)
     residual_bits: int = 16
     output_bits: int = 16
@@ -57,9 +92,11 @@ class QuantConfig:
                             f"{', '.join(ROUNDINGS)}")
         if self.calib_method not in ("minmax", "percentile", "mse"):
             raise IntqError(f"unknown calibration method {self.calib_method!r}")
+        parse_choice(self.default_bits, "default bits")
+        if not isinstance(self.bits, dict):
+            raise IntqError(f"bits must map layer names to bit widths ({ALLOWED})")
         for name, b in self.bits.items():
-            if b not in (4, 8):
-                raise IntqError(f"layer {name}: bits must be 4 or 8, got {b!r}")
+            parse_choice(b, f"layer {name}")
 
     @property
     def multiplier_bits(self) -> int:
@@ -69,25 +106,35 @@ class QuantConfig:
     def per_channel(self) -> bool:
         return self.profile != "pot"
 
-    def layer_bits(self, name: str, first_or_last: bool) -> int:
+    def layer_wa_bits(self, name: str, first_or_last: bool) -> tuple[int, int]:
+        """(w_bits, a_bits) of layer `name`: its weights' width and its input's."""
         if name in self.bits:
-            return self.bits[name]
-        return 8 if first_or_last and self.keep_first_last_8 else self.default_bits
+            return parse_choice(self.bits[name], f"layer {name}")
+        if first_or_last and self.keep_first_last_8:
+            return 8, 8
+        return parse_choice(self.default_bits, "default bits")
 
     @staticmethod
-    def parse_bits(spec: str) -> tuple[int, dict]:
-        """`--bits` value: "8", "4", or a JSON file mapping layer names to 4 or 8."""
-        if spec in ("4", "8"):
-            return int(spec), {}
+    def parse_bits(spec: str) -> tuple[int | str, dict]:
+        """`--bits` value: 8, 4, w8a8, w4a8, w4a4 (every layer but the first and last), or a
+        JSON file mapping layer names to those (8 and 4 as numbers or strings)."""
+        s = str(spec).strip()
+        if s.lower() in CHOICES or s in ("4", "8"):
+            return normalise_choice(s, "--bits"), {}
         try:
             with open(spec) as f:
                 table = json.load(f)
         except FileNotFoundError:
-            raise IntqError(f"--bits: {spec} is neither 4, 8 nor an existing JSON file") from None
+            raise IntqError(f"--bits: {spec!r} is neither a bit width (allowed: {ALLOWED}) nor "
+                            f"an existing JSON file") from None
+        except IsADirectoryError:
+            raise IntqError(f"--bits: {spec} is a directory, not a JSON file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise IntqError(f"--bits: {spec} is not valid JSON: {e}") from None
-        if not isinstance(table, dict) or not all(isinstance(v, int) for v in table.values()):
-            raise IntqError(f"--bits: {spec} must map layer names to 4 or 8")
+        if not isinstance(table, dict):
+            raise IntqError(f"--bits: {spec} must map layer names to bit widths ({ALLOWED})")
+        for name, v in table.items():
+            parse_choice(v, f"--bits {spec}: layer {name}")
         return 8, table
 
     def to_dict(self) -> dict:

@@ -3,9 +3,9 @@
 exactly where `intq compile` quantizes, then compiled into a normal integer artifact.
 
 * The quantization points and their formats come from the lowering's own decisions
-  (`intq.quant.lower.Lowering`: per-channel symmetric weights at the layer's bits, unsigned
-  narrow inputs of each Conv/Linear, the 16-bit residual stream, first and last layer at
-  8, accumulators handed to adds and concats unrounded, a lookup table's output at its
+  (`intq.quant.lower.Lowering`: per-channel symmetric weights at the layer's w_bits,
+  unsigned narrow inputs of each Conv/Linear at its a_bits, the 16-bit residual stream,
+  first and last layer at W8A8, accumulators handed to adds and concats unrounded, a lookup table's output at its
   stored parameters with its input as stored, a product's output at the product's
   parameters, softmax at uint8 1/256, the 16- and 8-bit copies lowering makes of table,
   product and pool inputs), so training sees the compiled model's scheme, not an
@@ -265,7 +265,7 @@ class QATModel(torch.nn.Module, Overlay):
         kind, t = self.kinds[node.name], node.inputs[0]
         q = self._q.get(t)
         if kind == "layer":
-            bits = self.lw.bits[node.name]
+            bits = self.lw.wa_bits[node.name][1]  # the layer's input width
             if not (isinstance(q, QParams) and q.bits == bits and not q.signed):
                 ins = [self._requantized_copy(t, ins[0], f"q{bits}",
                                               self.lw.act_qparams(t, bits, narrow=True)), *ins[1:]]
@@ -294,7 +294,7 @@ class QATModel(torch.nn.Module, Overlay):
         unfolded = key in self.bn and not self.frozen_bn and self.training
         w, b = ((self.weights[key + "_w"], self.weights[key + "_b"]) if unfolded
                 else self.folded(node.name))
-        y = forward(x, fake_quant_weight(w, self.lw.bits[node.name], self.cfg.profile), b)
+        y = forward(x, fake_quant_weight(w, self.lw.wa_bits[node.name][0], self.cfg.profile), b)
         return self.bn[key](y) if unfolded else y
 
     def _hold(self, t, v, name, qp, lo=None, hi=None):
