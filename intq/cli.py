@@ -370,10 +370,22 @@ def cmd_allocate(args) -> int:
         bars[what].update(done)
 
     cfg = QuantConfig(profile=args.profile)
+    weights = weights_key = None
+    rounding = _rounding_options(args)
+    if rounding:
+        # Sensitivities after learned rounding: each layer's integers from the uniform
+        # W4A8 and W8A8 learnings, which a mixed compile of the result reuses (cached).
+        from .pipeline import float_graph
+        from .rounding import weight_provider
+
+        rounding["progress"] = None
+        weights, weights_key = weight_provider(float_graph(args.model), calib, cfg, args.rounding,
+                                               **rounding)
     prob = Problem(args.model, calib, x, y, args.sensitivity, choices,
                    latency_table=args.latency_table,
                    need_latency=args.frac is not None or "latency_ms" in explicit,
-                   fix_ends=not args.free_ends, images=args.images, progress=progress, config=cfg)
+                   fix_ends=not args.free_ends, images=args.images, progress=progress, config=cfg,
+                   weights=weights, weights_key=weights_key)
     if bars:
         list(bars.values())[-1].close()
     limits, note = prob.fraction_limits(args.frac) if args.frac is not None else ({}, None)
@@ -390,7 +402,8 @@ def cmd_allocate(args) -> int:
             from .model import compile as compile_onnx
 
             def top1(b):
-                compiled = compile_onnx(args.model, calib, bits=b, profile=args.profile)
+                compiled = compile_onnx(args.model, calib, bits=b, profile=args.profile,
+                                        rounding=args.rounding, rounding_options=rounding or None)
                 # integer side only: the float model's top-1 is the same at every point
                 return Model(compiled.integer).evaluate(ev)["int_top1"]
             evaluate_bits = top1
@@ -412,6 +425,14 @@ def cmd_allocate(args) -> int:
                   f"sensitivity {p['omega']:.4g}" + (f", top-1 {p['top1']:.4f}" if "top1" in p else ""))
         print(f"wrote {args.output}" + "".join(f" and {p}" for p in (args.plot, args.sweep) if p))
     return 0
+
+
+def _add_rounding(s, what: str) -> None:
+    s.add_argument("--rounding", default="nearest",
+                   choices=["nearest", "learned", "gptq", "adaround", "brecq", "qdrop"], help=what)
+    s.add_argument("--rounding-steps", type=int, help="optimizer steps per block or layer for "
+                   "adaround/brecq/qdrop (default 300)")
+    s.add_argument("--device", default="cpu", help="torch device for --rounding (default cpu)")
 
 
 def _backend_option(s) -> None:
@@ -450,14 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bias-correction", action="store_true", help="subtract the mean output "
                    "shift that weight rounding causes, measured on the calibration data (worth "
                    "it for depthwise layers)")
-    s.add_argument("--rounding", default="nearest",
-                   choices=["nearest", "learned", "gptq", "adaround", "brecq", "qdrop"],
-                   help="how weights are rounded to their grid: nearest, or learned from the "
-                   "calibration images (learned = the best method, see the README; gptq is "
-                   "one-shot and fast); cached per model, data and settings")
-    s.add_argument("--rounding-steps", type=int, help="optimizer steps per block or layer for "
-                   "adaround/brecq/qdrop (default 300)")
-    s.add_argument("--device", default="cpu", help="torch device for --rounding (default cpu)")
+    _add_rounding(s, "how weights are rounded to their grid: nearest, or learned from the "
+                  "calibration images (learned = the best method, see the README; gptq is "
+                  "one-shot and fast); cached per model, data and settings")
     s.add_argument("--eval-data", help=".npz with x/y, or a folder of class subfolders: record "
                    "float and integer top-1 in the card")
     s.set_defaults(func=cmd_compile)
@@ -550,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one line); a limit given explicitly wins")
     s.add_argument("--choices", default="w8a8,w4a8,w4a4", help="the choices the free layers may "
                    "take, comma-separated (default all three; 8 and 4 alias w8a8 and w4a4)")
+    _add_rounding(s, "sensitivities measured after learned rounding (and sweep points compiled "
+                  "with it)")
     s.add_argument("--sensitivity", default="perturbation", choices=["perturbation", "hessian"])
     s.add_argument("--latency-table", help="per-layer latencies of the target device (the JSON of "
                    "`intq bench --latency-table`); default: measured here, cached")

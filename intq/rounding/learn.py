@@ -60,6 +60,7 @@ class Settings:
     lr: float = 3e-3          # Adam on the rounding variables V
     reg_weight: float = 0.01  # lambda of the rounding regularizer
     drop: float = 0.5         # QDrop's probability of leaving an element unquantized
+    crop: int = 56            # brecq/qdrop learn on windows of at most crop x crop inputs
     damp: float = 0.01
     act_order: bool = True
     positions: int = 256      # output positions per image sampled for a GPTQ Hessian
@@ -230,21 +231,37 @@ class Reconstruction:
             b = ov.graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
 
             def forward(idx, node=node, soft=soft, fn=fn, b=b):
-                return [fused_clamp(node, fn(self.fg, node, xin[idx], soft.soft(), b))]
+                return [fused_clamp(node, fn(self.fg, node, xin[idx], soft.soft(), b))], None
             self._optimize([soft], forward, [target], len(xin))
             self.fix(node, soft.hard_integers())
 
     def reconstruct_block(self, block, xq, xf, yf, drop):
-        ov = self.ov
+        """BRECQ (drop = 0) or QDrop on one block. A block whose input is larger than
+        `crop` x `crop` learns on random windows of it, its float target computed on the
+        same window (zero padding at the window's edge alike in both): a convolution's
+        rounding is learned from local statistics, and a 112 x 112 block costs as much as a
+        56 x 56 one."""
+        ov, c = self.ov, self.s.crop
         softs = [self._soft(n) for n in block.layers]
+        spatial = xq.dim() == 4 and c and max(xq.shape[2:]) > c
+        ov_float = (lambda x: ov.run_float(block, x))
 
         def forward(idx):
-            x = xq[idx]
+            x, f = xq[idx], xf[idx]
+            targets = None
+            if spatial:
+                h, w = x.shape[2:]
+                ch, cw = min(c, h), min(c, w)
+                t = int(torch.randint(0, h - ch + 1, (1,), generator=self.gen))
+                l_ = int(torch.randint(0, w - cw + 1, (1,), generator=self.gen))
+                x, f = x[:, :, t:t + ch, l_:l_ + cw], f[:, :, t:t + ch, l_:l_ + cw]
+                with torch.no_grad():
+                    targets = ov_float(f)
             if drop > 0:
-                x = torch.where(torch.rand_like(x) < drop, xf[idx], x)
+                x = torch.where(torch.rand_like(x) < drop, f, x)
             ov.drop = drop
             try:
-                return ov.run_quantized(block, x)
+                return ov.run_quantized(block, x), targets
             finally:
                 ov.drop = 0.0
         self._optimize(softs, forward, yf, len(xq))
@@ -262,8 +279,9 @@ class Reconstruction:
         opt = torch.optim.Adam([p.v for p in softs], lr=s.lr)
         for step in range(s.steps):
             idx = torch.randint(0, n, (min(s.batch, n),), generator=self.gen).to(self.device)
-            outs = forward(idx)
-            loss = sum(_lp(o, t[idx]) for o, t in zip(outs, targets))
+            outs, fresh = forward(idx)
+            want = fresh if fresh is not None else [t[idx] for t in targets]
+            loss = sum(_lp(o, t) for o, t in zip(outs, want))
             beta = beta_schedule(step, s.steps)
             if beta is not None:
                 loss = loss + s.reg_weight * sum(p.regularizer(beta) for p in softs)
@@ -410,3 +428,33 @@ def _learn_one(fg, images, cfg, method, calib, settings, device, progress, use_c
         _store(path, weights, names)
     return weights, {"cached": False, "blocks": len(rec.blocks),
                      "seconds": {"grid": round(t1 - t0, 2), "rounding": round(t2 - t1, 2)}}
+
+
+def weight_provider(fg, images, cfg, method: str = "learned", calibration=None, **options):
+    """(weights(layer, w_bits) -> dequantized float64 weights, key) for the ILP's
+    sensitivities (`intq.alloc.Problem(weights=..., weights_key=...)`): each layer's
+    learned integers at 4 bits from the uniform W4A8 learning, at 8 from the W8A8 one
+    (both cached, and the same ones a mixed compile takes), times the lowering's scales."""
+    from dataclasses import replace
+
+    method = resolve_method(method)
+    calib = calibration if calibration is not None else Calibration(fg, np.asarray(images, np.float32))
+    tables = {}
+    for w_bits, choice in ((4, "w4a8"), (8, "w8a8")):
+        cfg_c = replace(cfg, default_bits=choice, bits={}, rounding=method)
+        ints, _ = learn_rounding(fg, images, cfg_c, method, calibration=calib, **options)
+        lw = Lowering(fg, calib, cfg_c)
+        lw.run()
+        tables[w_bits] = (ints, lw.weight_grid)
+
+    def weights(layer, w_bits):
+        if w_bits not in tables:
+            return None
+        ints, grid = tables[w_bits]
+        if grid[layer]["qmax"] != (1 << (w_bits - 1)) - 1:
+            return None   # an end layer, kept at 8 bits in the uniform learnings
+        q = ints[layer].astype(np.float64)
+        return q * np.asarray(grid[layer]["scales"]).reshape((-1,) + (1,) * (q.ndim - 1))
+    settings = options.get("settings") or Settings()
+    key = _digest(graph_digest(fg), np.asarray(images, np.float32), method, repr(asdict(settings)))
+    return weights, key
