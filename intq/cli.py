@@ -43,7 +43,7 @@ def _config(args):
     return QuantConfig(profile=args.profile, default_bits=default, bits=table,
                        calib_method=args.calib_method, residual_bits=args.residual_bits,
                        weight_clip=args.weight_clip,
-                       bias_correction=getattr(args, "bias_correction", False),
+                       bias_correction=getattr(args, "bias_correction", True),
                        rounding=getattr(args, "rounding", "nearest"))
 
 
@@ -467,10 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
-    s.add_argument("--weight-clip", default="max", choices=["max", "mse"])
-    s.add_argument("--bias-correction", action="store_true", help="subtract the mean output "
-                   "shift that weight rounding causes, measured on the calibration data (worth "
-                   "it for depthwise layers)")
+    s.add_argument("--weight-clip", default="auto", choices=["auto", "max", "mse"],
+                   help="per-channel weight range: auto (default) is mse at 4 bits, max at 8")
+    s.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="subtract the mean output shift that weight rounding causes, measured "
+                   "on the calibration data (default on; see the README's evidence)")
     _add_rounding(s, "how weights are rounded to their grid: nearest, or learned from the "
                   "calibration images (learned = the best method, see the README; gptq is "
                   "one-shot and fast); cached per model, data and settings")
@@ -543,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "before and after, recorded in the card")
     s.add_argument("--profile", default="hawq", choices=["hawq", "pot"])
     s.add_argument("--residual-bits", type=int, default=16, choices=[8, 16, 32])
-    s.set_defaults(func=cmd_qat, calib_method="minmax", weight_clip="max")
+    s.set_defaults(func=cmd_qat, calib_method="minmax", weight_clip="max", bias_correction=False)
 
     s = sub.add_parser("allocate", help="choose W8A8, W4A8 or W4A4 per layer by an ILP under "
                        "size, BOPS and latency limits; writes the bits file compile reads")

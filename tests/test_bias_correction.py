@@ -138,12 +138,14 @@ def test_linear_correction_cancels_the_mean_shift_exactly():
     assert np.abs((feats @ wdq.T + b).mean(axis=0) - want).max() > 1e-4
 
 
-def test_default_is_off_and_same_bits_as_before():
-    """Off by default: the lowering's biases are the plain rounded ones."""
+def test_default_is_on_and_off_gives_the_plain_biases():
+    """On by default (the README's evidence); turned off, the lowering's biases are the
+    plain rounded ones."""
     model = conv_model(4, 4, 3, 1, 1, 1, 4, seed=7)
     x = np.random.default_rng(8).uniform(0, 1, (4, 4, 9, 9)).astype(np.float32)
-    ig_default, fg, _ = compile_model(model, x, QuantConfig())
-    ig_on, _, _ = compile_model(model, x, QuantConfig(bias_correction=True))
+    ig_default, fg, _ = compile_model(model, x, QuantConfig(bias_correction=False))
+    ig_on, _, _ = compile_model(model, x, QuantConfig())
+    assert ig_on.metadata["config"]["bias_correction"]
     assert not ig_default.metadata["config"]["bias_correction"]
     name = next(k for k in ig_default.constants if k.endswith(".bias_q"))
     conv = next(n for n in fg.nodes if n.op == "Conv")
@@ -186,3 +188,8 @@ def test_cli_compile_bias_correction(tmp_path):
     assert ig.metadata["config"]["bias_correction"] is True
     r = subprocess.run([sys.executable, "-m", "intq", "report", str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and "biases corrected" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "intq", "compile", str(MODELS / "mobilenet.onnx"), "-o",
+                        str(out), "--calib", str(MODELS / "digits_calib.npz"), "--no-bias-correction"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_artifact(str(out)).integer.metadata["config"]["bias_correction"] is False

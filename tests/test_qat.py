@@ -38,7 +38,8 @@ def test_untrained_qat_model_converts_to_the_compiled_model(name, bits, calib, t
     fg, bns = float_graph_with_batchnorms(path)
     assert len(bns) >= 5  # the bundled nets keep Conv and BatchNormalization apart
     converted = QATModel(fg, bns, cfg, calib).convert(calib)
-    compiled = intq.compile(path, calib, bits=bits)
+    # QAT's scheme: max clipping, no bias correction (it trains the rounding itself)
+    compiled = intq.compile(path, calib, bits=bits, weight_clip="max", bias_correction=False)
     x = test_set[0][:64]
     assert np.array_equal(converted.run(x, integer=True), compiled.run(x, integer=True))
     a, b = converted.integer, compiled.integer
@@ -59,7 +60,8 @@ def test_qat_fake_quantizes_weights_at_w_bits_and_inputs_at_a_bits(calib, test_s
     fg, bns = float_graph_with_batchnorms(path)
     names = [n.name for n in fg.nodes if n.op in ("Conv", "Linear")]
     cycle = ["w4a8", "w4a4", "w8a8"]
-    cfg = QuantConfig(bits={n: cycle[i % 3] for i, n in enumerate(names[1:-1])})
+    cfg = QuantConfig(bits={n: cycle[i % 3] for i, n in enumerate(names[1:-1])},
+                      weight_clip="max", bias_correction=False)
     compiled = intq.compile(path, calib, config=cfg)
     layers = compiled.integer.metadata["layers"]
     assert {(l["w_bits"], l["a_bits"]) for l in layers} == {(8, 8), (4, 8), (4, 4)}

@@ -74,10 +74,10 @@ class QuantConfig:
     residual_bits: int = 16
     output_bits: int = 16
     calib_method: str = "minmax"
-    weight_clip: str = "max"          # "max" or "mse"
+    weight_clip: str = "auto"         # "max", "mse", or "auto": mse at 4 bits, max at 8
     percentile: float = 99.99
     keep_first_last_8: bool = True
-    bias_correction: bool = False     # see `bias_correction` below
+    bias_correction: bool = True      # see `bias_correction` below; the README's evidence
     rounding: str = "nearest"         # one of ROUNDINGS, or "learned"
 
     def __post_init__(self):
@@ -92,6 +92,8 @@ class QuantConfig:
                             f"{', '.join(ROUNDINGS)}")
         if self.calib_method not in ("minmax", "percentile", "mse"):
             raise IntqError(f"unknown calibration method {self.calib_method!r}")
+        if self.weight_clip not in ("auto", "max", "mse"):
+            raise IntqError(f"unknown weight clipping {self.weight_clip!r}; choose auto, max or mse")
         parse_choice(self.default_bits, "default bits")
         if not isinstance(self.bits, dict):
             raise IntqError(f"bits must map layer names to bit widths ({ALLOWED})")
@@ -216,11 +218,14 @@ def quantize_weights(w: np.ndarray, bits: int, profile: str, clip: str = "max",
 
     q lies in [-(2^(b-1) - 1), 2^(b-1) - 1] (restricted range, so -q is representable).
     `clip="mse"` searches, per channel, the clipping threshold that minimises the squared
-    quantization error (80 candidates between 30% and 100% of max|w|).
+    quantization error (80 candidates between 30% and 100% of max|w|); "auto" is mse at
+    4 bits (of 15 levels one outlier wastes many) and max at 8.
     `min_scales` (M,) is a floor under each channel's scale (see `bias_scale_floor`); a
     channel raised to it quantizes its weights to fewer levels (a dead channel's to 0).
     """
     qmax = (1 << (bits - 1)) - 1
+    if clip == "auto":
+        clip = "mse" if bits <= 4 else "max"
     m = w.shape[0]
     flat = w.reshape(m, -1).astype(np.float64)
     if profile == "pot":

@@ -59,9 +59,11 @@ class Hessian:
 
 
 def gptq_round(w, scales, qmax: int, h, damp: float = 0.01, act_order: bool = True,
-               block: int = 128) -> torch.Tensor:
+               block: int = 128, return_updated: bool = False):
     """Integer weights (float64 tensor of integers, shape of w) for w (M, ...) with
     per-channel scales (M,) and per-group Hessians h (G, D, D), D = w[0].numel().
+    return_updated: also the compensated weights, each as it stood when it was rounded
+    (the integers are their nearest grid points; reconstruction can start from them).
 
     damp adds damp * mean(diag H) to the diagonal (GPTQ's dampening; the objective is
     then (w - q)^T (H + lambda I) (w - q)); a column no input ever reaches (zero diagonal)
@@ -89,6 +91,7 @@ def gptq_round(w, scales, qmax: int, h, damp: float = 0.01, act_order: bool = Tr
     L = torch.linalg.cholesky(H)
     U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
     Q = torch.zeros_like(W)
+    before = torch.zeros_like(W)
     for b0 in range(0, d, block):
         b1 = min(b0 + block, d)
         Wb = W[:, :, b0:b1].clone()
@@ -96,11 +99,14 @@ def gptq_round(w, scales, qmax: int, h, damp: float = 0.01, act_order: bool = Tr
         Ub = U[:, b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = Wb[:, :, i]
+            before[:, :, b0 + i] = col
             q = torch.clamp(torch.floor(col / s[..., 0] + 0.5), -qmax, qmax)
             Q[:, :, b0 + i] = q
             e = (col - q * s[..., 0]) / Ub[:, i, i][:, None]
             Wb[:, :, i:] -= e[:, :, None] * Ub[:, i, i:][:, None, :]
             Err[:, :, i] = e
         W[:, :, b1:] -= Err @ U[:, b0:b1, b1:]
-    Q = torch.gather(Q, 2, inv[:, None, :].expand(g, rows, d))
-    return Q.reshape(w.shape)
+    Q = torch.gather(Q, 2, inv[:, None, :].expand(g, rows, d)).reshape(w.shape)
+    if return_updated:
+        return Q, torch.gather(before, 2, inv[:, None, :].expand(g, rows, d)).reshape(w.shape)
+    return Q

@@ -34,7 +34,7 @@ import torch
 from ..errors import IntqError
 from ..quant.calibrate import Calibration
 from ..quant.lower import Lowering
-from ..quant.scheme import LEARNED_ROUNDING, ROUNDINGS
+from ..quant.scheme import LEARNED_ROUNDING, ROUNDINGS, bias_correction
 from ..twin.interpret import FLOAT_OPS, fused_clamp
 from ..twin.qat import QATModel, fake_quant_act
 from .adaround import SoftRounding, beta_schedule
@@ -61,6 +61,8 @@ class Settings:
     reg_weight: float = 0.01  # lambda of the rounding regularizer
     drop: float = 0.5         # QDrop's probability of leaving an element unquantized
     crop: int = 56            # brecq/qdrop learn on windows of at most crop x crop inputs
+    init: str = "nearest"     # brecq/qdrop start from the weights ("nearest") or from
+                              # GPTQ's compensated weights ("gptq")
     damp: float = 0.01
     act_order: bool = True
     positions: int = 256      # output positions per image sampled for a GPTQ Hessian
@@ -78,6 +80,7 @@ class _Overlay(QATModel):
         super().__init__(fg, {}, cfg, None, calibration=calib)
         self.lw = lowering
         self.state: dict = {}
+        self.bias: dict = {}      # a rounded layer's bias as compiled (bias correction)
         self.capture: dict = {}
         self.stop_after_capture = False
         self.drop = 0.0
@@ -96,6 +99,7 @@ class _Overlay(QATModel):
             w = st.soft()
         elif st is not None:
             w = st
+        b = self.bias.get(node.name, b)
         return forward(x, w, b)
 
     def _quantize(self, name, v, qp, lo=None, hi=None):
@@ -164,6 +168,16 @@ class Reconstruction:
         shape = (-1,) + (1,) * (q.ndim - 1)
         w = q.astype(np.float64) * np.asarray(g["scales"]).reshape(shape)
         self.ov.state[node.name] = torch.as_tensor(w, dtype=torch.float32, device=self.device)
+        if self.cfg.bias_correction:
+            # The compiled layer's bias is corrected for its rounding's mean shift
+            # (`Lowering.lower_layer`): later layers must see that layer, not another.
+            wf = self.weight(node)
+            b = (self.fg.constants[node.inputs[2]].astype(np.float64)
+                 if len(node.inputs) > 2 and node.inputs[2] else np.zeros(wf.shape[0]))
+            groups = node.attrs["groups"] if node.op == "Conv" else 1
+            b = b - bias_correction(wf, q, np.asarray(g["scales"]), groups,
+                                    self.lw.calib.input_means(node.name))
+            self.ov.bias[node.name] = torch.as_tensor(b, dtype=torch.float32, device=self.device)
 
     def run(self):
         # Fake-quantized activations and soft weights produce denormal floats, on which
@@ -196,8 +210,11 @@ class Reconstruction:
         return self.integers
 
     # -- methods ----------------------------------------------------------------------
-    def gptq_block(self, block, xq):
+    def gptq_block(self, block, xq, keep_updated=False):
+        """GPTQ on each layer of the block in order; keep_updated: leave each layer at its
+        compensated float weights (for reconstruction to start from), not its integers."""
         ov = self.ov
+        updated = {}
         xq = xq[:self.s.hessian_images]
         for node in block.layers:
             w = self.weight(node)
@@ -213,9 +230,12 @@ class Reconstruction:
                         pass
             ov.capture, ov.stop_after_capture = {}, False
             g = self.grid[node.name]
-            q = gptq_round(torch.as_tensor(w), torch.as_tensor(g["scales"]), g["qmax"],
-                           h.value().cpu(), damp=self.s.damp, act_order=self.s.act_order)
+            q, before = gptq_round(torch.as_tensor(w), torch.as_tensor(g["scales"]), g["qmax"],
+                                   h.value().cpu(), damp=self.s.damp, act_order=self.s.act_order,
+                                   return_updated=True)
             self.fix(node, q.numpy())
+            updated[node.name] = before.numpy()
+        return updated
 
     def adaround_block(self, block, xq, xf):
         ov = self.ov
@@ -242,7 +262,8 @@ class Reconstruction:
         rounding is learned from local statistics, and a 112 x 112 block costs as much as a
         56 x 56 one."""
         ov, c = self.ov, self.s.crop
-        softs = [self._soft(n) for n in block.layers]
+        start = self.gptq_block(block, xq) if self.s.init == "gptq" else {}
+        softs = [self._soft(n, start.get(n.name)) for n in block.layers]
         spatial = xq.dim() == 4 and c and max(xq.shape[2:]) > c
         ov_float = (lambda x: ov.run_float(block, x))
 
@@ -268,9 +289,10 @@ class Reconstruction:
         for node, soft in zip(block.layers, softs):
             self.fix(node, soft.hard_integers())
 
-    def _soft(self, node) -> SoftRounding:
+    def _soft(self, node, start=None) -> SoftRounding:
         g = self.grid[node.name]
-        soft = SoftRounding(self.weight(node), g["scales"], g["qmax"]).to(self.device)
+        w = self.weight(node) if start is None else start
+        soft = SoftRounding(w, g["scales"], g["qmax"]).to(self.device)
         self.ov.state[node.name] = soft
         return soft
 

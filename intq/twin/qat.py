@@ -27,6 +27,7 @@ exactly where `intq compile` quantizes, then compiled into a normal integer arti
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -175,6 +176,10 @@ class QATModel(torch.nn.Module, Overlay):
         if unknown:
             raise IntqError(f"qat: no fake-quantization rule for the lowering of {', '.join(unknown)}")
         self.graph = FloatInterpreter(fg)
+        # Training fake-quantizes weights with max clipping and learns their rounding itself:
+        # the conversion compiles that scheme, without compile's post-training defaults
+        # (mse clipping at 4 bits, bias correction from float statistics).
+        cfg = dataclasses.replace(cfg, weight_clip="max", bias_correction=False)
         self.fg, self.cfg, self.momentum = fg, cfg, momentum
         self.calib = calibration if calibration is not None else Calibration(fg, calib_images)
         self.ranges = {t: (self.calib.lo[t], self.calib.hi[t]) for t in self.calib.lo}
@@ -412,6 +417,7 @@ def train(model, x, y, config: QuantConfig, epochs: int = 6, lr: float = 2e-4, b
     last `freeze_range_epochs`. Returns (Model, per-epoch history)."""
     if epochs < 1 or batch < 1 or not lr > 0:
         raise IntqError("qat: epochs and batch must be at least 1 and lr positive")
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     fg, bns = float_graph_with_batchnorms(model)
