@@ -9,10 +9,10 @@
   activations): the average Hessian trace with respect to that input, Tr(H_a) / n_a, over
   the same images, times ||Q_a(a_i) - a_i||^2, the input fake-quantized at a_bits over its
   calibrated range as lowering quantizes it (the inputs enter as zero perturbations that
-  require gradients; weights and inputs get a Hutchinson run each). Like HAWQ's weight term it
-  drops the first-order term and the cross terms: the rounding errors are taken as
-  uncorrelated with the gradient and with each other, and the Hessian block as isotropic
-  (trace / n). Without the activation term W4A8 and W4A4 would score the same and W4A4,
+  require gradients; weights and inputs get a Hutchinson run each, since one joint run
+  adds their cross terms to every estimate). Like HAWQ's weight term it drops the
+  first-order term and the cross terms: the rounding errors are taken as uncorrelated
+  with the gradient and with each other, and the Hessian block as isotropic (trace / n). Without the activation term W4A8 and W4A4 would score the same and W4A4,
   cheaper in every cost, would always win. The loss is the cross-entropy against the
   labels, or against the float model's own top-1 when there are none.
 * "perturbation": the change in the network's output when only layer i is quantized, its

@@ -1,7 +1,8 @@
 """The quantization scheme: what is quantized how, per tensor and per layer.
 
-`QuantConfig` bundles the choices (profile, bits per layer, calibration method, residual
-stream width, bias correction); `QParams` describes one integer tensor (bits, signedness,
+`QuantConfig` bundles the choices (profile, each layer's weight and input bits -- W8A8,
+W4A8 or W4A4, see `parse_choice` --, calibration method, residual stream width, bias
+correction); `QParams` describes one integer tensor (bits, signedness,
 scale, zero point) and maps a calibrated float range to one; `quantize_weights` gives
 per-channel symmetric weights and `bias_correction` the mean shift their rounding causes.
 Profiles:

@@ -5,10 +5,10 @@ exactly where `intq compile` quantizes, then compiled into a normal integer arti
 * The quantization points and their formats come from the lowering's own decisions
   (`intq.quant.lower.Lowering`: per-channel symmetric weights at the layer's w_bits,
   unsigned narrow inputs of each Conv/Linear at its a_bits, the 16-bit residual stream,
-  first and last layer at W8A8, accumulators handed to adds and concats unrounded, a lookup table's output at its
-  stored parameters with its input as stored, a product's output at the product's
-  parameters, softmax at uint8 1/256, the 16- and 8-bit copies lowering makes of table,
-  product and pool inputs), so training sees the compiled model's scheme, not an
+  first and last layer at W8A8, accumulators handed to adds and concats unrounded, a
+  lookup table's output at its stored parameters with its input as stored, a product's
+  output at the product's parameters, softmax at uint8 1/256, the 16- and 8-bit copies
+  lowering makes of table, product and pool inputs), so training sees the compiled model's scheme, not an
   approximation of it. This is why this module imports the lowering, unlike the twin's
   integer ops.
 * Every rounding has a straight-through estimator (gradient 1 inside the clamp range, 0
