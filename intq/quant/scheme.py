@@ -27,7 +27,7 @@ PROFILES = ("hawq", "pot")
 # How weights are put on their grid: round-to-nearest, or learned from calibration data
 # (`intq.rounding`). "learned" names the best method measured (see the README).
 ROUNDINGS = ("nearest", "gptq", "adaround", "brecq", "qdrop")
-LEARNED_ROUNDING = "qdrop"
+LEARNED_ROUNDING = "gptq"
 
 
 # The (weight bits, activation bits) pairs a Conv/Linear layer can take, smallest first:

@@ -110,3 +110,20 @@ def gptq_round(w, scales, qmax: int, h, damp: float = 0.01, act_order: bool = Tr
     if return_updated:
         return Q, torch.gather(before, 2, inv[:, None, :].expand(g, rows, d)).reshape(w.shape)
     return Q
+
+
+def float_target_weights(w, h, cross, damp: float = 0.01) -> torch.Tensor:
+    """W' = W C (H + lambda I)^-1 per group (C = X_f X_q^T / n, H = X_q X_q^T / n): the
+    weights whose output on the quantized input X_q best matches W on the float input X_f,
+    so that GPTQ on (W', H) minimizes ||Q X_q - W X_f||^2. lambda as in `gptq_round`."""
+    g, d = h.shape[0], h.shape[1]
+    m = w.shape[0]
+    W = w.double().reshape(g, m // g, d)
+    H = h.double().clone()
+    idx = torch.arange(d)
+    dead = torch.diagonal(H, dim1=1, dim2=2) <= 0
+    H[:, idx, idx] += dead.double()
+    H[:, idx, idx] += (damp * torch.diagonal(H, dim1=1, dim2=2).mean(dim=1))[:, None]
+    # (W C H^-1)^T = H^-1 C^T W^T
+    out = torch.linalg.solve(H, cross.double().transpose(1, 2) @ W.transpose(1, 2)).transpose(1, 2)
+    return out.reshape(w.shape)

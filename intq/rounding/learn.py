@@ -39,7 +39,7 @@ from ..twin.interpret import FLOAT_OPS, fused_clamp
 from ..twin.qat import QATModel, fake_quant_act
 from .adaround import SoftRounding, beta_schedule
 from .blocks import blocks
-from .gptq import Hessian, gptq_round, layer_columns
+from .gptq import Hessian, float_target_weights, gptq_round, layer_columns
 
 METHODS, LEARNED = ROUNDINGS, LEARNED_ROUNDING
 
@@ -67,6 +67,8 @@ class Settings:
     act_order: bool = True
     positions: int = 256      # output positions per image sampled for a GPTQ Hessian
     hessian_images: int = 128 # images a GPTQ Hessian is estimated on
+    target: str = "float"     # GPTQ fits each layer to the float model's output ("float")
+                              # or to its own float weights on the quantized input
     seed: int = 0
 
 
@@ -121,6 +123,25 @@ class _Overlay(QATModel):
     def run_float(self, block, x, want=None):
         env = self.graph.run_nodes(block.nodes, {block.input: x})
         return [env[o] for o in (want or block.outputs)]
+
+
+class _FloatCapture:
+    """The plain float model, with the capture hooks of an `_Overlay` at its layers."""
+
+    def __init__(self, ov):
+        self.ov = ov
+
+    def operands(self, node, inputs):
+        return inputs
+
+    def layer(self, node, x, w, b, forward):
+        if node.name in self.ov.capture:
+            self.ov.capture[node.name](x)
+            raise _Captured
+        return forward(x, w, b)
+
+    def stored(self, tensor, value, node):
+        return value
 
 
 class _Captured(Exception):
@@ -195,9 +216,10 @@ class Reconstruction:
         total = len(self.blocks)
         for k, block in enumerate(self.blocks):
             # GPTQ reads only the quantized model's inputs; the others the float model too.
-            yf = None if self.method == "gptq" else _batched(lambda x: ov.run_float(block, x), [xf], 64)
+            yf = (None if self.method == "gptq" and s.target != "float"
+                  else _batched(lambda x: ov.run_float(block, x), [xf], 64))
             if self.method == "gptq":
-                self.gptq_block(block, xq)
+                self.gptq_block(block, xq, xf if s.target == "float" else None)
             elif self.method == "adaround":
                 self.adaround_block(block, xq, xf)
             else:
@@ -210,28 +232,54 @@ class Reconstruction:
         return self.integers
 
     # -- methods ----------------------------------------------------------------------
-    def gptq_block(self, block, xq, keep_updated=False):
-        """GPTQ on each layer of the block in order; keep_updated: leave each layer at its
-        compensated float weights (for reconstruction to start from), not its integers."""
+    def gptq_block(self, block, xq, xf=None):
+        """GPTQ on each layer of the block in order, each on the Hessian of its input as the
+        quantized model (earlier layers rounded) holds it. With xf (`Settings.target` =
+        "float") the layer is fitted to the float model's output instead: min ||Q X_q -
+        W X_f||^2 = ||(W' - Q) X_q||^2 + const with W' = W C H^-1, C = X_f X_q^T / n, so
+        each layer also undoes the error its input already carries. Returns each layer's
+        compensated float weights as they stood when rounded (reconstruction's start)."""
         ov = self.ov
         updated = {}
-        xq = xq[:self.s.hessian_images]
+        n_img = self.s.hessian_images
+        xq = xq[:n_img]
+        xf = None if xf is None else xf[:n_img]
         for node in block.layers:
             w = self.weight(node)
-            h = Hessian()
-            ov.capture = {node.name: lambda x, n=node: h.add(layer_columns(
-                n, x, w.shape, self.s.positions, self.gen))}
+            h, cross = Hessian(), Hessian()
+            seen = {}
+
+            def grab(x, n=node, key="q"):
+                # the same sampled positions for the quantized and the float input
+                gen = torch.Generator().manual_seed(self.s.seed * 7919 + seen["batch"])
+                seen[key] = layer_columns(n, x, w.shape, self.s.positions, gen)
             ov.stop_after_capture = True
             with torch.no_grad():
                 for i in range(0, len(xq), 64):
+                    seen["batch"] = i
+                    ov.capture = {node.name: grab}
                     try:
                         ov.run_quantized(block, xq[i:i + 64])
                     except _Captured:
                         pass
+                    h.add(seen["q"])
+                    if xf is not None:
+                        ov.capture = {node.name: lambda x, n=node: grab(x, n, "f")}
+                        try:
+                            ov.graph.run_nodes(block.nodes, {block.input: xf[i:i + 64]}, _FloatCapture(ov))
+                        except _Captured:
+                            pass
+                        cross.h = (seen["f"] @ seen["q"].transpose(1, 2)).double() + (
+                            0 if cross.h is None else cross.h)
+                        cross.n += seen["q"].shape[2]
             ov.capture, ov.stop_after_capture = {}, False
             g = self.grid[node.name]
-            q, before = gptq_round(torch.as_tensor(w), torch.as_tensor(g["scales"]), g["qmax"],
-                                   h.value().cpu(), damp=self.s.damp, act_order=self.s.act_order,
+            H = h.value().cpu()
+            wt = torch.as_tensor(w)
+            if xf is not None:
+                wt = float_target_weights(wt, H, cross.value().cpu(), self.s.damp)
+            q, before = gptq_round(wt, torch.as_tensor(g["scales"]), g["qmax"], H,
+                                   damp=self.s.damp, act_order=self.s.act_order,
                                    return_updated=True)
             self.fix(node, q.numpy())
             updated[node.name] = before.numpy()
@@ -262,7 +310,8 @@ class Reconstruction:
         rounding is learned from local statistics, and a 112 x 112 block costs as much as a
         56 x 56 one."""
         ov, c = self.ov, self.s.crop
-        start = self.gptq_block(block, xq) if self.s.init == "gptq" else {}
+        start = (self.gptq_block(block, xq, xf if self.s.target == "float" else None)
+                 if self.s.init == "gptq" else {})
         softs = [self._soft(n, start.get(n.name)) for n in block.layers]
         spatial = xq.dim() == 4 and c and max(xq.shape[2:]) > c
         ov_float = (lambda x: ov.run_float(block, x))
