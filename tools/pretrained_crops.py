@@ -43,13 +43,14 @@ def photos():
     return load_sample_images().images  # two uint8 HxWx3 arrays
 
 
-def crops(count: int, seed: int) -> np.ndarray:
-    """`count` crops, alternating over the photos: float32 (count, 3, 224, 224) in [0, 1]."""
+def crops(count: int, seed: int, imgs=None) -> np.ndarray:
+    """`count` crops, alternating over the photos (default: scikit-learn's two): float32
+    (count, 3, 224, 224) in [0, 1]."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = np.empty((count, 3, SIZE, SIZE), np.float32)
-    imgs = photos()
+    imgs = photos() if imgs is None else imgs
     for i in range(count):
         img = imgs[i % len(imgs)]
         h, w = img.shape[:2]

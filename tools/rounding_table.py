@@ -58,26 +58,81 @@ def photos() -> list[tuple[str, np.ndarray]]:
 
 
 def crops(count: int, seed: int) -> np.ndarray:
-    from PIL import Image
+    """Crops as `pretrained_crops.crops` cuts them, over every photo."""
+    import pretrained_crops as pc
 
-    rng = np.random.default_rng(seed)
-    imgs = [a for _, a in photos()]
-    out = np.empty((count, 3, SIZE, SIZE), np.float32)
-    for i in range(count):
-        img = imgs[i % len(imgs)]
-        h, w = img.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.35, 1.0))
-        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        im = Image.fromarray(img[top:top + side, left:left + side]).resize((SIZE, SIZE), Image.BILINEAR)
-        a = np.asarray(im, np.float32) / 255.0
-        if rng.random() < 0.5:
-            a = a[:, ::-1]
-        out[i] = a.transpose(2, 0, 1)
-    return out
+    return pc.crops(count, seed, [a for _, a in photos()])
+
+
+def ablation(a, net, xc, xe, result, settings, method):
+    import dataclasses
+
+    import pretrained_crops as pc
+
+    from intq.artifact import atomic_write
+    from intq.model import Model
+    from intq.pipeline import compile_model, float_graph
+    from intq.quant.calibrate import Calibration
+    from intq.quant.scheme import QuantConfig
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "lite0.onnx")
+        with open(path, "wb") as f:
+            f.write(pc.export(net, False))
+        lf = pc.ort_run(path, xe)
+        fg = float_graph(path)
+        calib = Calibration(fg, xc)
+        cases = [("w8a8", "nearest", "auto", False, None), ("w8a8", "nearest", "auto", True, None)]
+        for clip in ("max", "mse"):
+            for bc in (False, True):
+                cases.append(("w4a8", "nearest", clip, bc, None))
+                cases.append(("w4a8", method, clip, bc, "float"))
+        cases.append(("w4a8", method, "mse", True, "quantized"))
+        for choice, rounding, clip, bc, target in cases:
+            cfg = QuantConfig(default_bits=choice, weight_clip=clip, bias_correction=bc, rounding=rounding)
+            s_ = dataclasses.replace(settings, target=target or settings.target)
+            t = time.perf_counter()
+            ig, _, info = compile_model(fg, xc, cfg, calibration=calib,
+                                        rounding_options={"settings": s_, "use_cache": False})
+            secs = round(time.perf_counter() - t, 1)
+            m = Model(ig, fg, info)
+            lq = np.concatenate([m.run(xe[i:i + 64]) for i in range(0, len(xe), 64)])
+            r = {"choice": choice, "rounding": rounding, "weight_clip": clip, "bias_correction": bc,
+                 "gptq_target": target, "seconds": secs, **pc.compare(lq, lf)}
+            print(f"{choice} {rounding:>8} clip {clip} bc {bc!s:>5} target {target}: agree "
+                  f"{r['agree_all']:.3f} (margin>1 {r['agree_margin_gt_1']:.3f}) cos "
+                  f"{r['cosine_mean']:.4f} {secs} s", flush=True)
+            rows.append(r)
+    result["ablation"] = rows
+    with atomic_write(a.output) as f:
+        f.write(json.dumps(result, indent=1).encode())
+    print(f"wrote {a.output}")
+
+
+def markdown(result) -> str:
+    """The README table: one row per export, model and rounding."""
+    head = ("| export | model | rounding | agree all | agree margin > 1 | logit cosine | size MB | "
+            "GBOPS | ILP choices w8a8/w4a8/w4a4 | seconds |")
+    lines = [head, "|" + "---|" * 10]
+    for exporter, e in result["exports"].items():
+        for r in e["rows"]:
+            ch = r.get("ilp_choices")
+            secs = ", ".join(f"{k} {v}" for k, v in r["seconds"].items() if v)
+            lines.append(
+                f"| {exporter} | {r['model']} | {r['rounding']} | {100 * r['agree_all']:.1f} | "
+                f"{100 * r['agree_margin_gt_1']:.1f} | {r['cosine_mean']:.4f} | {r['size_mb']:.2f} | "
+                f"{r['bops_g']:.1f} | {'/'.join(str(ch[c]) for c in ('w8a8', 'w4a8', 'w4a4')) if ch else ''} | "
+                f"{secs} |")
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--format", metavar="JSON", help="print the Markdown table of an earlier run")
+    ap.add_argument("--ablation", action="store_true", help="instead: W4A8 (legacy export) with "
+                    "nearest and learned rounding under max/MSE clipping, with and without "
+                    "bias correction, GPTQ's two targets, and W8A8 without bias correction")
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--crops", type=int, default=256)
     ap.add_argument("--exporters", default="legacy,dynamo")
@@ -87,6 +142,10 @@ def main():
     ap.add_argument("--fractions", default="0.25,0.5,0.75")
     ap.add_argument("-o", "--output", default="models/rounding_table.json")
     a = ap.parse_args()
+    if a.format:
+        with open(a.format) as f:
+            print(markdown(json.load(f)))
+        return
 
     import pretrained_crops as pc
 
@@ -110,6 +169,8 @@ def main():
               "rounding": method, "settings": settings.__dict__, "cpu": platform.processor() or "",
               "crops_seconds": round(time.perf_counter() - t0, 1), "exports": {}}
     fractions = [float(f) for f in a.fractions.split(",")]
+    if a.ablation:
+        return ablation(a, net, xc, xe, result, settings, method)
     for exporter in a.exporters.split(","):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "lite0.onnx")
@@ -169,6 +230,7 @@ def main():
                                            "seconds": times, "rows": rows}
     with atomic_write(a.output) as f:
         f.write(json.dumps(result, indent=1).encode())
+    print(markdown(result))
     print(f"wrote {a.output}")
 
 

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from ..cache import cache_dir, digest as _digest  # noqa: F401  (cache_dir: this module's API too)
 from ..errors import IntqError
 from ..quant.scheme import CHOICES, normalise_choice, parse_choice
 from . import costs as graph_costs
@@ -24,27 +25,6 @@ from .ilp import groups_of, largest, smallest, solve
 
 KEYS = ("size_mb", "bops_g", "latency_ms")
 METHODS = ("perturbation", "hessian")
-
-
-def cache_dir() -> str | None:
-    """The cache folder, created if needed; None when it cannot be (nothing is cached then)."""
-    d = os.environ.get("INTQ_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "intq")
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError:
-        return None
-    return d
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            h.update(str((p.shape, p.dtype)).encode())
-            h.update(np.ascontiguousarray(p).tobytes())
-        else:
-            h.update(repr(p).encode())
-    return h.hexdigest()[:24]
 
 
 def model_digest(model) -> str:

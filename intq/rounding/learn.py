@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..cache import cache_dir, digest as _digest
 from ..errors import IntqError
 from ..quant.calibrate import Calibration
 from ..quant.lower import Lowering
@@ -361,17 +362,6 @@ class Reconstruction:
             opt.step()
 
 
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            h.update(str((p.shape, p.dtype)).encode())
-            h.update(np.ascontiguousarray(p).tobytes())
-        else:
-            h.update(repr(p).encode())
-    return h.hexdigest()[:24]
-
-
 def graph_digest(fg) -> str:
     """A digest of a float graph's structure and constants that ignores names: two
     exports of one network (the legacy and the dynamo exporter name every tensor
@@ -393,7 +383,6 @@ def graph_digest(fg) -> str:
 
 
 def _cache_path(key):
-    from ..alloc.allocate import cache_dir
     d = cache_dir()
     return None if d is None else os.path.join(d, f"rounding-{key}.npz")
 
