@@ -214,3 +214,42 @@ def test_rounding_is_cached_and_the_cache_is_the_result(residual, tmp_path, monk
     assert all(np.array_equal(first[k], again[k]) and again[k].dtype == np.int8 for k in first)
     other, info3 = learn_rounding(residual, x[:8], W4, "gptq")
     assert not info3["cached"]   # other data, another entry
+
+
+def test_float_target_is_the_least_squares_fit_and_w_where_the_input_is_exact():
+    """W' (GPTQ's float target) solves W' H = W C, the normal equations of
+    min ||W' X_q - W X_f||^2; where the quantized input equals the float one (C = H) it is
+    W itself, damping or not."""
+    from intq.rounding.gptq import float_target_weights
+
+    rng = np.random.default_rng(11)
+    xf = rng.normal(0, 1, (2, 6, 200))
+    xq = xf + 0.1 * rng.normal(0, 1, xf.shape)
+    h = torch.as_tensor(xq @ xq.transpose(0, 2, 1) / 200)
+    c = torch.as_tensor(xf @ xq.transpose(0, 2, 1) / 200)
+    w = torch.as_tensor(rng.normal(0, 1, (4, 6)))           # 2 groups of 2 rows
+    wp = float_target_weights(w, h, c, damp=0.0).reshape(2, 2, 6)
+    lhs, rhs = wp @ h, w.reshape(2, 2, 6) @ c
+    assert float((lhs - rhs).abs().max()) < 1e-9 * float(rhs.abs().max())
+    same = float_target_weights(w, h, h, damp=0.01)
+    assert torch.equal(same, w.double())
+
+
+@pytest.mark.parametrize("c,g,k,stride,dil,pads", [(6, 1, 3, 1, 1, (1, 1, 1, 1)), (6, 6, 3, 2, 1, (0, 1, 1, 0)),
+                                                   (4, 2, 5, 1, 2, (2, 2, 2, 2)), (3, 1, 1, 1, 1, (0, 0, 0, 0))])
+def test_hessian_columns_are_the_unfolded_input(c, g, k, stride, dil, pads):
+    """GPTQ's columns (gathered at the output positions, so a large map is never unfolded
+    whole) are exactly torch's unfold of the padded input, per group."""
+    from types import SimpleNamespace
+
+    from intq.rounding.gptq import layer_columns
+
+    node = SimpleNamespace(op="Conv", attrs={"groups": g, "strides": (stride, stride),
+                                             "dilations": (dil, dil), "pads": pads})
+    x = torch.randn(2, c, 11, 9, generator=torch.Generator().manual_seed(3))
+    got = layer_columns(node, x, (4, c // g, k, k))
+    pt, pl, pb, pr = pads
+    ref = torch.nn.functional.unfold(torch.nn.functional.pad(x, (pl, pr, pt, pb)), (k, k),
+                                     dilation=dil, stride=stride)
+    b, d, n = ref.shape
+    assert torch.equal(got, ref.reshape(b, g, d // g, n).permute(1, 2, 0, 3).reshape(g, d // g, b * n))

@@ -33,14 +33,25 @@ def layer_columns(node, x, weight_shape, positions: int | None = None,
     a = node.attrs
     g = a["groups"]
     kh, kw = weight_shape[2:]
-    cols = F.unfold(_pad(x.float(), a["pads"]), (kh, kw), dilation=tuple(a["dilations"]),
-                    stride=tuple(a["strides"]))                     # (B, C*kh*kw, L)
-    b, d, count = cols.shape
+    xp = _pad(x.float(), a["pads"])
+    (sh, sw), (dh, dw) = a["strides"], a["dilations"]
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    count = oh * ow
+    pick = torch.arange(count)
     if positions is not None and count > positions:
-        keep = torch.randperm(count, generator=generator)[:positions].to(cols.device)
-        cols, count = cols[:, :, keep], positions
-    cols = cols.reshape(b, g, d // g, count).permute(1, 2, 0, 3)  # (G, D, B, L)
-    return cols.reshape(g, d // g, b * count)
+        # sample before gathering: unfolding a 112 x 112 map whole would fill gigabytes
+        pick = torch.randperm(count, generator=generator)[:positions]
+    oy, ox = pick // ow, pick % ow
+    ty = torch.arange(kh).repeat_interleave(kw) * dh
+    tx = torch.arange(kw).repeat(kh) * dw
+    rows = (oy[:, None] * sh + ty[None, :]).to(xp.device)       # (P, kh*kw)
+    cols = (ox[:, None] * sw + tx[None, :]).to(xp.device)
+    b, c = xp.shape[:2]
+    patches = xp[:, :, rows, cols]                               # (B, C, P, kh*kw)
+    p_ = patches.shape[2]
+    patches = patches.permute(0, 1, 3, 2).reshape(b, g, (c // g) * kh * kw, p_)
+    return patches.permute(1, 2, 0, 3).reshape(g, (c // g) * kh * kw, b * p_)
 
 
 class Hessian:
@@ -113,17 +124,22 @@ def gptq_round(w, scales, qmax: int, h, damp: float = 0.01, act_order: bool = Tr
 
 
 def float_target_weights(w, h, cross, damp: float = 0.01) -> torch.Tensor:
-    """W' = W C (H + lambda I)^-1 per group (C = X_f X_q^T / n, H = X_q X_q^T / n): the
-    weights whose output on the quantized input X_q best matches W on the float input X_f,
-    so that GPTQ on (W', H) minimizes ||Q X_q - W X_f||^2. lambda as in `gptq_round`."""
+    """W' = W + W (C - H)(H + lambda I)^-1 per group (C = X_f X_q^T / n, H = X_q X_q^T / n):
+    the least-squares weights whose output on the quantized input X_q matches W on the float
+    input X_f (W C H^-1), written as a correction of W so that the damping only damps the
+    correction: where the input carries no error (C = H) W' is W itself, not W shrunk
+    towards 0 along H's small eigenvalues. GPTQ on (W', H) then minimizes
+    ||Q X_q - W X_f||^2. lambda as in `gptq_round`."""
     g, d = h.shape[0], h.shape[1]
     m = w.shape[0]
     W = w.double().reshape(g, m // g, d)
     H = h.double().clone()
     idx = torch.arange(d)
     dead = torch.diagonal(H, dim1=1, dim2=2) <= 0
-    H[:, idx, idx] += dead.double()
-    H[:, idx, idx] += (damp * torch.diagonal(H, dim1=1, dim2=2).mean(dim=1))[:, None]
-    # (W C H^-1)^T = H^-1 C^T W^T
-    out = torch.linalg.solve(H, cross.double().transpose(1, 2) @ W.transpose(1, 2)).transpose(1, 2)
-    return out.reshape(w.shape)
+    Hd = H.clone()
+    Hd[:, idx, idx] += dead.double()
+    Hd[:, idx, idx] += (damp * torch.diagonal(Hd, dim1=1, dim2=2).mean(dim=1))[:, None]
+    # (W (C - H) Hd^-1)^T = Hd^-1 (C - H)^T W^T
+    delta = cross.double() - H
+    corr = torch.linalg.solve(Hd, delta.transpose(1, 2) @ W.transpose(1, 2)).transpose(1, 2)
+    return (W + corr).reshape(w.shape)

@@ -66,7 +66,7 @@ class Settings:
                               # GPTQ's compensated weights ("gptq")
     damp: float = 0.01
     act_order: bool = True
-    positions: int = 256      # output positions per image sampled for a GPTQ Hessian
+    positions: int = 128      # output positions per image sampled for a GPTQ Hessian
     hessian_images: int = 128 # images a GPTQ Hessian is estimated on
     target: str = "float"     # GPTQ fits each layer to the float model's output ("float")
                               # or to its own float weights on the quantized input
@@ -213,6 +213,8 @@ class Reconstruction:
     def _run(self):
         s, ov, dev = self.s, self.ov, self.device
         xf = self.images.to(dev)
+        if self.method == "gptq":
+            xf = xf[:s.hessian_images]   # all GPTQ reads: carry no more through the blocks
         xq = _batched(lambda x: [ov.hold_input(x)], [xf], 64)[0]
         total = len(self.blocks)
         for k, block in enumerate(self.blocks):
