@@ -126,7 +126,8 @@ def cmd_compile(args) -> int:
           f"({info['calibration']['seconds']:.1f} s)")
     if "rounding" in info:
         r = info["rounding"]
-        took = ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()) or "from the cache"
+        took = ("from the cache" if r.get("cached") else
+                ", ".join(f"{k} {v:.1f} s" for k, v in r["seconds"].items()))
         print(f"rounding {r['method']} on {r['images']} images ({took})")
     if "accuracy" in info:
         a = info["accuracy"]

@@ -67,6 +67,8 @@ def quantization_card(ig, info: dict) -> dict:
         "weights": ("symmetric, per output channel" if profile == "hawq" else
                     "symmetric, per tensor, power-of-two scale")
                    + f", {cfg.get('weight_clip', 'max')} clipping"
+                   + (f", integers learned by {cfg['rounding']} on the calibration data"
+                      if cfg.get("rounding", "nearest") != "nearest" else ", rounded to nearest")
                    + (", biases corrected for the mean shift of weight rounding (calibration data)"
                       if cfg.get("bias_correction") else ""),
         "activations": "static, per tensor; unsigned after ReLU, asymmetric otherwise"
