@@ -111,7 +111,16 @@ def ablation(a, net, xc, xe, result, settings, method):
 
 
 def markdown(result) -> str:
-    """The README table: one row per export, model and rounding."""
+    """The README table: one row per export, model and rounding (or the ablation's)."""
+    if "ablation" in result:
+        lines = ["| choice | rounding | weight clip | bias correction | GPTQ target | agree all | "
+                 "agree margin > 1 | logit cosine |", "|" + "---|" * 8]
+        for r in result["ablation"]:
+            lines.append(f"| {r['choice'].upper()} | {r['rounding']} | {r['weight_clip']} | "
+                         f"{'on' if r['bias_correction'] else 'off'} | {r['gptq_target'] or ''} | "
+                         f"{100 * r['agree_all']:.1f} | {100 * r['agree_margin_gt_1']:.1f} | "
+                         f"{r['cosine_mean']:.4f} |")
+        return "\n".join(lines)
     head = ("| export | model | rounding | agree all | agree margin > 1 | logit cosine | size MB | "
             "GBOPS | ILP choices w8a8/w4a8/w4a4 | seconds |")
     lines = [head, "|" + "---|" * 10]
