@@ -150,14 +150,16 @@ def evaluate_export(model_bytes: bytes, calib: np.ndarray, x: np.ndarray, log=pr
         for bits in (8, 4):
             for corrected in (False, True):
                 t0 = time.perf_counter()
-                m = intq.compile(proto, calib, bits=bits, calib_method=method, bias_correction=corrected)
+                m = intq.compile(proto, calib, bits=bits, calib_method=method, bias_correction=corrected,
+                                weight_clip="max")
                 validate_integer_graph(m.integer)  # integer-only after the input, proved again
                 compile_s = time.perf_counter() - t0
                 lq = np.concatenate([m.run(x[i:i + 16]) for i in range(0, len(x), 16)])
                 key = (f"intq_int{bits}" + ("_bc" if corrected else "")
                        + ("" if method == methods[0] else f"_{method}"))
                 res[key] = dict(compare(lq, lf), compile_s=round(compile_s, 1), calib_method=method,
-                                bias_correction=corrected)
+                                bias_correction=corrected,
+                                weight_clip="max")
                 log(f"  intq INT{bits} ({method}{', bias correction' if corrected else ''}): {res[key]}")
     with tempfile.TemporaryDirectory() as d:
         res["ort_int8"] = compare(ort_run(ort_quantize_static(model_bytes, calib, d), x), lf)
