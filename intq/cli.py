@@ -56,15 +56,9 @@ def _rounding_options(args) -> dict:
         return {}
     if args.rounding_steps is not None and args.rounding_steps < 1:
         raise IntqError("--rounding-steps must be at least 1")
-    try:
-        import torch
-    except ImportError:
-        raise IntqError("--rounding learns through torch, which is not installed") from None
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, ValueError) as e:
-        raise IntqError(f"--device {args.device}: {str(e).splitlines()[0]}") from None
-    from .rounding import Settings
+    from .rounding import Settings, check_device
+
+    check_device(args.device)
 
     settings = Settings() if args.rounding_steps is None else Settings(steps=args.rounding_steps)
     bar = ProgressBar(1)

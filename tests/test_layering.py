@@ -15,7 +15,7 @@ PKG = Path(intq.__file__).parent
 ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
          "float_executor", "quant", "reference", "artifact", "images", "data", "pipeline", "executor",
          "evaluate", "analysis", "report", "model", "twin", "bench", "alloc", "cli"]
-CONSUMERS = {"twin": ("torch",), "alloc": ("torch", "pulp")}  # subpackages that may import what the core may not
+CONSUMERS = {"twin": ("torch",), "alloc": ("torch", "pulp"), "rounding": ("torch",)}  # subpackages that may import what the core may not
 
 
 def stage(module: str) -> str:

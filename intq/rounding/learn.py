@@ -45,6 +45,14 @@ from .gptq import Hessian, float_target_weights, gptq_round, layer_columns
 METHODS, LEARNED = ROUNDINGS, LEARNED_ROUNDING
 
 
+def check_device(device: str) -> None:
+    """One clear line for a torch device this machine does not have."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as e:
+        raise IntqError(f"--device {device}: {str(e).splitlines()[0]}") from None
+
+
 def resolve_method(name: str) -> str:
     name = LEARNED if name == "learned" else name
     if name not in METHODS:
@@ -84,6 +92,7 @@ class _Overlay(QATModel):
         self.lw = lowering
         self.state: dict = {}
         self.bias: dict = {}      # a rounded layer's bias as compiled (bias correction)
+        self.soft_means: dict = {}  # a soft layer's input means per weight, (M, C/G, taps)
         self.capture: dict = {}
         self.stop_after_capture = False
         self.drop = 0.0
@@ -99,7 +108,14 @@ class _Overlay(QATModel):
                 raise _Captured
         st = self.state.get(node.name)
         if isinstance(st, SoftRounding):
-            w = st.soft()
+            soft = st.soft()
+            means = self.soft_means.get(node.name)
+            if means is not None and b is not None:
+                # the bias the compiled layer will have (bias correction of these very
+                # weights), so that what is reconstructed is what is compiled
+                err = (soft - w).reshape(soft.shape[0], means.shape[1], -1)
+                b = b - torch.einsum("mct,mct->m", err, means)
+            w = soft
         elif st is not None:
             w = st
         b = self.bias.get(node.name, b)
@@ -345,6 +361,14 @@ class Reconstruction:
         g = self.grid[node.name]
         w = self.weight(node) if start is None else start
         soft = SoftRounding(w, g["scales"], g["qmax"]).to(self.device)
+        if self.cfg.bias_correction:
+            m = w.shape[0]
+            groups = node.attrs["groups"] if node.op == "Conv" else 1
+            cg = w.shape[1]
+            means = np.asarray(self.lw.calib.input_means(node.name), np.float64)
+            means = means.reshape(groups, cg, -1)[np.arange(m) // (m // groups)]
+            self.ov.soft_means[node.name] = torch.as_tensor(means, dtype=torch.float32,
+                                                            device=self.device)
         self.ov.state[node.name] = soft
         return soft
 
