@@ -43,10 +43,6 @@ class SoftRounding(torch.nn.Module):
         q = torch.clamp(self.base + (self.v.detach() >= 0).float(), -self.qmax, self.qmax)
         return q.cpu().numpy().astype(np.int8)
 
-    def hard(self):
-        return self.scale * torch.as_tensor(self.hard_integers(), dtype=torch.float32,
-                                            device=self.v.device)
-
     def regularizer(self, beta: float):
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
 

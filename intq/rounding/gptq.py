@@ -55,13 +55,14 @@ def layer_columns(node, x, weight_shape, positions: int | None = None,
 
 
 class Hessian:
-    """Running H = X X^T / n per group over calibration batches."""
+    """Running H = X X^T / n (or a cross term) per group over calibration batches."""
 
     def __init__(self):
         self.h, self.n = None, 0
 
-    def add(self, cols: torch.Tensor):
-        h = (cols @ cols.transpose(1, 2)).double()
+    def add(self, cols: torch.Tensor, left: torch.Tensor | None = None):
+        """Add cols cols^T, or with `left` the cross term left cols^T (GPTQ's C)."""
+        h = ((cols if left is None else left) @ cols.transpose(1, 2)).double()
         self.h = h if self.h is None else self.h + h
         self.n += cols.shape[2]
 

@@ -288,9 +288,7 @@ class Reconstruction:
                             ov.graph.run_nodes(block.nodes, {block.input: xf[i:i + 64]}, _FloatCapture(ov))
                         except _Captured:
                             pass
-                        cross.h = (seen["f"] @ seen["q"].transpose(1, 2)).double() + (
-                            0 if cross.h is None else cross.h)
-                        cross.n += seen["q"].shape[2]
+                        cross.add(seen["q"], left=seen["f"])
             ov.capture, ov.stop_after_capture = {}, False
             g = self.grid[node.name]
             H = h.value().cpu()
