@@ -29,14 +29,15 @@ TILE_M, TILE_N = 6, 64
 N_, OH, OW, SH, SW, PT, PL, TAPS, CIN, COUT, NBLK, PER_TASK = range(12)
 
 
-def pack_vnni(w: np.ndarray, cin_pad: int) -> np.ndarray:
-    """(M, C, KH, KW) integer weights -> the flat int8 VNNI layout (see module docstring)."""
+def pack_vnni(w: np.ndarray, cin_pad: int, width: int = TILE_N) -> np.ndarray:
+    """(M, C, KH, KW) integer weights -> the flat int8 VNNI layout (see module docstring),
+    in blocks of `width` output channels (a multiple of 16: `conv_vnni`'s tile widths)."""
     m, c, kh, kw = w.shape
-    mp = -(-m // TILE_N) * TILE_N
+    mp = -(-m // width) * width
     a = np.zeros((mp, cin_pad, kh * kw), np.int8)
     a[:m, :c] = w.reshape(m, c, kh * kw)
     # [blk, j, lane, c4, cc, tap] -> [blk, tap, c4, j, lane, cc]
-    a = a.reshape(mp // TILE_N, 4, 16, cin_pad // 4, 4, kh * kw).transpose(0, 5, 3, 1, 2, 4)
+    a = a.reshape(mp // width, width // 16, 16, cin_pad // 4, 4, kh * kw).transpose(0, 5, 3, 1, 2, 4)
     return np.ascontiguousarray(a).reshape(-1)
 
 
@@ -64,29 +65,30 @@ def _row_base(m, cp, xg):
 
 
 @njit(cache=True, inline="always")
-def _task_count(cp):
-    """How many prange tasks a convolution splits into: runs of PER_TASK pixel tiles times
-    64-channel blocks (each task keeps one weight block hot)."""
-    ntile = -(-(cp[N_] * cp[OH] * cp[OW]) // TILE_M)
+def _task_count(cp, tm=TILE_M):
+    """How many prange tasks a convolution splits into: runs of PER_TASK pixel tiles (of
+    tm pixels) times channel blocks (each task keeps one weight block hot)."""
+    ntile = -(-(cp[N_] * cp[OH] * cp[OW]) // tm)
     return -(-ntile // cp[PER_TASK]) * cp[NBLK]
 
 
 @njit(cache=True, inline="always")
-def _task(task, cp):
+def _task(task, cp, tm=TILE_M, tn=TILE_N):
     """(channel block, first tile, end tile, offset of the block's packed weights) of one
-    task, and its scratch: the tile's accumulators, input bases and output pixels."""
-    ntile = -(-(cp[N_] * cp[OH] * cp[OW]) // TILE_M)
+    task, and its scratch: the tile's accumulators, input bases and output pixels (tiles
+    of tm pixels x tn channels)."""
+    ntile = -(-(cp[N_] * cp[OH] * cp[OW]) // tm)
     blk = task % cp[NBLK]
     chunk = task // cp[NBLK]
     first = chunk * cp[PER_TASK]
     end = min(ntile, first + cp[PER_TASK])
-    wbase = blk * cp[TAPS] * cp[CIN] * TILE_N  # both packings hold TAPS x CIN x 64 per block
-    tile = np.empty(TILE_M * TILE_N, np.int32)
-    return blk, first, end, wbase, tile, np.empty(TILE_M, np.int64), np.empty((TILE_M, 3), np.int64)
+    wbase = blk * cp[TAPS] * cp[CIN] * tn  # every packing holds TAPS x CIN x tn per block
+    tile = np.empty(tm * tn, np.int32)
+    return blk, first, end, wbase, tile, np.empty(tm, np.int64), np.empty((tm, 3), np.int64)
 
 
 @njit(cache=True, inline="always")
-def _tile_pixels(m0, cp, xg, pix, bases):
+def _tile_pixels(m0, cp, xg, pix, bases, tm=TILE_M):
     """The tile's output pixels: pix[p] = (n, oh, ow) of GEMM row m0 + p and bases[p] its
     `_row_base`, with one division per tile (stepping along the row), not two per pixel:
     64-bit divisions cost more than a 1x1 layer's whole reduction. Rows past the last
@@ -98,7 +100,7 @@ def _tile_pixels(m0, cp, xg, pix, bases):
     r = mm - n * hw
     oh = r // cp[OW]
     ow = r - oh * cp[OW]
-    for p in range(TILE_M):
+    for p in range(tm):
         pix[p, 0], pix[p, 1], pix[p, 2] = n, oh, ow
         bases[p] = offset(xg, n, oh * cp[SH] - cp[PT], ow * cp[SW] - cp[PL])
         if m0 + p < last:
@@ -109,7 +111,7 @@ def _tile_pixels(m0, cp, xg, pix, bases):
                 if oh == cp[OH]:
                     oh = 0
                     n += 1
-    return min(TILE_M, last + 1 - m0)
+    return min(tm, last + 1 - m0)
 
 
 @njit(cache=True, inline="always")

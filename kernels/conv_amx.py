@@ -20,8 +20,8 @@ per tap over Cb; it is cut into 64-byte slices, the last one running past the ta
 into whatever follows (the next pixels, or the slack `slack()` asks the plan to allocate
 after every buffer), always against zero weights, so it adds exactly 0. After the
 reduction the four tiles go to a 32 x 32 scratch and the epilogue finishes each real
-pixel as in the VNNI kernel: `epilogue.store_pixel_vec` for whole groups of 16 channels,
-`epilogue.store_pixel` for the rest.
+pixel as in the VNNI kernel: `epilogue.store_pixel_vec` (the last group of 16 channels
+masked), or `epilogue.store_pixel` where the vector epilogue does not apply.
 
 Weights are packed once into [block of 32 channels][tap][64-byte slice][half][16 rows of
 4 reduction bytes][16 channels][4 bytes]: each weight tile is 1 KB, contiguous.
@@ -122,7 +122,8 @@ def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2,
     `pack_amx`, cp as `conv.conv_portable`'s plus the virtual-pixel geometry above, NBLK
     counting blocks of 32 channels; vt the vector epilogue's tables (`store_pixel_vec`;
     empty where it does not apply); other arguments as `conv.conv_portable`."""
-    vec = vt[0].size > 0
+    vt32, vt64, rvt32, rvt64, cvt32, cvt64 = vt
+    vec = vt32.size > 0
     npairs = cp[N_] * cp[PAIRS]
     chunks = -(-npairs // cp[PER_TASK])
     taps, ksteps, step, wv = cp[TAPS], cp[KSTEPS], cp[STEP], cp[WV]
@@ -145,13 +146,12 @@ def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2,
             ow = v0 - oh * wv
             for r in range(min(ROWS, cp[VPIX] - v0)):
                 if ow < cp[OW]:
-                    done = 16 * (nc // 16) if vec else 0
-                    if done:
-                        store_pixel_vec(scratch, r * COLS, c0, done // 16, n, oh, ow, out, og, sc, res, rg,
-                                        out2, og2, vt)
-                    if done < nc:  # channels the vector epilogue cannot take
-                        store_pixel(scratch, r * COLS + done, c0 + done, nc - done, n, oh, ow, rq, out, og,
-                                    sc, res, rg, rrq, out2, og2, rq2)
+                    if vec:
+                        store_pixel_vec(scratch, r * COLS, c0, nc, n, oh, ow, out, og, sc, res, rg, out2, og2,
+                                        vt32, vt64, rvt32, rvt64, cvt32, cvt64)
+                    else:  # a residual operand or copy the vector epilogue cannot take
+                        store_pixel(scratch, r * COLS, c0, nc, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2,
+                                    og2, rq2)
                 ow += 1
                 if ow == wv:
                     ow = 0

@@ -1,11 +1,21 @@
 """The AVX-512 VNNI convolution kernel: `conv.conv_portable`'s contract, at the instruction
 onnxruntime's INT8 path uses (`vpdpbusd`, uint8 x int8 summed in groups of 4 into int32).
 
-The micro-kernel keeps a 6 x 64 tile in 24 zmm accumulators (6 output pixels x 4 vectors
-of 16 channels). Per 4 input channels it loads 4 weight vectors and broadcasts each
-pixel's 4 activation bytes once: 24 dot-product instructions per 10 loads. The unrolled
-body is written out by hand because Numba has no register-array type; every line has
-the same shape.
+The micro-kernel keeps a tile of pixels x channels in 24 zmm accumulators. Per 4 input
+channels it loads one weight vector per 16 channels and broadcasts each pixel's 4
+activation bytes once, then issues 24 dot-product instructions. The tile's shape follows
+the layer's output channels, so that narrow layers (MobileNet's 16- to 32-channel
+projections) do not compute a 64-wide block that is mostly padding:
+
+    tile     accumulators   loads per 24 vpdpbusd
+    6 x 64   6 x 4          4 + 6
+    8 x 48   8 x 3          3 + 8
+    12 x 32  12 x 2         2 + 12
+    24 x 16  24 x 1         1 + 24
+
+`tile_vectors` picks the width with the least padding (the wider tile on a tie: fewer
+loads). The unrolled bodies are written out because Numba has no register-array type;
+every line has the same shape.
 
 Compiled only on the "vnni" and "amx" paths (a CPU without VNNI would fault).
 """
@@ -13,19 +23,352 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from .conv import CIN, COUT, TAPS, TILE_M, TILE_N, _task, _task_count, _tile_pixels
+from .conv import COUT, TAPS, CIN, _task, _task_count, _tile_pixels
 from .epilogue import store_pixel, store_pixel_vec
 from .simd import vbroadcast4, vdpbusd, vload, vstore, vzero
 
+# Pixels per tile for tiles of 1, 2, 3 or 4 vectors of 16 channels (24 accumulators each).
+TILE_PIXELS = {1: 24, 2: 12, 3: 8, 4: 6}
+# cp indices past `conv`'s: the tile's vectors of 16 channels and its pixels.
+VECTORS, PIXELS = 12, 13
+
+
+def tile_vectors(cout: int) -> int:
+    """How many 16-channel vectors wide this layer's tiles are: least padding of the last
+    channel block, then the widest."""
+    return min((4, 3, 2, 1), key=lambda nv: (-(-cout // (16 * nv)) * 16 * nv, -nv))
+
 
 @njit(cache=True)
-def _tile_vnni(x, wp, wbase, toff, taps, c4n, b0, b1, b2, b3, b4, b5, tile):
-    a00 = a01 = a02 = a03 = vzero()
-    a10 = a11 = a12 = a13 = vzero()
-    a20 = a21 = a22 = a23 = vzero()
-    a30 = a31 = a32 = a33 = vzero()
-    a40 = a41 = a42 = a43 = vzero()
-    a50 = a51 = a52 = a53 = vzero()
+def _tile_24x16(x, wp, wbase, toff, taps, c4n, bases, tile):
+    """24 pixels x 16 channels: 24 accumulators, 1 weight vector."""
+    b0 = bases[0]
+    b1 = bases[1]
+    b2 = bases[2]
+    b3 = bases[3]
+    b4 = bases[4]
+    b5 = bases[5]
+    b6 = bases[6]
+    b7 = bases[7]
+    b8 = bases[8]
+    b9 = bases[9]
+    b10 = bases[10]
+    b11 = bases[11]
+    b12 = bases[12]
+    b13 = bases[13]
+    b14 = bases[14]
+    b15 = bases[15]
+    b16 = bases[16]
+    b17 = bases[17]
+    b18 = bases[18]
+    b19 = bases[19]
+    b20 = bases[20]
+    b21 = bases[21]
+    b22 = bases[22]
+    b23 = bases[23]
+    a0_0 = vzero()
+    a1_0 = vzero()
+    a2_0 = vzero()
+    a3_0 = vzero()
+    a4_0 = vzero()
+    a5_0 = vzero()
+    a6_0 = vzero()
+    a7_0 = vzero()
+    a8_0 = vzero()
+    a9_0 = vzero()
+    a10_0 = vzero()
+    a11_0 = vzero()
+    a12_0 = vzero()
+    a13_0 = vzero()
+    a14_0 = vzero()
+    a15_0 = vzero()
+    a16_0 = vzero()
+    a17_0 = vzero()
+    a18_0 = vzero()
+    a19_0 = vzero()
+    a20_0 = vzero()
+    a21_0 = vzero()
+    a22_0 = vzero()
+    a23_0 = vzero()
+    for t in range(taps):
+        xo = toff[t]
+        wo = wbase + t * c4n * 64
+        for c4 in range(c4n):
+            wi = wo + c4 * 64
+            w0 = vload(wp, wi)
+            k = xo + c4 * 4
+            v = vbroadcast4(x, b0 + k)
+            a0_0 = vdpbusd(a0_0, v, w0)
+            v = vbroadcast4(x, b1 + k)
+            a1_0 = vdpbusd(a1_0, v, w0)
+            v = vbroadcast4(x, b2 + k)
+            a2_0 = vdpbusd(a2_0, v, w0)
+            v = vbroadcast4(x, b3 + k)
+            a3_0 = vdpbusd(a3_0, v, w0)
+            v = vbroadcast4(x, b4 + k)
+            a4_0 = vdpbusd(a4_0, v, w0)
+            v = vbroadcast4(x, b5 + k)
+            a5_0 = vdpbusd(a5_0, v, w0)
+            v = vbroadcast4(x, b6 + k)
+            a6_0 = vdpbusd(a6_0, v, w0)
+            v = vbroadcast4(x, b7 + k)
+            a7_0 = vdpbusd(a7_0, v, w0)
+            v = vbroadcast4(x, b8 + k)
+            a8_0 = vdpbusd(a8_0, v, w0)
+            v = vbroadcast4(x, b9 + k)
+            a9_0 = vdpbusd(a9_0, v, w0)
+            v = vbroadcast4(x, b10 + k)
+            a10_0 = vdpbusd(a10_0, v, w0)
+            v = vbroadcast4(x, b11 + k)
+            a11_0 = vdpbusd(a11_0, v, w0)
+            v = vbroadcast4(x, b12 + k)
+            a12_0 = vdpbusd(a12_0, v, w0)
+            v = vbroadcast4(x, b13 + k)
+            a13_0 = vdpbusd(a13_0, v, w0)
+            v = vbroadcast4(x, b14 + k)
+            a14_0 = vdpbusd(a14_0, v, w0)
+            v = vbroadcast4(x, b15 + k)
+            a15_0 = vdpbusd(a15_0, v, w0)
+            v = vbroadcast4(x, b16 + k)
+            a16_0 = vdpbusd(a16_0, v, w0)
+            v = vbroadcast4(x, b17 + k)
+            a17_0 = vdpbusd(a17_0, v, w0)
+            v = vbroadcast4(x, b18 + k)
+            a18_0 = vdpbusd(a18_0, v, w0)
+            v = vbroadcast4(x, b19 + k)
+            a19_0 = vdpbusd(a19_0, v, w0)
+            v = vbroadcast4(x, b20 + k)
+            a20_0 = vdpbusd(a20_0, v, w0)
+            v = vbroadcast4(x, b21 + k)
+            a21_0 = vdpbusd(a21_0, v, w0)
+            v = vbroadcast4(x, b22 + k)
+            a22_0 = vdpbusd(a22_0, v, w0)
+            v = vbroadcast4(x, b23 + k)
+            a23_0 = vdpbusd(a23_0, v, w0)
+    vstore(tile, 0, a0_0)
+    vstore(tile, 16, a1_0)
+    vstore(tile, 32, a2_0)
+    vstore(tile, 48, a3_0)
+    vstore(tile, 64, a4_0)
+    vstore(tile, 80, a5_0)
+    vstore(tile, 96, a6_0)
+    vstore(tile, 112, a7_0)
+    vstore(tile, 128, a8_0)
+    vstore(tile, 144, a9_0)
+    vstore(tile, 160, a10_0)
+    vstore(tile, 176, a11_0)
+    vstore(tile, 192, a12_0)
+    vstore(tile, 208, a13_0)
+    vstore(tile, 224, a14_0)
+    vstore(tile, 240, a15_0)
+    vstore(tile, 256, a16_0)
+    vstore(tile, 272, a17_0)
+    vstore(tile, 288, a18_0)
+    vstore(tile, 304, a19_0)
+    vstore(tile, 320, a20_0)
+    vstore(tile, 336, a21_0)
+    vstore(tile, 352, a22_0)
+    vstore(tile, 368, a23_0)
+
+
+@njit(cache=True)
+def _tile_12x32(x, wp, wbase, toff, taps, c4n, bases, tile):
+    """12 pixels x 32 channels: 24 accumulators, 2 weight vectors."""
+    b0 = bases[0]
+    b1 = bases[1]
+    b2 = bases[2]
+    b3 = bases[3]
+    b4 = bases[4]
+    b5 = bases[5]
+    b6 = bases[6]
+    b7 = bases[7]
+    b8 = bases[8]
+    b9 = bases[9]
+    b10 = bases[10]
+    b11 = bases[11]
+    a0_0 = a0_1 = vzero()
+    a1_0 = a1_1 = vzero()
+    a2_0 = a2_1 = vzero()
+    a3_0 = a3_1 = vzero()
+    a4_0 = a4_1 = vzero()
+    a5_0 = a5_1 = vzero()
+    a6_0 = a6_1 = vzero()
+    a7_0 = a7_1 = vzero()
+    a8_0 = a8_1 = vzero()
+    a9_0 = a9_1 = vzero()
+    a10_0 = a10_1 = vzero()
+    a11_0 = a11_1 = vzero()
+    for t in range(taps):
+        xo = toff[t]
+        wo = wbase + t * c4n * 128
+        for c4 in range(c4n):
+            wi = wo + c4 * 128
+            w0 = vload(wp, wi)
+            w1 = vload(wp, wi + 64)
+            k = xo + c4 * 4
+            v = vbroadcast4(x, b0 + k)
+            a0_0 = vdpbusd(a0_0, v, w0)
+            a0_1 = vdpbusd(a0_1, v, w1)
+            v = vbroadcast4(x, b1 + k)
+            a1_0 = vdpbusd(a1_0, v, w0)
+            a1_1 = vdpbusd(a1_1, v, w1)
+            v = vbroadcast4(x, b2 + k)
+            a2_0 = vdpbusd(a2_0, v, w0)
+            a2_1 = vdpbusd(a2_1, v, w1)
+            v = vbroadcast4(x, b3 + k)
+            a3_0 = vdpbusd(a3_0, v, w0)
+            a3_1 = vdpbusd(a3_1, v, w1)
+            v = vbroadcast4(x, b4 + k)
+            a4_0 = vdpbusd(a4_0, v, w0)
+            a4_1 = vdpbusd(a4_1, v, w1)
+            v = vbroadcast4(x, b5 + k)
+            a5_0 = vdpbusd(a5_0, v, w0)
+            a5_1 = vdpbusd(a5_1, v, w1)
+            v = vbroadcast4(x, b6 + k)
+            a6_0 = vdpbusd(a6_0, v, w0)
+            a6_1 = vdpbusd(a6_1, v, w1)
+            v = vbroadcast4(x, b7 + k)
+            a7_0 = vdpbusd(a7_0, v, w0)
+            a7_1 = vdpbusd(a7_1, v, w1)
+            v = vbroadcast4(x, b8 + k)
+            a8_0 = vdpbusd(a8_0, v, w0)
+            a8_1 = vdpbusd(a8_1, v, w1)
+            v = vbroadcast4(x, b9 + k)
+            a9_0 = vdpbusd(a9_0, v, w0)
+            a9_1 = vdpbusd(a9_1, v, w1)
+            v = vbroadcast4(x, b10 + k)
+            a10_0 = vdpbusd(a10_0, v, w0)
+            a10_1 = vdpbusd(a10_1, v, w1)
+            v = vbroadcast4(x, b11 + k)
+            a11_0 = vdpbusd(a11_0, v, w0)
+            a11_1 = vdpbusd(a11_1, v, w1)
+    vstore(tile, 0, a0_0)
+    vstore(tile, 16, a0_1)
+    vstore(tile, 32, a1_0)
+    vstore(tile, 48, a1_1)
+    vstore(tile, 64, a2_0)
+    vstore(tile, 80, a2_1)
+    vstore(tile, 96, a3_0)
+    vstore(tile, 112, a3_1)
+    vstore(tile, 128, a4_0)
+    vstore(tile, 144, a4_1)
+    vstore(tile, 160, a5_0)
+    vstore(tile, 176, a5_1)
+    vstore(tile, 192, a6_0)
+    vstore(tile, 208, a6_1)
+    vstore(tile, 224, a7_0)
+    vstore(tile, 240, a7_1)
+    vstore(tile, 256, a8_0)
+    vstore(tile, 272, a8_1)
+    vstore(tile, 288, a9_0)
+    vstore(tile, 304, a9_1)
+    vstore(tile, 320, a10_0)
+    vstore(tile, 336, a10_1)
+    vstore(tile, 352, a11_0)
+    vstore(tile, 368, a11_1)
+
+
+@njit(cache=True)
+def _tile_8x48(x, wp, wbase, toff, taps, c4n, bases, tile):
+    """8 pixels x 48 channels: 24 accumulators, 3 weight vectors."""
+    b0 = bases[0]
+    b1 = bases[1]
+    b2 = bases[2]
+    b3 = bases[3]
+    b4 = bases[4]
+    b5 = bases[5]
+    b6 = bases[6]
+    b7 = bases[7]
+    a0_0 = a0_1 = a0_2 = vzero()
+    a1_0 = a1_1 = a1_2 = vzero()
+    a2_0 = a2_1 = a2_2 = vzero()
+    a3_0 = a3_1 = a3_2 = vzero()
+    a4_0 = a4_1 = a4_2 = vzero()
+    a5_0 = a5_1 = a5_2 = vzero()
+    a6_0 = a6_1 = a6_2 = vzero()
+    a7_0 = a7_1 = a7_2 = vzero()
+    for t in range(taps):
+        xo = toff[t]
+        wo = wbase + t * c4n * 192
+        for c4 in range(c4n):
+            wi = wo + c4 * 192
+            w0 = vload(wp, wi)
+            w1 = vload(wp, wi + 64)
+            w2 = vload(wp, wi + 128)
+            k = xo + c4 * 4
+            v = vbroadcast4(x, b0 + k)
+            a0_0 = vdpbusd(a0_0, v, w0)
+            a0_1 = vdpbusd(a0_1, v, w1)
+            a0_2 = vdpbusd(a0_2, v, w2)
+            v = vbroadcast4(x, b1 + k)
+            a1_0 = vdpbusd(a1_0, v, w0)
+            a1_1 = vdpbusd(a1_1, v, w1)
+            a1_2 = vdpbusd(a1_2, v, w2)
+            v = vbroadcast4(x, b2 + k)
+            a2_0 = vdpbusd(a2_0, v, w0)
+            a2_1 = vdpbusd(a2_1, v, w1)
+            a2_2 = vdpbusd(a2_2, v, w2)
+            v = vbroadcast4(x, b3 + k)
+            a3_0 = vdpbusd(a3_0, v, w0)
+            a3_1 = vdpbusd(a3_1, v, w1)
+            a3_2 = vdpbusd(a3_2, v, w2)
+            v = vbroadcast4(x, b4 + k)
+            a4_0 = vdpbusd(a4_0, v, w0)
+            a4_1 = vdpbusd(a4_1, v, w1)
+            a4_2 = vdpbusd(a4_2, v, w2)
+            v = vbroadcast4(x, b5 + k)
+            a5_0 = vdpbusd(a5_0, v, w0)
+            a5_1 = vdpbusd(a5_1, v, w1)
+            a5_2 = vdpbusd(a5_2, v, w2)
+            v = vbroadcast4(x, b6 + k)
+            a6_0 = vdpbusd(a6_0, v, w0)
+            a6_1 = vdpbusd(a6_1, v, w1)
+            a6_2 = vdpbusd(a6_2, v, w2)
+            v = vbroadcast4(x, b7 + k)
+            a7_0 = vdpbusd(a7_0, v, w0)
+            a7_1 = vdpbusd(a7_1, v, w1)
+            a7_2 = vdpbusd(a7_2, v, w2)
+    vstore(tile, 0, a0_0)
+    vstore(tile, 16, a0_1)
+    vstore(tile, 32, a0_2)
+    vstore(tile, 48, a1_0)
+    vstore(tile, 64, a1_1)
+    vstore(tile, 80, a1_2)
+    vstore(tile, 96, a2_0)
+    vstore(tile, 112, a2_1)
+    vstore(tile, 128, a2_2)
+    vstore(tile, 144, a3_0)
+    vstore(tile, 160, a3_1)
+    vstore(tile, 176, a3_2)
+    vstore(tile, 192, a4_0)
+    vstore(tile, 208, a4_1)
+    vstore(tile, 224, a4_2)
+    vstore(tile, 240, a5_0)
+    vstore(tile, 256, a5_1)
+    vstore(tile, 272, a5_2)
+    vstore(tile, 288, a6_0)
+    vstore(tile, 304, a6_1)
+    vstore(tile, 320, a6_2)
+    vstore(tile, 336, a7_0)
+    vstore(tile, 352, a7_1)
+    vstore(tile, 368, a7_2)
+
+
+@njit(cache=True)
+def _tile_6x64(x, wp, wbase, toff, taps, c4n, bases, tile):
+    """6 pixels x 64 channels: 24 accumulators, 4 weight vectors."""
+    b0 = bases[0]
+    b1 = bases[1]
+    b2 = bases[2]
+    b3 = bases[3]
+    b4 = bases[4]
+    b5 = bases[5]
+    a0_0 = a0_1 = a0_2 = a0_3 = vzero()
+    a1_0 = a1_1 = a1_2 = a1_3 = vzero()
+    a2_0 = a2_1 = a2_2 = a2_3 = vzero()
+    a3_0 = a3_1 = a3_2 = a3_3 = vzero()
+    a4_0 = a4_1 = a4_2 = a4_3 = vzero()
+    a5_0 = a5_1 = a5_2 = a5_3 = vzero()
     for t in range(taps):
         xo = toff[t]
         wo = wbase + t * c4n * 256
@@ -37,80 +380,97 @@ def _tile_vnni(x, wp, wbase, toff, taps, c4n, b0, b1, b2, b3, b4, b5, tile):
             w3 = vload(wp, wi + 192)
             k = xo + c4 * 4
             v = vbroadcast4(x, b0 + k)
-            a00 = vdpbusd(a00, v, w0)
-            a01 = vdpbusd(a01, v, w1)
-            a02 = vdpbusd(a02, v, w2)
-            a03 = vdpbusd(a03, v, w3)
+            a0_0 = vdpbusd(a0_0, v, w0)
+            a0_1 = vdpbusd(a0_1, v, w1)
+            a0_2 = vdpbusd(a0_2, v, w2)
+            a0_3 = vdpbusd(a0_3, v, w3)
             v = vbroadcast4(x, b1 + k)
-            a10 = vdpbusd(a10, v, w0)
-            a11 = vdpbusd(a11, v, w1)
-            a12 = vdpbusd(a12, v, w2)
-            a13 = vdpbusd(a13, v, w3)
+            a1_0 = vdpbusd(a1_0, v, w0)
+            a1_1 = vdpbusd(a1_1, v, w1)
+            a1_2 = vdpbusd(a1_2, v, w2)
+            a1_3 = vdpbusd(a1_3, v, w3)
             v = vbroadcast4(x, b2 + k)
-            a20 = vdpbusd(a20, v, w0)
-            a21 = vdpbusd(a21, v, w1)
-            a22 = vdpbusd(a22, v, w2)
-            a23 = vdpbusd(a23, v, w3)
+            a2_0 = vdpbusd(a2_0, v, w0)
+            a2_1 = vdpbusd(a2_1, v, w1)
+            a2_2 = vdpbusd(a2_2, v, w2)
+            a2_3 = vdpbusd(a2_3, v, w3)
             v = vbroadcast4(x, b3 + k)
-            a30 = vdpbusd(a30, v, w0)
-            a31 = vdpbusd(a31, v, w1)
-            a32 = vdpbusd(a32, v, w2)
-            a33 = vdpbusd(a33, v, w3)
+            a3_0 = vdpbusd(a3_0, v, w0)
+            a3_1 = vdpbusd(a3_1, v, w1)
+            a3_2 = vdpbusd(a3_2, v, w2)
+            a3_3 = vdpbusd(a3_3, v, w3)
             v = vbroadcast4(x, b4 + k)
-            a40 = vdpbusd(a40, v, w0)
-            a41 = vdpbusd(a41, v, w1)
-            a42 = vdpbusd(a42, v, w2)
-            a43 = vdpbusd(a43, v, w3)
+            a4_0 = vdpbusd(a4_0, v, w0)
+            a4_1 = vdpbusd(a4_1, v, w1)
+            a4_2 = vdpbusd(a4_2, v, w2)
+            a4_3 = vdpbusd(a4_3, v, w3)
             v = vbroadcast4(x, b5 + k)
-            a50 = vdpbusd(a50, v, w0)
-            a51 = vdpbusd(a51, v, w1)
-            a52 = vdpbusd(a52, v, w2)
-            a53 = vdpbusd(a53, v, w3)
-    vstore(tile, 0, a00)
-    vstore(tile, 16, a01)
-    vstore(tile, 32, a02)
-    vstore(tile, 48, a03)
-    vstore(tile, 64, a10)
-    vstore(tile, 80, a11)
-    vstore(tile, 96, a12)
-    vstore(tile, 112, a13)
-    vstore(tile, 128, a20)
-    vstore(tile, 144, a21)
-    vstore(tile, 160, a22)
-    vstore(tile, 176, a23)
-    vstore(tile, 192, a30)
-    vstore(tile, 208, a31)
-    vstore(tile, 224, a32)
-    vstore(tile, 240, a33)
-    vstore(tile, 256, a40)
-    vstore(tile, 272, a41)
-    vstore(tile, 288, a42)
-    vstore(tile, 304, a43)
-    vstore(tile, 320, a50)
-    vstore(tile, 336, a51)
-    vstore(tile, 352, a52)
-    vstore(tile, 368, a53)
+            a5_0 = vdpbusd(a5_0, v, w0)
+            a5_1 = vdpbusd(a5_1, v, w1)
+            a5_2 = vdpbusd(a5_2, v, w2)
+            a5_3 = vdpbusd(a5_3, v, w3)
+    vstore(tile, 0, a0_0)
+    vstore(tile, 16, a0_1)
+    vstore(tile, 32, a0_2)
+    vstore(tile, 48, a0_3)
+    vstore(tile, 64, a1_0)
+    vstore(tile, 80, a1_1)
+    vstore(tile, 96, a1_2)
+    vstore(tile, 112, a1_3)
+    vstore(tile, 128, a2_0)
+    vstore(tile, 144, a2_1)
+    vstore(tile, 160, a2_2)
+    vstore(tile, 176, a2_3)
+    vstore(tile, 192, a3_0)
+    vstore(tile, 208, a3_1)
+    vstore(tile, 224, a3_2)
+    vstore(tile, 240, a3_3)
+    vstore(tile, 256, a4_0)
+    vstore(tile, 272, a4_1)
+    vstore(tile, 288, a4_2)
+    vstore(tile, 304, a4_3)
+    vstore(tile, 320, a5_0)
+    vstore(tile, 336, a5_1)
+    vstore(tile, 352, a5_2)
+    vstore(tile, 368, a5_3)
+
+
+
+@njit(cache=True, inline="always")
+def _tile(nv, x, wp, wbase, toff, taps, c4n, bases, tile):
+    if nv == 4:
+        _tile_6x64(x, wp, wbase, toff, taps, c4n, bases, tile)
+    elif nv == 3:
+        _tile_8x48(x, wp, wbase, toff, taps, c4n, bases, tile)
+    elif nv == 2:
+        _tile_12x32(x, wp, wbase, toff, taps, c4n, bases, tile)
+    else:
+        _tile_24x16(x, wp, wbase, toff, taps, c4n, bases, tile)
 
 
 @njit(parallel=True, cache=True)
 def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt):
     """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp packed by
-    `conv.pack_vnni`; vt the vector epilogue's tables (`epilogue.store_pixel_vec`, empty
-    where it does not apply); other arguments as `conv.conv_portable`."""
+    `conv.pack_vnni` in blocks of 16 * cp[VECTORS] channels; vt the vector epilogue's tables
+    (`epilogue.store_pixel_vec`, empty where it does not apply); other arguments as
+    `conv.conv_portable`."""
     taps, c4n = cp[TAPS], cp[CIN] // 4
-    vec = vt[0].size > 0
-    for task in prange(_task_count(cp)):
-        blk, first, end, wbase, tile, bases, pix = _task(task, cp)
-        c0 = blk * TILE_N
+    nv, tm = cp[VECTORS], cp[PIXELS]
+    tn = 16 * nv
+    vt32, vt64, rvt32, rvt64, cvt32, cvt64 = vt
+    vec = vt32.size > 0
+    for task in prange(_task_count(cp, tm)):
+        blk, first, end, wbase, tile, bases, pix = _task(task, cp, tm, tn)
+        c0 = blk * tn
+        nc = min(tn, cp[COUT] - c0)
         for i in range(first, end):
-            rows_here = _tile_pixels(i * TILE_M, cp, xg, pix, bases)
-            _tile_vnni(x, wp, wbase, toff, taps, c4n, bases[0], bases[1], bases[2], bases[3], bases[4],
-                       bases[5], tile)
-            nc = min(TILE_N, cp[COUT] - c0)
-            done = 16 * (nc // 16) if vec else 0
-            for p in range(rows_here if done else 0):
-                store_pixel_vec(tile, p * TILE_N, c0, done // 16, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc,
-                                res, rg, out2, og2, vt)
-            for p in range(rows_here if done < nc else 0):  # channels the vector epilogue cannot take
-                store_pixel(tile, p * TILE_N + done, c0 + done, nc - done, pix[p, 0], pix[p, 1], pix[p, 2], rq,
-                            out, og, sc, res, rg, rrq, out2, og2, rq2)
+            rows_here = _tile_pixels(i * tm, cp, xg, pix, bases, tm)
+            _tile(nv, x, wp, wbase, toff, taps, c4n, bases, tile)
+            if vec:
+                for p in range(rows_here):
+                    store_pixel_vec(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc, res, rg,
+                                    out2, og2, vt32, vt64, rvt32, rvt64, cvt32, cvt64)
+            else:  # a residual operand or copy the vector epilogue cannot take (see `store_pixel_vec`)
+                for p in range(rows_here):
+                    store_pixel(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res, rg,
+                                rrq, out2, og2, rq2)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import vepi_requant, vepi_residual
+from .simd import vepi_raw, vepi_requant, vepi_residual
 
 REQUANT, RESIDUAL, RAW = 0, 1, 2
 # Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
@@ -149,23 +149,34 @@ def vector_tables(rq: np.ndarray, bias=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, inline="always")
-def store_pixel_vec(acc, t, c0, groups, n, h, w, out, og, sc, res, rg, out2, og2, vt):
-    """`store_pixel` for `groups` x 16 channels from c0 (a multiple of 16) in zmm
-    registers (`simd.vepi_*`); vt = (tables, residual tables, copy tables) from
-    `vector_tables`. Modes REQUANT and RESIDUAL, with or without the copy; a residual
-    operand and a copied output at most 16 bits wide (so r - z_r and y - z_y fit int32)."""
-    vt32, vt64, rvt32, rvt64, cvt32, cvt64 = vt
+def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64,
+                    cvt32, cvt64):
+    """`store_pixel` for channels c0..c0+nc (c0 a multiple of 16) in zmm registers
+    (`simd.vepi_*`), 16 at a time, the last group masked; (vt32, vt64), (rvt32, rvt64) and
+    (cvt32, cvt64) the tables of the layer, the residual operand and the copy from
+    `vector_tables`. Every mode, with or without the copy, where r - z_r and y - z_y fit
+    int32: a residual operand and a copied output at most 16 bits wide (or an
+    accumulator, z = 0). The tables come as separate arrays, not a tuple: unpacking a
+    tuple of arrays per pixel costs reference counting that outweighed the arithmetic."""
     o = offset(og, n, h, w) + c0
     g0 = c0 // 16
-    if sc[0] == REQUANT:
+    groups = -(-nc // 16)
+    mode = sc[0]
+    if mode == RAW:
         for g in range(groups):
-            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3])
+            vepi_raw(acc, t + 16 * g, vt32, (g0 + g) * 32, out, o + 16 * g, min(16, nc - 16 * g))
+        return
+    if mode == REQUANT:
+        for g in range(groups):
+            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3],
+                         min(16, nc - 16 * g))
     else:
         ro = offset(rg, n, h, w) + c0
         for g in range(groups):
             vepi_residual(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, rvt64,
-                          out, o + 16 * g, sc[1], sc[2], sc[3])
+                          out, o + 16 * g, sc[1], sc[2], sc[3], min(16, nc - 16 * g))
     if sc[5]:
         o2 = offset(og2, n, h, w) + c0
         for g in range(groups):
-            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9])
+            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9],
+                         min(16, nc - 16 * g))

@@ -28,7 +28,7 @@ from intq.ops import ops_where
 
 from dataclasses import dataclass
 
-from . import conv, conv_amx, cpu, elementwise, pool, softmax
+from . import conv, conv_amx, conv_vnni, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, vector_tables
 from .fuse import fuse
 
@@ -251,14 +251,18 @@ class ConvStep(Step):
         self.kh, self.kw = kh, kw
         self.strides, self.pads, self.dil = strides, pads, dilations
         self.cout = m
-        self.nblk = -(-m // conv.TILE_N)
-        self.rq = dn_table(epilogue.b, epilogue.c, m, self.nblk * conv.TILE_N, bias)
-        self.sc = epilogue.scalars()
-        self.residual, self.copy = residual, (cp.out if cp else None)
-        self.rrq = (dn_table(residual.b, residual.c, m, self.nblk * conv.TILE_N)
-                    if residual else self.rq)
         self.kind = ("dense" if groups == 1 else
                      "depthwise" if groups == m and cg == 1 and groups == x.c else "grouped")
+        # The channel block of a dense kernel's tile (`conv_vnni.tile_vectors` fits it to
+        # the layer); tables are padded to whole blocks and to the portable 64.
+        self.vnni = self.kind == "dense" and path in ("vnni", "amx")
+        self.tile_n = 16 * conv_vnni.tile_vectors(m) if self.vnni else conv.TILE_N
+        self.nblk = -(-m // self.tile_n)
+        padded = max(self.nblk * self.tile_n, -(-m // conv.TILE_N) * conv.TILE_N)
+        self.rq = dn_table(epilogue.b, epilogue.c, m, padded, bias)
+        self.sc = epilogue.scalars()
+        self.residual, self.copy = residual, (cp.out if cp else None)
+        self.rrq = (dn_table(residual.b, residual.c, m, padded) if residual else self.rq)
         self.groups = groups
         # With dilation 1 along W, the KW taps of one kernel row are KW * Cb contiguous
         # bytes of the NHWC buffer: one reduction run per kernel row, not per tap.
@@ -276,9 +280,9 @@ class ConvStep(Step):
             if self.amx:
                 self.kernel, pack = conv_amx.conv_amx, conv_amx.pack_amx
                 self.nblk = -(-m // conv_amx.COLS)
-            elif path in ("vnni", "amx"):
-                from .conv_vnni import conv_vnni
-                self.kernel, pack = conv_vnni, conv.pack_vnni
+            elif self.vnni:
+                width = self.tile_n
+                self.kernel, pack = conv_vnni.conv_vnni, lambda w, cin: conv.pack_vnni(w, cin, width)
             if self.row_taps:
                 wr = np.zeros((m, kh, kw, x.cb), np.int64)
                 wr[..., :cg] = w.transpose(0, 2, 3, 1)
@@ -295,18 +299,18 @@ class ConvStep(Step):
                                           .reshape(m, kh * kw * cg), dtype=np.int32)
             self.cin = cg
         if cp is not None:
-            self.rq2 = dn_table(cp.b, cp.c, m, self.nblk * conv.TILE_N)
+            self.rq2 = dn_table(cp.b, cp.c, m, padded)
 
     def vector_tables(self):
         """The tables of the vector epilogue (`epilogue.store_pixel_vec`), or six empty
-        arrays where it does not apply: no requantization to fuse (RAW), or a residual
-        operand or copied output wider than 16 bits."""
+        arrays where it does not apply: a residual operand or copied output wider than 16
+        bits (other than an accumulator)."""
         ep = self.epilogue
         # r - z_r must fit int32: a 16-bit operand, or an accumulator (z_r = 0).
         wide = ((ep.residual is not None and ep.residual.operand.dtype.itemsize > 2
                  and ep.residual.zero_point != 0)
                 or (ep.copy is not None and self.out.dtype.itemsize > 2))
-        if ep.mode == RAW or wide:
+        if wide:
             e32, e64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
             return (e32, e64) * 3
         tables = vector_tables(self.rq)
@@ -339,10 +343,12 @@ class ConvStep(Step):
                           len(toff), self.cin, self.cout, self.nblk, -(-blocks // chunks),
                           self.wv, vpix, -(-self.cin // 64), step, pairs)
         else:
-            tiles = -(-n * oh * ow // conv.TILE_M)
+            nv = self.tile_n // 16
+            tm = conv_vnni.TILE_PIXELS[nv] if self.kind == "dense" and self.vnni else conv.TILE_M
+            tiles = -(-n * oh * ow // tm)
             chunks = min(tiles, max(1, -(-want // self.nblk)))
             cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
-                          len(toff), self.cin, self.cout, self.nblk, -(-tiles // chunks))
+                          len(toff), self.cin, self.cout, self.nblk, -(-tiles // chunks), nv, tm)
         xb, xg = env[x.name], x.geometry()
         out, og = env[self.out.name], self.out.geometry(self.coff)
         if self.residual:

@@ -209,13 +209,38 @@ def _vec_load(builder, ptr, vecty):
     return builder.load(builder.bitcast(ptr, vecty.as_pointer()), typ=vecty, align=1)
 
 
-def _widen16(context, builder, aryty, ary, index):
-    """16 elements of an integer array (8, 16 or 32 bits) as 16 int32 lanes."""
+def _lane_mask(builder, nl):
+    """<16 x i1>: lanes below nl (an int64) on."""
+    v32 = ir.VectorType(_I32, 16)
+    lanes = ir.Constant(v32, list(range(16)))
+    one = builder.insert_element(ir.Constant(v32, None), builder.trunc(nl, _I32), ir.Constant(_I32, 0))
+    return builder.icmp_signed("<", lanes, builder.shuffle_vector(one, ir.Constant(v32, None),
+                                                                  ir.Constant(v32, None)))
+
+
+def _masked_load(builder, ptr, vecty, mask):
+    """The lanes of `mask` from ptr (the others 0); lanes off are not read, so a ragged
+    last group never reads past its buffer."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vecty, [ptr.type, _I32, mask.type, vecty]),
+        f"llvm.masked.load.v16i{vecty.element.width}.p0")
+    return builder.call(fn, [ptr, ir.Constant(_I32, 1), mask, ir.Constant(vecty, None)])
+
+
+def _masked_store(builder, value, ptr, mask):
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [value.type, ptr.type, _I32, mask.type]),
+        f"llvm.masked.store.v16i{value.type.element.width}.p0")
+    builder.call(fn, [value, ptr, ir.Constant(_I32, 1), mask])
+
+
+def _widen16(context, builder, aryty, ary, index, mask):
+    """The `mask` lanes of 16 elements of an integer array (8, 16 or 32 bits) as int32."""
     ptr = _element_pointer(context, builder, aryty, ary, index)
     bits = aryty.dtype.bitwidth
+    v = _masked_load(builder, ptr, ir.VectorType(ir.IntType(bits), 16), mask)
     if bits == 32:
-        return _vec_load(builder, ptr, _V32)
-    v = _vec_load(builder, ptr, ir.VectorType(ir.IntType(bits), 16))
+        return v
     return builder.sext(v, _V32) if aryty.dtype.signed else builder.zext(v, _V32)
 
 
@@ -234,8 +259,9 @@ def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti):
     return (builder.ashr(builder.add(even, row[0]), row[2]), builder.ashr(builder.add(odd, row[1]), row[3]))
 
 
-def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi):
-    """clamp(v + zo, lo, hi) for the 16 lanes (even, odd), stored at the output's width."""
+def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi, mask):
+    """clamp(v + zo, lo, hi) for the `mask` lanes of (even, odd), stored at the output's
+    width."""
     lo_v = _splat(builder, builder.sub(lo, zo), _V64)
     hi_v = _splat(builder, builder.sub(hi, zo), _V64)
 
@@ -249,34 +275,49 @@ def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi):
     bits = outty.dtype.bitwidth
     if bits < 32:
         y = builder.trunc(y, ir.VectorType(ir.IntType(bits), 16))
-    ptr = _element_pointer(context, builder, outty, out, oi)
-    builder.store(y, builder.bitcast(ptr, y.type.as_pointer()), align=1)
+    _masked_store(builder, y, _element_pointer(context, builder, outty, out, oi), mask)
 
 
 @intrinsic
-def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi):
-    """out[oi:oi+16] = clamp(DN(acc[ai:ai+16] + bias) + zo, lo, hi), channels of table
-    group ti (see above); acc int32."""
+def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi, nl):
+    """out[oi:oi+nl] = clamp(DN(acc[ai:ai+nl] + bias) + zo, lo, hi), channels of table
+    group ti (see above), nl <= 16 lanes; acc at most 32 bits wide."""
     def codegen(context, builder, sig, args):
-        a = _widen16(context, builder, sig.args[0], args[0], args[1])
+        mask = _lane_mask(builder, args[10])
+        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
         even, odd = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
-        _store16(context, builder, even, odd, args[7], args[8], args[9], sig.args[5], args[5], args[6])
+        _store16(context, builder, even, odd, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, out, types.intp, types.int64, types.int64,
-                      types.int64), codegen
+                      types.int64, types.int64), codegen
 
 
 @intrinsic
-def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi, zo, lo, hi):
-    """The fused residual add for 16 channels: clamp(DN_1(acc + bias) + DN_2(res - z_r)
-    + zo, lo, hi); the second table's bias row holds -z_r. res at most 16 bits wide."""
+def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi, zo, lo, hi, nl):
+    """The fused residual add for nl <= 16 channels: clamp(DN_1(acc + bias) + DN_2(res - z_r)
+    + zo, lo, hi); the second table's bias row holds -z_r. res at most 16 bits wide, or
+    32 with z_r = 0 (an accumulator), so that res - z_r fits int32."""
     def codegen(context, builder, sig, args):
-        a = _widen16(context, builder, sig.args[0], args[0], args[1])
+        mask = _lane_mask(builder, args[14])
+        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
         e1, o1 = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
-        r = _widen16(context, builder, sig.args[5], args[5], args[6])
+        r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
         e2, o2 = _dn16(context, builder, r, sig.args[7], args[7], sig.args[8], args[8], args[4])
         _store16(context, builder, builder.add(e1, e2), builder.add(o1, o2), args[11], args[12], args[13],
-                 sig.args[9], args[9], args[10])
+                 sig.args[9], args[9], args[10], mask)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, rt32, rt64, out, types.intp,
-                      types.int64, types.int64, types.int64), codegen
+                      types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def vepi_raw(typingctx, acc, ai, t32, ti, out, oi, nl):
+    """out[oi:oi+nl] = acc[ai:ai+nl] + bias (int32: a layer whose accumulator is stored)."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, args[6])
+        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
+        bias = _vec_load(builder, _element_pointer(context, builder, sig.args[2], args[2], args[3]), _V32)
+        _masked_store(builder, builder.add(a, bias), _element_pointer(context, builder, sig.args[4], args[4],
+                                                                       args[5]), mask)
+        return context.get_dummy_value()
+    return types.void(acc, types.intp, t32, types.intp, out, types.intp, types.int64), codegen

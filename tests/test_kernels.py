@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from intq.ir import Graph
 from intq.kernels import cpu
-from intq.kernels.simd import vepi_requant, vepi_residual
+from intq.kernels.simd import vepi_raw, vepi_requant, vepi_residual
 from intq.kernels.plan import Plan
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
@@ -126,13 +126,18 @@ def test_conv_equals_reference(case):
 
 
 @njit  # not cached: a cache here would not see edits to kernels/simd.py
-def _vector_requant(acc, t32, t64, out, zo, lo, hi):
-    vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi)
+def _vector_requant(acc, t32, t64, out, zo, lo, hi, nl):
+    vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi, nl)
 
 
 @njit
-def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi):
-    vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi)
+def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl):
+    vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi, nl)
+
+
+@njit
+def _vector_raw(acc, t32, out, nl):
+    vepi_raw(acc, 0, t32, 0, out, 0, nl)
 
 
 @pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
@@ -144,11 +149,13 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     the rule's definition: 16 channels with their own multipliers, accumulators and biases
     at the ends of INT32 (their sum fits, as the validator guarantees), ties (b = 1,
     c = 1 on odd values, negative ones included), c = 0 and c = 62, b = 2^31 - 1,
-    a residual operand of 8, 16 or 32 bits (an accumulator, zero point 0)."""
+    a residual operand of 8, 16 or 32 bits (an accumulator, zero point 0); the last
+    group of a layer masked to its first nl lanes, the others left as they were."""
     from intq.dyadic import requantize
     from intq.kernels.epilogue import dn_table, vector_tables
 
     rng = np.random.default_rng(seed)
+    nl = int(rng.integers(1, 17))
     acc = extreme_ints(rng, 16, -2**31, 2**31 - 1)
     bias = np.clip(extreme_ints(rng, 16, -2**31, 2**31 - 1), -2**31 - acc, 2**31 - 1 - acc)
     b, c = multipliers(rng, 16, ties=kind == "ties")
@@ -160,19 +167,28 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
         b[:] = 2**31 - 1
     lo, hi = dtype_range(out_dtype)
     zo = zero_point(rng, lo, hi) if out_dtype != "int32" else 0
-    out = np.zeros(16, out_dtype)
-    _vector_requant(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), out, zo, lo, hi)
+    sentinel = rng.integers(lo, hi, 16, endpoint=True).astype(out_dtype)
+    out = sentinel.copy()
+    _vector_requant(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), out, zo, lo, hi, nl)
     want = requantize(acc + bias, b, c, lo, hi, zo)
-    assert np.array_equal(out.astype(np.int64), want), (out, want)
+    assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
+    assert np.array_equal(out[nl:], sentinel[nl:])
+    if out_dtype == "int32":
+        raw = sentinel.copy()
+        _vector_raw(acc.astype(np.int32), vector_tables(dn_table(b, c, 16, 16, bias))[0], raw, nl)
+        assert np.array_equal(raw[:nl].astype(np.int64), (acc + bias)[:nl])
+        assert np.array_equal(raw[nl:], sentinel[nl:])
 
     rlo, rhi = dtype_range(res_dtype)
     r = extreme_ints(rng, 16, rlo, rhi)
     zr = zero_point(rng, rlo, rhi) if res_dtype != "int32" else 0
     rb, rc = multipliers(rng, 16, ties=kind == "ties")
+    out = sentinel.copy()
     _vector_residual(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), r.astype(res_dtype),
-                     *vector_tables(dn_table(rb, rc, 16, 16), -zr), out, zo, lo, hi)
+                     *vector_tables(dn_table(rb, rc, 16, 16), -zr), out, zo, lo, hi, nl)
     total = requantize(acc + bias, b, c, -2**62, 2**62) + requantize(r - zr, rb, rc, -2**62, 2**62)
-    assert np.array_equal(out.astype(np.int64), np.clip(total + zo, lo, hi))
+    assert np.array_equal(out[:nl].astype(np.int64), np.clip(total + zo, lo, hi)[:nl])
+    assert np.array_equal(out[nl:], sentinel[nl:])
 
 
 amx_cases = st.fixed_dictionaries({
