@@ -160,23 +160,32 @@ def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt
     tuple of arrays per pixel costs reference counting that outweighed the arithmetic."""
     o = offset(og, n, h, w) + c0
     g0 = c0 // 16
-    groups = -(-nc // 16)
+    full, rest = nc // 16, nc % 16  # whole groups with plain loads and stores, then one masked
     mode = sc[0]
     if mode == RAW:
-        for g in range(groups):
-            vepi_raw(acc, t + 16 * g, vt32, (g0 + g) * 32, out, o + 16 * g, min(16, nc - 16 * g))
+        for g in range(full):
+            vepi_raw(acc, t + 16 * g, vt32, (g0 + g) * 32, out, o + 16 * g, 16)
+        if rest:
+            vepi_raw(acc, t + 16 * full, vt32, (g0 + full) * 32, out, o + 16 * full, rest)
         return
     if mode == REQUANT:
-        for g in range(groups):
-            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3],
-                         min(16, nc - 16 * g))
+        for g in range(full):
+            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3], 16)
+        if rest:
+            vepi_requant(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, out, o + 16 * full, sc[1], sc[2],
+                         sc[3], rest)
     else:
         ro = offset(rg, n, h, w) + c0
-        for g in range(groups):
+        for g in range(full):
             vepi_residual(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, rvt64,
-                          out, o + 16 * g, sc[1], sc[2], sc[3], min(16, nc - 16 * g))
+                          out, o + 16 * g, sc[1], sc[2], sc[3], 16)
+        if rest:
+            vepi_residual(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, res, ro + 16 * full, rvt32, rvt64,
+                          out, o + 16 * full, sc[1], sc[2], sc[3], rest)
     if sc[5]:
         o2 = offset(og2, n, h, w) + c0
-        for g in range(groups):
-            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9],
-                         min(16, nc - 16 * g))
+        for g in range(full):
+            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16)
+        if rest:
+            vepi_requant(out, o + 16 * full, cvt32, cvt64, (g0 + full) * 32, out2, o2 + 16 * full, sc[7], sc[8],
+                         sc[9], rest)

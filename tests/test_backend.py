@@ -47,6 +47,18 @@ def assert_same(got, want):
         assert g.shape == w.shape and np.array_equal(g, w), int((g != w).sum())
 
 
+def test_batch_run_in_sub_batches_equals_reference(calib, images):
+    """A batch cut into sub-batches (`Plan.chunk`: image by image where one image's
+    tensors outgrow the L2 caches), the last one shorter, gives the whole batch's integers."""
+    ig, _, _ = compile_model(MODELS / "resnet.onnx", calib[:64], QuantConfig(default_bits=8))
+    want = run_integer(ig, images[:7])
+    for chunk in (1, 3):
+        plan = Plan(ig, PATHS[-1])
+        plan._chunk = chunk
+        assert_same(plan.run(images[:7]), want)
+        assert sorted(plan._bound) == sorted({chunk, 7 % chunk} - {0})
+
+
 @pytest.mark.parametrize("bits", ["8", "4", "mixed"])
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_models_numba_equals_reference(name, bits, calib, images):
