@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from .conv import COUT, TAPS, CIN, _task, _task_count, _tile_pixels
-from .epilogue import store_pixel, store_pixel_vec
-from .simd import vbroadcast4, vdpbusd, vload, vstore, vzero
+import numpy as np
+
+from .conv import COUT, N_, OH, OW, PL, PT, SH, SW, TAPS, CIN, _task, _task_count, _tile_pixels
+from .epilogue import offset, store_pixel, store_pixel_vec
+from .simd import vbroadcast4, vdpbusd, vload, vmadd_taps, vstore, vzero
 
 # Pixels per tile for tiles of 1, 2, 3 or 4 vectors of 16 channels (24 accumulators each).
 TILE_PIXELS = {1: 24, 2: 12, 3: 8, 4: 6}
@@ -474,3 +476,47 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
                 for p in range(rows_here):
                     store_pixel(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res, rg,
                                 rrq, out2, og2, rq2)
+
+
+def pack_depthwise(w: np.ndarray) -> np.ndarray:
+    """(C, 1, KH, KW) depthwise weights -> int32 [tap][channel], channels padded with
+    zeros to a multiple of 16 (the last group's lanes past C multiply by 0)."""
+    c = w.shape[0]
+    taps = w.shape[2] * w.shape[3]
+    out = np.zeros((taps, -(-c // 16) * 16), np.int32)
+    out[:, :c] = w.reshape(c, taps).T
+    return out
+
+
+@njit(parallel=True, cache=True)
+def conv_depthwise_vnni(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt):
+    """Depthwise convolution (multiplier 1) in zmm registers: per output pixel, 16 channels
+    at a time, the taps' products summed in one register (`simd.vmadd_taps`), then the
+    vector epilogue; w from `pack_depthwise`; other arguments as `conv.conv_depthwise`
+    plus the vector tables vt (empty where they do not apply: then `store_pixel`)."""
+    n_, oh_, ow_ = cp[N_], cp[OH], cp[OW]
+    c, taps = cp[COUT], cp[TAPS]
+    full, rest = c // 16, c % 16
+    vt32, vt64, rvt32, rvt64, cvt32, cvt64 = vt
+    vec = vt32.size > 0
+    for row in prange(n_ * oh_):
+        n = row // oh_
+        oh = row - n * oh_
+        acc = np.empty(w.shape[1], np.int32)
+        for ow in range(ow_):
+            base = offset(xg, n, oh * cp[SH] - cp[PT], ow * cp[SW] - cp[PL])
+            for g in range(full):
+                a = vzero()
+                for t in range(taps):
+                    a = vmadd_taps(a, x, base + toff[t] + 16 * g, w[t], 16 * g, 16)
+                vstore(acc, 16 * g, a)
+            if rest:
+                a = vzero()
+                for t in range(taps):
+                    a = vmadd_taps(a, x, base + toff[t] + 16 * full, w[t], 16 * full, rest)
+                vstore(acc, 16 * full, a)
+            if vec:
+                store_pixel_vec(acc, 0, 0, c, n, oh, ow, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
+                                rvt64, cvt32, cvt64)
+            else:
+                store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)

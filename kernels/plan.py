@@ -292,7 +292,9 @@ class ConvStep(Step):
                 self.w = pack(w, x.cb)
                 self.cin = x.cb
         elif self.kind == "depthwise":
-            self.w = np.ascontiguousarray(w.reshape(m, kh * kw).T, dtype=np.int32)
+            self.dw_vnni = path in ("vnni", "amx")
+            self.w = (conv_vnni.pack_depthwise(w) if self.dw_vnni else
+                      np.ascontiguousarray(w.reshape(m, kh * kw).T, dtype=np.int32))
             self.cin = 1
         else:
             self.w = np.ascontiguousarray(w.reshape(m, cg, kh * kw).transpose(0, 2, 1)
@@ -368,6 +370,10 @@ class ConvStep(Step):
                 (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)
+        if self.kind == "depthwise" and self.dw_vnni:
+            vt = self.vector_tables()
+            return lambda: conv_vnni.conv_depthwise_vnni(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq,
+                                                         out2, og2, rq2, vt)
         if self.kind == "depthwise":
             return lambda: conv.conv_depthwise(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq,
                                                out2, og2, rq2)

@@ -329,3 +329,19 @@ def vepi_raw(typingctx, acc, ai, t32, ti, out, oi, nl):
                                                                        args[5]), mask)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, types.intp, out, types.intp, nl), codegen
+
+
+# -- Depthwise: 16 channels of one tap -------------------------------------------------
+
+@intrinsic
+def vmadd_taps(typingctx, acc, x, xi, w, wi, nl):
+    """acc + x[xi:xi+16] * w[wi:wi+16] per lane, x unsigned bytes widened to int32, w int32
+    (one tap's weights for 16 channels), nl <= 16 lanes read from x (the literal 16: all).
+    The products and their running sum are partial sums of the layer's accumulator, which
+    the validator bounds inside int32, so the int32 multiply-add is exact."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[5], args[5])
+        a = _widen16(context, builder, sig.args[1], args[1], args[2], mask)
+        wv = _vec_load(builder, _element_pointer(context, builder, sig.args[3], args[3], args[4]), _V32)
+        return builder.add(args[0], builder.mul(a, wv))
+    return i32x16(i32x16, x, types.intp, w, types.intp, nl), codegen
