@@ -132,11 +132,20 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
                 y2[j] = min(max(v + z2, lo2), hi2)
 
 
-def vector_tables(rq: np.ndarray, bias=None) -> tuple[np.ndarray, np.ndarray]:
+def narrow_ok(rq: np.ndarray, count: int) -> bool:
+    """Whether the first `count` channels of `rq` allow the narrow vector epilogue: every
+    shift c at least `simd.NARROW_MIN_SHIFT`."""
+    from .simd import NARROW_MIN_SHIFT
+    return bool(np.all(rq[SHIFT1, :count] + rq[SHIFT2, :count] >= NARROW_MIN_SHIFT))
+
+
+def vector_tables(rq: np.ndarray, bias=None, narrow: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`rq` (a `dn_table`) as the two tables of `simd.vepi_requant`/`vepi_residual`, per
     group of 16 channels: int32 [bias x 16][multiplier x 16] and int64 [2^(c-1) of the
     even channels, of the odd ones][c of the even channels, of the odd ones]. `bias`
-    replaces the bias row (-z for a residual operand or a copy's input)."""
+    replaces the bias row (-z for a residual operand or a copy's input). narrow: the
+    third int64 row holds c - 32 of all 16 channels as int32 lanes instead (channels with
+    c < 32, the block's padding, shift by 0), the fourth zeros (`simd.NARROW_MIN_SHIFT`)."""
     channels = rq.shape[1]
     groups = channels // 16
     b = rq[BIAS] if bias is None else np.broadcast_to(np.asarray(bias, np.int64), (channels,))
@@ -144,20 +153,17 @@ def vector_tables(rq: np.ndarray, bias=None) -> tuple[np.ndarray, np.ndarray]:
     half = np.where(c > 0, np.left_shift(np.int64(1), np.maximum(c - 1, 0)), 0)
     t32 = np.stack([b.reshape(groups, 16), rq[MUL].reshape(groups, 16)], axis=1)
     pairs = lambda v: v.reshape(groups, 8, 2)  # noqa: E731  (lane 2i even, 2i + 1 odd)
-    t64 = np.stack([pairs(half)[..., 0], pairs(half)[..., 1], pairs(c)[..., 0], pairs(c)[..., 1]], axis=1)
+    if narrow:
+        rest = np.maximum(c - 32, 0).astype(np.int32).reshape(groups, 16).view(np.int64)
+        t64 = np.stack([pairs(half)[..., 0], pairs(half)[..., 1], rest, np.zeros_like(rest)], axis=1)
+    else:
+        t64 = np.stack([pairs(half)[..., 0], pairs(half)[..., 1], pairs(c)[..., 0], pairs(c)[..., 1]], axis=1)
     return t32.astype(np.int32).reshape(-1), t64.astype(np.int64).reshape(-1)
 
 
 @njit(cache=True, inline="always")
-def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64,
-                    cvt32, cvt64):
-    """`store_pixel` for channels c0..c0+nc (c0 a multiple of 16) in zmm registers
-    (`simd.vepi_*`), 16 at a time, the last group masked; (vt32, vt64), (rvt32, rvt64) and
-    (cvt32, cvt64) the tables of the layer, the residual operand and the copy from
-    `vector_tables`. Every mode, with or without the copy, where r - z_r and y - z_y fit
-    int32: a residual operand and a copied output at most 16 bits wide (or an
-    accumulator, z = 0). The tables come as separate arrays, not a tuple: unpacking a
-    tuple of arrays per pixel costs reference counting that outweighed the arithmetic."""
+def _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+               cvt64, narrow):
     o = offset(og, n, h, w) + c0
     g0 = c0 // 16
     full, rest = nc // 16, nc % 16  # whole groups with plain loads and stores, then one masked
@@ -170,22 +176,42 @@ def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt
         return
     if mode == REQUANT:
         for g in range(full):
-            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3], 16)
+            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3], 16, narrow)
         if rest:
             vepi_requant(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, out, o + 16 * full, sc[1], sc[2],
-                         sc[3], rest)
+                         sc[3], rest, narrow)
     else:
         ro = offset(rg, n, h, w) + c0
         for g in range(full):
             vepi_residual(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, rvt64,
-                          out, o + 16 * g, sc[1], sc[2], sc[3], 16)
+                          out, o + 16 * g, sc[1], sc[2], sc[3], 16, narrow)
         if rest:
             vepi_residual(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, res, ro + 16 * full, rvt32, rvt64,
-                          out, o + 16 * full, sc[1], sc[2], sc[3], rest)
+                          out, o + 16 * full, sc[1], sc[2], sc[3], rest, narrow)
     if sc[5]:
         o2 = offset(og2, n, h, w) + c0
         for g in range(full):
-            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16)
+            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16, narrow)
         if rest:
             vepi_requant(out, o + 16 * full, cvt32, cvt64, (g0 + full) * 32, out2, o2 + 16 * full, sc[7], sc[8],
-                         sc[9], rest)
+                         sc[9], rest, narrow)
+
+
+
+@njit(cache=True, inline="always")
+def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64,
+                    cvt32, cvt64):
+    """`store_pixel` for channels c0..c0+nc (c0 a multiple of 16) in zmm registers
+    (`simd.vepi_*`), 16 at a time, the last group masked; (vt32, vt64), (rvt32, rvt64) and
+    (cvt32, cvt64) the tables of the layer, the residual operand and the copy from
+    `vector_tables`. Every mode, with or without the copy, where r - z_r and y - z_y fit
+    int32: a residual operand and a copied output at most 16 bits wide (or an
+    accumulator, z = 0). The tables come as separate arrays, not a tuple: unpacking a
+    tuple of arrays per pixel costs reference counting that outweighed the arithmetic.
+    sc[10] = 1: every table is narrow (`vector_tables(narrow=True)`, `simd.NARROW_MIN_SHIFT`)."""
+    if sc[10]:
+        _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                   cvt64, True)
+    else:
+        _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                   cvt64, False)

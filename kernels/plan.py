@@ -29,7 +29,7 @@ from intq.ops import ops_where
 from dataclasses import dataclass
 
 from . import conv, conv_amx, conv_vnni, cpu, elementwise, pool, softmax
-from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, vector_tables
+from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, narrow_ok, vector_tables
 from .fuse import fuse
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
@@ -260,7 +260,6 @@ class ConvStep(Step):
         self.nblk = -(-m // self.tile_n)
         padded = max(self.nblk * self.tile_n, -(-m // conv.TILE_N) * conv.TILE_N)
         self.rq = dn_table(epilogue.b, epilogue.c, m, padded, bias)
-        self.sc = epilogue.scalars()
         self.residual, self.copy = residual, (cp.out if cp else None)
         self.rrq = (dn_table(residual.b, residual.c, m, padded) if residual else self.rq)
         self.groups = groups
@@ -302,6 +301,8 @@ class ConvStep(Step):
             self.cin = cg
         if cp is not None:
             self.rq2 = dn_table(cp.b, cp.c, m, padded)
+        # sc[10]: the vector epilogue's int32 form (the portable epilogue ignores it)
+        self.sc = np.append(epilogue.scalars(), np.int64(self.narrow))
 
     def vector_tables(self):
         """The tables of the vector epilogue (`epilogue.store_pixel_vec`), or six empty
@@ -315,10 +316,21 @@ class ConvStep(Step):
         if wide:
             e32, e64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
             return (e32, e64) * 3
-        tables = vector_tables(self.rq)
-        tables += vector_tables(self.rrq, -ep.residual.zero_point) if ep.mode == RESIDUAL else tables
-        tables += vector_tables(self.rq2, -ep.copy.in_zero_point) if ep.copy is not None else tables[:2]
+        nar = self.narrow
+        tables = vector_tables(self.rq, narrow=nar)
+        tables += (vector_tables(self.rrq, -ep.residual.zero_point, narrow=nar) if ep.mode == RESIDUAL
+                   else tables)
+        tables += (vector_tables(self.rq2, -ep.copy.in_zero_point, narrow=nar) if ep.copy is not None
+                   else tables[:2])
         return tables
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the vector epilogue runs in its int32 form (`simd.NARROW_MIN_SHIFT`):
+        every table it reads allows it (a RAW layer reads none)."""
+        ep = self.epilogue
+        tables = [self.rq] + ([self.rrq] if ep.mode == RESIDUAL else []) + ([self.rq2] if ep.copy else [])
+        return ep.mode != RAW and all(narrow_ok(t, self.cout) for t in tables)
 
     def output_hw(self):
         from intq.ops.window import spatial_output

@@ -252,8 +252,9 @@ def _widen16(context, builder, aryty, ary, index, mask):
     return builder.sext(v, _V32) if aryty.dtype.signed else builder.zext(v, _V32)
 
 
-def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti):
-    """DN of v + bias, 16 lanes: (even, odd) int64 halves."""
+def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti, narrow=False):
+    """DN of v + bias, 16 lanes: (even, odd) int64 halves; narrow: one int32 vector (see
+    `_NARROW`)."""
     p32 = _element_pointer(context, builder, t32ty, t32, ti)
     bias = _vec_load(builder, p32, _V32)
     mul = _vec_load(builder, builder.gep(p32, [ir.Constant(_I64, 16)]), _V32)
@@ -264,7 +265,45 @@ def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti):
     odd = builder.mul(builder.ashr(x, k32), builder.ashr(m, k32))
     p64 = _element_pointer(context, builder, t64ty, t64, ti)
     row = [_vec_load(builder, builder.gep(p64, [ir.Constant(_I64, 8 * i)]), _V64) for i in range(4)]
-    return (builder.ashr(builder.add(even, row[0]), row[2]), builder.ashr(builder.add(odd, row[1]), row[3]))
+    even, odd = builder.add(even, row[0]), builder.add(odd, row[1])
+    if not narrow:
+        return builder.ashr(even, row[2]), builder.ashr(odd, row[3])
+    # the high words of both products, in lane order, then the rest of the shift in int32
+    high = builder.shuffle_vector(builder.bitcast(even, _V32), builder.bitcast(odd, _V32),
+                                  ir.Constant(_V32, [k for i in range(8) for k in (2 * i + 1, 16 + 2 * i + 1)]))
+    return builder.ashr(high, builder.bitcast(row[2], _V32))
+
+
+# The narrow form, for layers whose every shift c is at least 33 (the usual case: a
+# multiplier b of 31 bits times a scale ratio below 2^-2). DN(v) = floor((v b + 2^(c-1)) /
+# 2^c) is then floor(floor((v b + 2^(c-1)) / 2^32) / 2^(c-32)): the high 32-bit word of
+# the rounded product, shifted right in int32 lanes, 16 at a time. |v b + 2^(c-1)| < 2^62
+# + 2^61, so |DN| < 1.5 * 2^30 / 2 = 0.75 * 2^30, and the sum of two such results plus a
+# zero point below 2^16 (the residual add) stays inside int32: the clamp runs in int32
+# lanes, one instruction per bound instead of two. The table's third int64 row then holds
+# c - 32 as 16 int32 lanes (`epilogue.vector_tables(narrow=True)`).
+NARROW_MIN_SHIFT = 33
+
+
+def _store16_narrow(context, builder, y, zo, lo, hi, outty, out, oi, mask):
+    """clamp(y + zo, lo, hi) for the `mask` lanes of the int32 vector y, stored at the
+    output's width."""
+    y = builder.add(y, _splat(builder, builder.trunc(zo, _I32), _V32))
+    lo_v, hi_v = _splat(builder, builder.trunc(lo, _I32), _V32), _splat(builder, builder.trunc(hi, _I32), _V32)
+    y = builder.select(builder.icmp_signed("<", y, lo_v), lo_v, y)
+    y = builder.select(builder.icmp_signed(">", y, hi_v), hi_v, y)
+    bits = outty.dtype.bitwidth
+    if bits < 32:
+        y = builder.trunc(y, ir.VectorType(ir.IntType(bits), 16))
+    _masked_store(builder, y, _element_pointer(context, builder, outty, out, oi), mask)
+
+
+def _is_narrow(ty) -> bool:
+    from numba.core.errors import RequireLiteralValue
+
+    if not isinstance(ty, types.BooleanLiteral):
+        raise RequireLiteralValue("the epilogue's narrow flag must be a literal")
+    return ty.literal_value
 
 
 def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi, mask):
@@ -287,35 +326,48 @@ def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi, mask):
 
 
 @intrinsic
-def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi, nl):
+def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi, nl, narrow):
     """out[oi:oi+nl] = clamp(DN(acc[ai:ai+nl] + bias) + zo, lo, hi), channels of table
-    group ti (see above), nl <= 16 lanes; acc at most 32 bits wide."""
+    group ti (see above), nl <= 16 lanes; acc at most 32 bits wide; narrow (a literal):
+    the int32 form (`NARROW_MIN_SHIFT`)."""
+    is_narrow = _is_narrow(narrow)
+
     def codegen(context, builder, sig, args):
         mask = _lane_mask(builder, sig.args[10], args[10])
         a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        even, odd = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
-        _store16(context, builder, even, odd, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask)
+        dn = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4], is_narrow)
+        if is_narrow:
+            _store16_narrow(context, builder, dn, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask)
+        else:
+            _store16(context, builder, *dn, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, out, types.intp, types.int64, types.int64,
-                      types.int64, nl), codegen
+                      types.int64, nl, narrow), codegen
 
 
 @intrinsic
-def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi, zo, lo, hi, nl):
+def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi, zo, lo, hi, nl, narrow):
     """The fused residual add for nl <= 16 channels: clamp(DN_1(acc + bias) + DN_2(res - z_r)
     + zo, lo, hi); the second table's bias row holds -z_r. res at most 16 bits wide, or
-    32 with z_r = 0 (an accumulator), so that res - z_r fits int32."""
+    32 with z_r = 0 (an accumulator), so that res - z_r fits int32; narrow as
+    `vepi_requant` (both tables then narrow)."""
+    is_narrow = _is_narrow(narrow)
+
     def codegen(context, builder, sig, args):
         mask = _lane_mask(builder, sig.args[14], args[14])
         a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        e1, o1 = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        d1 = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4], is_narrow)
         r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
-        e2, o2 = _dn16(context, builder, r, sig.args[7], args[7], sig.args[8], args[8], args[4])
-        _store16(context, builder, builder.add(e1, e2), builder.add(o1, o2), args[11], args[12], args[13],
-                 sig.args[9], args[9], args[10], mask)
+        d2 = _dn16(context, builder, r, sig.args[7], args[7], sig.args[8], args[8], args[4], is_narrow)
+        if is_narrow:
+            _store16_narrow(context, builder, builder.add(d1, d2), args[11], args[12], args[13], sig.args[9],
+                            args[9], args[10], mask)
+        else:
+            _store16(context, builder, builder.add(d1[0], d2[0]), builder.add(d1[1], d2[1]), args[11], args[12],
+                     args[13], sig.args[9], args[9], args[10], mask)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, rt32, rt64, out, types.intp,
-                      types.int64, types.int64, types.int64, nl), codegen
+                      types.int64, types.int64, types.int64, nl, narrow), codegen
 
 
 @intrinsic

@@ -126,13 +126,19 @@ def test_conv_equals_reference(case):
 
 
 @njit  # not cached: a cache here would not see edits to kernels/simd.py
-def _vector_requant(acc, t32, t64, out, zo, lo, hi, nl):
-    vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi, nl)
+def _vector_requant(acc, t32, t64, out, zo, lo, hi, nl, narrow):
+    if narrow:
+        vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi, nl, True)
+    else:
+        vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi, nl, False)
 
 
 @njit
-def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl):
-    vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi, nl)
+def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl, narrow):
+    if narrow:
+        vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi, nl, True)
+    else:
+        vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi, nl, False)
 
 
 @njit
@@ -143,14 +149,17 @@ def _vector_raw(acc, t32, out, nl):
 @pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
 @SETTINGS
 @given(st.integers(0, 2**16), st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
-       st.sampled_from(["random", "ties", "c0", "c62", "bmax"]), st.sampled_from(["uint8", "int16", "int32"]))
+       st.sampled_from(["random", "ties", "c0", "c62", "bmax", "narrow", "narrow-edge"]),
+       st.sampled_from(["uint8", "int16", "int32"]))
 def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     """The zmm epilogue (`simd.vepi_requant`, `vepi_residual`) against `dyadic.requantize`,
     the rule's definition: 16 channels with their own multipliers, accumulators and biases
     at the ends of INT32 (their sum fits, as the validator guarantees), ties (b = 1,
     c = 1 on odd values, negative ones included), c = 0 and c = 62, b = 2^31 - 1,
     a residual operand of 8, 16 or 32 bits (an accumulator, zero point 0); the last
-    group of a layer masked to its first nl lanes, the others left as they were."""
+    group of a layer masked to its first nl lanes, the others left as they were; the
+    narrow int32 form on shifts from 33 to 62 ("narrow-edge": c = 33 and b = 2^31 - 1,
+    the largest results it can meet, in both branches of the residual add)."""
     from intq.dyadic import requantize
     from intq.kernels.epilogue import dn_table, vector_tables
 
@@ -165,11 +174,18 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
         c[:] = 62
     elif kind == "bmax":
         b[:] = 2**31 - 1
+    elif kind == "narrow":
+        c = rng.integers(33, 63, 16)
+    elif kind == "narrow-edge":
+        b[:], c[:] = 2**31 - 1, 33
+    narrow = kind.startswith("narrow")
+    tables = lambda b, c, bias=None, z=None: vector_tables(dn_table(b, c, 16, 16, bias),  # noqa: E731
+                                                           None if z is None else -z, narrow=narrow)
     lo, hi = dtype_range(out_dtype)
     zo = zero_point(rng, lo, hi) if out_dtype != "int32" else 0
     sentinel = rng.integers(lo, hi, 16, endpoint=True).astype(out_dtype)
     out = sentinel.copy()
-    _vector_requant(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), out, zo, lo, hi, nl)
+    _vector_requant(acc.astype(np.int32), *tables(b, c, bias), out, zo, lo, hi, nl, narrow)
     want = requantize(acc + bias, b, c, lo, hi, zo)
     assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
     assert np.array_equal(out[nl:], sentinel[nl:])
@@ -183,9 +199,11 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     r = extreme_ints(rng, 16, rlo, rhi)
     zr = zero_point(rng, rlo, rhi) if res_dtype != "int32" else 0
     rb, rc = multipliers(rng, 16, ties=kind == "ties")
+    if narrow:
+        rb, rc = (b, c) if kind == "narrow-edge" else (rb, rng.integers(33, 63, 16))
     out = sentinel.copy()
-    _vector_residual(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), r.astype(res_dtype),
-                     *vector_tables(dn_table(rb, rc, 16, 16), -zr), out, zo, lo, hi, nl)
+    _vector_residual(acc.astype(np.int32), *tables(b, c, bias), r.astype(res_dtype), *tables(rb, rc, z=zr),
+                     out, zo, lo, hi, nl, narrow)
     total = requantize(acc + bias, b, c, -2**62, 2**62) + requantize(r - zr, rb, rc, -2**62, 2**62)
     assert np.array_equal(out[:nl].astype(np.int64), np.clip(total + zo, lo, hi)[:nl])
     assert np.array_equal(out[nl:], sentinel[nl:])
