@@ -1,12 +1,14 @@
-"""Which kernel path runs, chosen at import: AMX, AVX-512 VNNI or portable.
+"""Which kernel path runs, chosen at import: AMX, AVX-512 VNNI, AVX2 or portable.
 
 * `amx`: the VNNI path, with the dense convolutions that suit it on AMX tiles
   (`conv_amx`); needs AMX-INT8 and the kernel's permission to use tile data, which is
   asked for here (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`).
 * `vnni`: AVX-512 VNNI (`vpdpbusd`) for every dense convolution.
+* `avx2`: 256-bit `vpmaddubsw`/`vpmaddwd` byte dot products for every dense convolution
+  (`conv_avx2`), on CPUs with AVX2 but no AVX-512 VNNI (most client CPUs, older servers).
 * `portable`: plain loops, any CPU.
 
-`INTQ_KERNELS=portable|vnni|amx` forces a path (CI uses it to test all of them on one
+`INTQ_KERNELS=portable|avx2|vnni|amx` forces a path (CI uses it to test all of them on one
 machine; asking for one the CPU lacks is an error); unset or `auto` picks the best the
 host has. All paths compute the same integers: the choice changes speed, never bits.
 """
@@ -27,6 +29,10 @@ def host_features() -> set[str]:
     except RuntimeError:  # not reported on this platform
         return set()
     return {k for k, on in feats.items() if on}
+
+
+def has_avx2() -> bool:
+    return "avx2" in host_features()
 
 
 def has_vnni() -> bool:
@@ -60,10 +66,14 @@ def _request_amx() -> bool:
 
 def choose_path(request: str | None = None) -> str:
     request = (request or os.environ.get("INTQ_KERNELS") or "auto").strip().lower()
-    if request not in ("auto", "amx", "vnni", "portable"):
-        raise IntqError(f"INTQ_KERNELS must be auto, amx, vnni or portable, got {request!r}")
+    if request not in ("auto", "amx", "vnni", "avx2", "portable"):
+        raise IntqError(f"INTQ_KERNELS must be auto, amx, vnni, avx2 or portable, got {request!r}")
     if request == "portable":
         return "portable"
+    if request == "avx2":
+        if not has_avx2():
+            raise IntqError("INTQ_KERNELS=avx2, but this CPU has no AVX2")
+        return "avx2"
     if request in ("auto", "amx") and has_amx():
         return "amx"
     if request == "amx":
@@ -72,7 +82,7 @@ def choose_path(request: str | None = None) -> str:
         return "vnni"
     if request == "vnni":
         raise IntqError("INTQ_KERNELS=vnni, but this CPU has no AVX-512 VNNI")
-    return "portable"
+    return "avx2" if has_avx2() else "portable"
 
 
 def l2_bytes() -> int:

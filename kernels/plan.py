@@ -28,7 +28,7 @@ from intq.ops import ops_where
 
 from dataclasses import dataclass
 
-from . import conv, conv_amx, conv_vnni, cpu, elementwise, pool, softmax
+from . import conv, conv_amx, conv_avx2, conv_vnni, cpu, elementwise, pool, softmax
 from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, narrow_ok, vector_tables
 from .fuse import fuse
 
@@ -256,7 +256,13 @@ class ConvStep(Step):
         # The channel block of a dense kernel's tile (`conv_vnni.tile_vectors` fits it to
         # the layer); tables are padded to whole blocks and to the portable 64.
         self.vnni = self.kind == "dense" and path in ("vnni", "amx")
-        self.tile_n = 16 * conv_vnni.tile_vectors(m) if self.vnni else conv.TILE_N
+        # AVX2: uint8 activations only (`conv_avx2`); INT8 weights split in two halves.
+        self.avx2 = self.kind == "dense" and path == "avx2" and x.dtype == np.uint8
+        self.split = self.avx2 and conv_avx2.needs_split(w)
+        self.tile_n = (16 * conv_vnni.tile_vectors(m) if self.vnni else conv_avx2.TILE_N if self.avx2
+                       else conv.TILE_N)
+        self.tile_m = (conv_vnni.TILE_PIXELS[self.tile_n // 16] if self.vnni else
+                       conv_avx2.TILE_PIXELS[self.split] if self.avx2 else conv.TILE_M)
         self.nblk = -(-m // self.tile_n)
         padded = max(self.nblk * self.tile_n, -(-m // conv.TILE_N) * conv.TILE_N)
         self.rq = dn_table(epilogue.b, epilogue.c, m, padded, bias)
@@ -282,14 +288,20 @@ class ConvStep(Step):
             elif self.vnni:
                 width = self.tile_n
                 self.kernel, pack = conv_vnni.conv_vnni, lambda w, cin: conv.pack_vnni(w, cin, width)
+            elif self.avx2:
+                self.kernel, pack = conv_avx2.conv_avx2, conv_avx2.pack_avx2
             if self.row_taps:
                 wr = np.zeros((m, kh, kw, x.cb), np.int64)
                 wr[..., :cg] = w.transpose(0, 2, 3, 1)
-                self.w = pack(wr.reshape(m, kh, kw * x.cb).transpose(0, 2, 1)[..., None], kw * x.cb)
-                self.cin = kw * x.cb
+                w, self.cin = wr.reshape(m, kh, kw * x.cb).transpose(0, 2, 1)[..., None], kw * x.cb
             else:
-                self.w = pack(w, x.cb)
                 self.cin = x.cb
+            if self.split:
+                wh, wl = conv_avx2.split_weights(w)
+                self.w, self.w_low = pack(wh, self.cin), pack(wl, self.cin)
+            else:
+                self.w = pack(w, self.cin)
+                self.w_low = self.w[:0]
         elif self.kind == "depthwise":
             self.dw_vnni = path in ("vnni", "amx")
             self.w = (conv_vnni.pack_depthwise(w) if self.dw_vnni else
@@ -357,8 +369,7 @@ class ConvStep(Step):
                           len(toff), self.cin, self.cout, self.nblk, -(-blocks // chunks),
                           self.wv, vpix, -(-self.cin // 64), step, pairs)
         else:
-            nv = self.tile_n // 16
-            tm = conv_vnni.TILE_PIXELS[nv] if self.kind == "dense" and self.vnni else conv.TILE_M
+            nv, tm = self.tile_n // 16, self.tile_m
             tiles = -(-n * oh * ow // tm)
             chunks = min(tiles, max(1, -(-want // self.nblk)))
             cp = _scalars(n, oh, ow, self.strides[0], self.strides[1], self.pads[0], self.pads[1],
@@ -379,6 +390,7 @@ class ConvStep(Step):
             # The AMX kernel also takes its tile configuration; AMX and VNNI kernels take
             # the vector epilogue's tables.
             extra = ((conv_amx.TILE_CONFIG,) if self.amx else ()) + (
+                (self.w_low, self.split) if self.avx2 else
                 (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)

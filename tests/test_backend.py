@@ -22,7 +22,7 @@ from intq.reference import run_integer
 
 SMALL = ["resnet", "inception", "mobilenet", "mobilenetv3"]
 BUNDLED = SMALL + [f"{n}.dynamo" for n in SMALL]
-PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else []) + (["amx"] if cpu.has_amx() else [])
+PATHS = ["portable"] + (["avx2"] if cpu.has_avx2() else []) + (["vnni"] if cpu.has_vnni() else []) + (["amx"] if cpu.has_amx() else [])
 
 
 @pytest.fixture(scope="module")

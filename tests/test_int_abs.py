@@ -15,7 +15,7 @@ from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
 from intq.validate import validate_integer_graph
 
-PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else [])
+PATHS = ["portable"] + (["avx2"] if cpu.has_avx2() else []) + (["vnni"] if cpu.has_vnni() else [])
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)

@@ -22,7 +22,7 @@ from intq.ops.integer import dtype_range
 from intq.ops.window import output_size
 from intq.reference import run_integer
 
-PATHS = ["portable"] + (["vnni"] if cpu.has_vnni() else []) + (["amx"] if cpu.has_amx() else [])
+PATHS = ["portable"] + (["avx2"] if cpu.has_avx2() else []) + (["vnni"] if cpu.has_vnni() else []) + (["amx"] if cpu.has_amx() else [])
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 INT32_MAX = 2**31 - 1
@@ -579,3 +579,39 @@ def test_fused_node_equals_its_reference(case):
         for got, w in zip(plan.run(feeds), want):
             bad = np.argwhere(got != w)
             assert bad.size == 0, f"{path}: {len(bad)} elements differ, first at {bad[0]}"
+
+
+@SETTINGS
+@given(st.lists(st.integers(-128, 127), min_size=1, max_size=64))
+def test_avx2_weight_split(ws):
+    """INT8 weights split for `vpmaddubsw` (`simd_avx2`): w = 64 h + l with both halves in
+    [-64, 64], so no int16 pair sum 255 * (|a| + |b|) can pass 32767."""
+    from intq.kernels.conv_avx2 import needs_split, split_weights
+
+    w = np.array(ws)
+    h, lo = split_weights(w)
+    assert np.array_equal(64 * h + lo, w)
+    assert np.abs(h).max() <= 2 and lo.min() >= -32 and lo.max() <= 31
+    assert 2 * 255 * max(np.abs(h).max(), np.abs(lo).max()) <= 32767
+    assert needs_split(w) == bool((w < -64).any() or (w > 64).any())
+
+
+@pytest.mark.skipif(not cpu.has_avx2(), reason="no AVX2 here")
+@pytest.mark.parametrize("weight", [-128, 127, 64, -64, 65])
+def test_avx2_saturation_extremes(weight):
+    """The AVX2 kernel at the extremes of its no-saturation argument: activations all 255
+    (and all 0 in a second image), every weight at the given value, so each int16 pair
+    sum of an unsplit `vpmaddubsw` would be 2 * 255 * weight: 65 and beyond must take the
+    split form and still equal the reference; 64 is the largest that needs none."""
+    g = Graph("sat")
+    xq = quantized_input(g, (2, 8, 3, 3), "uint8")
+    wn = g.add_constant("w", np.full((20, 8, 1, 1), weight, np.int8))
+    g.values[wn].dtype = "int8"
+    bn = g.add_constant("bias", np.zeros(20, np.int32))
+    g.add_node("IntConv", [xq, wn, bn], ["acc"], {"x_zero_point": 0, "strides": [1, 1], "pads": [0] * 4,
+               "dilations": [1, 1], "groups": 1}, name="conv")
+    g.outputs = ["acc"]
+    x = np.zeros((2, 8, 3, 3), np.float32)
+    x[0] = 255
+    check(g, x, paths=["avx2"])
+    assert Plan(g, "avx2").steps[1].split == (abs(weight) > 64)
