@@ -1,9 +1,10 @@
 """Numba INT4/INT8 kernels (installed as `intq.kernels`): the fast executor of the integer IR.
 
-`plan.Plan` turns an integer graph into kernel calls; `cpu` picks the AMX, VNNI or
-portable path; `conv`/`conv_vnni`/`conv_amx` (Conv and Linear), `pool` and `elementwise`
-hold the kernels, `epilogue` the requantization every layer ends with, and `simd` the
-instructions LLVM does not emit from plain loops (VNNI, AMX tiles, the zmm epilogue).
+`plan.Plan` turns an integer graph into kernel calls; `cpu` picks the AMX, VNNI, AVX2 or
+portable path; `conv`/`conv_vnni`/`conv_amx`/`conv_avx2` (Conv and Linear; depthwise in
+`conv` and `conv_vnni`), `pool` and `elementwise` hold the kernels, `epilogue` the
+requantization every layer ends with, and `simd`/`simd_avx2` the instructions LLVM does
+not emit from plain loops (VNNI, AMX tiles, the zmm epilogue; AVX2's byte dot products).
 Each kernel equals its op's numpy reference `run` in `intq.ops.integer`, and the tests
 check that element for element.
 

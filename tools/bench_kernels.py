@@ -142,7 +142,8 @@ def worker_intq_layers(shapes, repeat):
             env, calls = plan.bind(n)
             step, layer = [(st, c) for st, c in zip(plan.steps, calls) if st.name == "layer"][0]
             kernel = ("amx" if getattr(step, "amx", False) else step.kind if step.kind != "dense"
-                      else "vnni" if plan.path in ("vnni", "amx") else "portable")
+                      else "vnni" if plan.path in ("vnni", "amx")
+                      else ("avx2 split" if step.split else "avx2") if step.avx2 else "portable")
             res.append({"shape": s, "bits": bits, "seconds": timeit(layer, repeat), "kernel": kernel})
     return res
 
@@ -194,8 +195,9 @@ def worker_peak(_shapes, _repeat):
     from numba import njit, prange
 
     from intq.kernels import cpu
+    avx2 = _avx2_peaks() if cpu.has_avx2() else {}
     if not cpu.has_vnni():
-        return {"gops": None}
+        return {"gops": None, **avx2}
     from intq.kernels.simd import vbroadcast4, vdpbusd, vload, vstore, vzero
 
     @njit(parallel=True)
@@ -218,7 +220,55 @@ def worker_peak(_shapes, _repeat):
     spin(a, w, out, 10)
     sec = timeit(lambda: spin(a, w, out, iters), 5)
     ops = 32 * iters * 12 * 64 * 2
-    return {"gops": ops / sec / 1e9, "amx_gops": _amx_peak() if cpu.has_amx() else None}
+    return {"gops": ops / sec / 1e9, "amx_gops": _amx_peak() if cpu.has_amx() else None, **avx2}
+
+
+def _avx2_peaks():
+    """Measured AVX2 issue rates: GOPS of register-only `simd_avx2.dot4` (vpmaddubsw +
+    vpmaddwd + vpaddd, 32 multiply-adds per ymm; the INT4 kernel) and `dot4_split` (the
+    INT8 kernel's two-halves form, 32 multiply-adds of the weights it stands for) on all
+    threads, 12 independent accumulators each. Unlike vpdpbusd, the products do not take
+    the accumulator, so with fixed operands LLVM would hoist them out of the loop: each
+    iteration broadcasts a new activation word from L1 (as the kernel does, once per
+    pixel row of its tile)."""
+    from numba import njit, prange
+
+    from intq.kernels.simd_avx2 import dot4, dot4_split, ybroadcast4, yload, ystore, yzero
+
+    @njit(parallel=True)
+    def spin(a, w, out, iters, split):
+        for t in prange(out.shape[0] // 96):
+            w0 = yload(w, 0)
+            w1 = yload(w, 32)
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = yzero()
+            if split:
+                for i in range(iters):
+                    v = ybroadcast4(a, (i & 15) * 4)
+                    a0 = dot4_split(a0, v, w0, w1); a1 = dot4_split(a1, v, w0, w1)  # noqa: E702
+                    a2 = dot4_split(a2, v, w0, w1); a3 = dot4_split(a3, v, w0, w1)  # noqa: E702
+                    a4 = dot4_split(a4, v, w0, w1); a5 = dot4_split(a5, v, w0, w1)  # noqa: E702
+                    a6 = dot4_split(a6, v, w0, w1); a7 = dot4_split(a7, v, w0, w1)  # noqa: E702
+                    a8 = dot4_split(a8, v, w0, w1); a9 = dot4_split(a9, v, w0, w1)  # noqa: E702
+                    a10 = dot4_split(a10, v, w0, w1); a11 = dot4_split(a11, v, w0, w1)  # noqa: E702
+            else:
+                for i in range(iters):
+                    v = ybroadcast4(a, (i & 15) * 4)
+                    a0 = dot4(a0, v, w0); a1 = dot4(a1, v, w0); a2 = dot4(a2, v, w0)  # noqa: E702
+                    a3 = dot4(a3, v, w0); a4 = dot4(a4, v, w0); a5 = dot4(a5, v, w0)  # noqa: E702
+                    a6 = dot4(a6, v, w0); a7 = dot4(a7, v, w0); a8 = dot4(a8, v, w0)  # noqa: E702
+                    a9 = dot4(a9, v, w0); a10 = dot4(a10, v, w0); a11 = dot4(a11, v, w0)  # noqa: E702
+            for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+                ystore(out, t * 96 + k * 8, acc)
+
+    a, w = np.ones(64, np.uint8), np.ones(64, np.int8)
+    out = np.zeros(96 * 32, np.int32)
+    iters = 200_000
+    res = {}
+    for key, split in (("avx2_gops", False), ("avx2_split_gops", True)):
+        spin(a, w, out, 10, split)
+        sec = timeit(lambda: spin(a, w, out, iters, split), 5)
+        res[key] = 32 * iters * 12 * 32 * 2 / sec / 1e9
+    return res
 
 
 def _amx_peak():
@@ -444,21 +494,32 @@ def shape_label(s):
 
 
 def tables(result) -> str:
-    peak, amx = result["vnni_peak_gops"], result.get("amx_peak_gops")
-    lines = [f"CPU: {result['cpu']} ({THREADS} threads), VNNI issue rate measured: "
-             f"{peak:.0f} GOPS" if peak else f"CPU: {result['cpu']}",
-             f"AMX issue rate measured: {amx:.0f} GOPS" if amx else "", "",
+    amx = result.get("amx_peak_gops")
+    a2, a2s = result.get("avx2_peak_gops"), result.get("avx2_split_peak_gops")
+    # the peak a layer is measured against: the issue rate of the instructions its path runs
+    if result.get("kernel_path") == "avx2":
+        peak, peak4, name = a2s, a2, "AVX2"
+    else:
+        peak = peak4 = result["vnni_peak_gops"]
+        name = "VNNI"
+    vnni = result["vnni_peak_gops"]
+    lines = [f"CPU: {result['cpu']} ({THREADS} threads)"
+             + (f", VNNI issue rate measured: {vnni:.0f} GOPS" if vnni else "")
+             + (f", AVX2 issue rates measured: {a2:.0f} GOPS (dot4), {a2s:.0f} GOPS (dot4_split)" if a2 else ""),
+             f"AMX issue rate measured: {amx:.0f} GOPS" if amx else "",
              f"Kernel path: {result.get('kernel_path')}", "",
              "| layer (nets) | intq kernel | intq INT8 GOPS | intq INT4 GOPS | torch x86 GOPS | "
-             "torch fp32 GOPS | INT4 / INT8 | INT8 % of VNNI peak |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"torch fp32 GOPS | INT4 / INT8 | INT8 % of {name} peak | INT4 % of {name} peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["layers"]:
         s = r["shape"]
         gops = {k: 2 * r["macs"] / r[k] / 1e9 for k in ("intq8", "intq4", "torch_q", "torch_f")}
         nets = "" if s.get("gemm") else f" ({', '.join(n.replace('mobilenet_v2', 'mbv2') for n in s['nets'])})"
         pct = f"{100 * gops['intq8'] / peak:.0f}%" if peak else "n/a"
+        pct4 = f"{100 * gops['intq4'] / peak4:.0f}%" if peak4 else "n/a"
         lines.append(f"| {shape_label(s)}{nets} | {r.get('kernel', '')} | {gops['intq8']:.0f} | {gops['intq4']:.0f} | "
-                     f"{gops['torch_q']:.0f} | {gops['torch_f']:.0f} | {r['intq8'] / r['intq4']:.2f} | {pct} |")
+                     f"{gops['torch_q']:.0f} | {gops['torch_f']:.0f} | {r['intq8'] / r['intq4']:.2f} | {pct} | "
+                     f"{pct4} |")
     lines += ["", "| model | batch | ORT INT8 ms | intq INT8 ms | intq INT4 ms | intq mixed ms | INT8 / ORT | "
               "INT4 / INT8 | mixed / INT8 | INT8 ms per round | ORT ms per round |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -532,7 +593,8 @@ def main():
                        "kernel": i8["kernel"],
                        "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
     result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
-              "amx_peak_gops": peaks.get("amx_gops"),
+              "amx_peak_gops": peaks.get("amx_gops"), "avx2_peak_gops": peaks.get("avx2_gops"),
+              "avx2_split_peak_gops": peaks.get("avx2_split_gops"),
               "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals,
               "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     with open(args.output, "w") as f:
