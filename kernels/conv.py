@@ -29,15 +29,16 @@ TILE_M, TILE_N = 6, 64
 N_, OH, OW, SH, SW, PT, PL, TAPS, CIN, COUT, NBLK, PER_TASK = range(12)
 
 
-def pack_vnni(w: np.ndarray, cin_pad: int, width: int = TILE_N) -> np.ndarray:
+def pack_vnni(w: np.ndarray, cin_pad: int, width: int = TILE_N, lanes: int = 16) -> np.ndarray:
     """(M, C, KH, KW) integer weights -> the flat int8 VNNI layout (see module docstring),
-    in blocks of `width` output channels (a multiple of 16: `conv_vnni`'s tile widths)."""
+    in blocks of `width` output channels (a multiple of `lanes`: `conv_vnni`'s tile widths
+    with 16 int32 lanes per zmm; `conv_avx2` packs 8 per ymm the same way)."""
     m, c, kh, kw = w.shape
     mp = -(-m // width) * width
     a = np.zeros((mp, cin_pad, kh * kw), np.int8)
     a[:m, :c] = w.reshape(m, c, kh * kw)
     # [blk, j, lane, c4, cc, tap] -> [blk, tap, c4, j, lane, cc]
-    a = a.reshape(mp // width, width // 16, 16, cin_pad // 4, 4, kh * kw).transpose(0, 5, 3, 1, 2, 4)
+    a = a.reshape(mp // width, width // lanes, lanes, cin_pad // 4, 4, kh * kw).transpose(0, 5, 3, 1, 2, 4)
     return np.ascontiguousarray(a).reshape(-1)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv import COUT, TAPS, CIN, _task, _task_count, _tile_pixels
+from .conv import COUT, TAPS, CIN, _task, _task_count, _tile_pixels, pack_vnni
 from .epilogue import store_pixel
 from .simd_avx2 import dot4, dot4_split, ybroadcast4, yload, ystore, yzero
 
@@ -44,13 +44,7 @@ def split_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pack_avx2(w: np.ndarray, cin_pad: int) -> np.ndarray:
     """(M, C, KH, KW) integer weights (each in [-64, 64]) -> flat int8 [block of 16][tap]
     [input channel / 4][2 vectors][8 lanes][4 bytes]; input channels padded with zeros."""
-    m, c, kh, kw = w.shape
-    mp = -(-m // TILE_N) * TILE_N
-    a = np.zeros((mp, cin_pad, kh * kw), np.int8)
-    a[:m, :c] = w.reshape(m, c, kh * kw)
-    # [blk, j, lane, c4, cc, tap] -> [blk, tap, c4, j, lane, cc]
-    a = a.reshape(mp // TILE_N, 2, 8, cin_pad // 4, 4, kh * kw).transpose(0, 5, 3, 1, 2, 4)
-    return np.ascontiguousarray(a).reshape(-1)
+    return pack_vnni(w, cin_pad, TILE_N, lanes=8)
 
 
 @njit(cache=True)
