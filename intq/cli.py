@@ -10,12 +10,20 @@ from . import __version__
 from .errors import IntqError
 
 
+def _onnx_model(args):
+    """The ONNX model a command works on: the file, or (with --input-shape) the file with
+    its dynamic input dimensions fixed, read and checked once."""
+    from .frontend.input_shapes import with_input_shapes
+
+    return with_input_shapes(args.model, getattr(args, "input_shape", None))
+
+
 def cmd_inspect(args) -> int:
     from .analysis import format_table, layer_table
     from .pipeline import float_graph
 
     # Unsupported ops are shown and marked, not errors: only an unreadable file fails.
-    table = layer_table(float_graph(args.model, allow_unsupported=True))
+    table = layer_table(float_graph(_onnx_model(args), allow_unsupported=True))
     print(json.dumps(table, indent=2) if args.json else format_table(table))
     return 0
 
@@ -95,8 +103,9 @@ def cmd_compile(args) -> int:
     from .model import compile as compile_onnx
 
     _check_output(args.output)
+    onnx_model = _onnx_model(args)
     # Read only for an image folder, and then once for calibration and eval data together.
-    chw = functools.cache(lambda: onnx_input_chw(args.model))
+    chw = functools.cache(lambda: onnx_input_chw(onnx_model))
     cfg = _config(args)
     # Eval data opened (and its labels checked) before the minutes calibration can take.
     ev = args.eval_data and Data(args.eval_data, chw=chw, keys=("x", "x_eval"),
@@ -104,7 +113,7 @@ def cmd_compile(args) -> int:
                                  preprocess=args.preprocess).require_labels()
     calib = Data(args.calib, chw=chw, keys=("x", "x_calib"), what="calibration data",
                  preprocess=args.preprocess).load()[0]
-    model = compile_onnx(args.model, calib, config=cfg, rounding_options=_rounding_options(args))
+    model = compile_onnx(onnx_model, calib, config=cfg, rounding_options=_rounding_options(args))
     model.info["source"] = str(args.model)
     model.info["calibration"]["data"] = str(args.calib)
     if ev:
@@ -200,7 +209,7 @@ def cmd_bench(args) -> int:
         if args.model.endswith(".onnx"):
             from .pipeline import float_graph
 
-            fg = float_graph(args.model)
+            fg = float_graph(_onnx_model(args))
         else:
             fg = _load_model(args.model).float
             if fg is None:
@@ -280,7 +289,8 @@ def cmd_qat(args) -> int:
     from .model import compile as compile_onnx
 
     _check_output(args.output)
-    chw = functools.cache(lambda: onnx_input_chw(args.model))
+    onnx_model = _onnx_model(args)
+    chw = functools.cache(lambda: onnx_input_chw(onnx_model))
     x, y = Data(args.data, chw=chw, keys=("x", "x_train"), label_keys=("y", "y_train"),
                 what="training data", preprocess=args.preprocess).require_labels().load()
     if y.dtype.kind not in "iu":
@@ -299,10 +309,10 @@ def cmd_qat(args) -> int:
         raise IntqError(f"qat needs torch: {e}") from None
 
     if ev:  # the post-training model it starts from, for comparison
-        ptq = compile_onnx(args.model, x[:256] if calib is None else calib, config=cfg)
+        ptq = compile_onnx(onnx_model, x[:256] if calib is None else calib, config=cfg)
         before = ptq.evaluate(ev)["int_top1"]
         print(f"before QAT (post-training quantization): int top-1 {before:.4f}")
-    model, history = train(args.model, x, y, cfg, epochs=args.epochs, lr=args.lr,
+    model, history = train(onnx_model, x, y, cfg, epochs=args.epochs, lr=args.lr,
                            batch=args.batch, calib=calib, seed=args.seed)
     model.info["source"] = str(args.model)
     model.info["qat"]["data"] = str(args.data)
@@ -337,7 +347,8 @@ def cmd_allocate(args) -> int:
     except ImportError as e:
         raise IntqError(f"allocate needs torch and pulp: {e}") from None
     choices = parse_choices(args.choices)
-    chw = functools.cache(lambda: onnx_input_chw(args.model))
+    onnx_model = _onnx_model(args)
+    chw = functools.cache(lambda: onnx_input_chw(onnx_model))
     calib, _ = load_data(args.calib, chw, ("x", "x_calib"), what="calibration data",
                          preprocess=args.preprocess)
     x = y = None
@@ -374,9 +385,9 @@ def cmd_allocate(args) -> int:
         from .rounding import weight_provider
 
         rounding["progress"] = None
-        weights, weights_key = weight_provider(float_graph(args.model), calib, cfg, args.rounding,
+        weights, weights_key = weight_provider(float_graph(onnx_model), calib, cfg, args.rounding,
                                                **rounding)
-    prob = Problem(args.model, calib, x, y, args.sensitivity, choices,
+    prob = Problem(onnx_model, calib, x, y, args.sensitivity, choices,
                    latency_table=args.latency_table,
                    need_latency=args.frac is not None or "latency_ms" in explicit,
                    fix_ends=not args.free_ends, images=args.images, progress=progress, config=cfg,
@@ -397,7 +408,7 @@ def cmd_allocate(args) -> int:
             from .model import compile as compile_onnx
 
             def top1(b):
-                compiled = compile_onnx(args.model, calib, bits=b, profile=args.profile,
+                compiled = compile_onnx(onnx_model, calib, bits=b, profile=args.profile,
                                         rounding=args.rounding, rounding_options=rounding or None)
                 # integer side only: the float model's top-1 is the same at every point
                 return Model(compiled.integer).evaluate(ev)["int_top1"]
@@ -440,6 +451,12 @@ def _add_preprocess(parser) -> None:
                         help="how images from a folder are resized, cropped and scaled (intq.images)")
 
 
+def _add_input_shape(s) -> None:
+    s.add_argument("--input-shape", action="append", metavar="[NAME:]N,C,H,W",
+                   help="fix the model's dynamic input dimensions (repeat, or NAME:shape, for "
+                   "several inputs); the shape arithmetic computed from them folds away")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="intq", description="Integer-only inference compiler for CNNs.")
     p.add_argument("--version", action="version", version=f"intq {__version__}")
@@ -447,11 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="show the graph after the float passes, with MACs and parameters")
     s.add_argument("model", help="ONNX file")
+    _add_input_shape(s)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("compile", help="quantize an ONNX model to an integer-only .intq artifact")
     s.add_argument("model", help="ONNX file")
+    _add_input_shape(s)
     s.add_argument("-o", "--output", required=True, help="output .intq file")
     s.add_argument("--calib", required=True, help=".npz with float32 images under x (or x_calib), "
                    "or a folder of images")
@@ -502,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-layer", action="store_true", help="time every step (numba backend)")
     s.add_argument("--latency-table", metavar="OUT.json",
                    help="time every Conv/Linear at INT4 and INT8 and write the table as JSON")
+    _add_input_shape(s)
     s.add_argument("--json", action="store_true")
     _backend_option(s)
     s.set_defaults(func=cmd_bench)
@@ -523,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("qat", help="quantization-aware fine-tuning of an ONNX model; writes an "
                        ".intq artifact")
     s.add_argument("model", help="ONNX file")
+    _add_input_shape(s)
     s.add_argument("--data", required=True, help=".npz with training images x (or x_train) and "
                    "integer labels y (or y_train), or a folder of class subfolders")
     _add_preprocess(s)
@@ -544,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("allocate", help="choose W8A8, W4A8 or W4A4 per layer by an ILP under "
                        "size, BOPS and latency limits; writes the bits file compile reads")
     s.add_argument("model", help="ONNX file")
+    _add_input_shape(s)
     s.add_argument("--calib", required=True, help=".npz with calibration images x, or a folder "
                    "of images")
     s.add_argument("--data", help=".npz with images x and labels y, or a folder of class "

@@ -107,16 +107,18 @@ def load_npz_images(path, keys=("x", "x_calib"), label_keys=("y",), what="data")
     return check_images(x, y, f"{what} {path}")
 
 
-def onnx_input_chw(model) -> tuple:
-    """(C, H, W) of an ONNX model's first input, read from the file without importing it."""
-    proto = load_onnx(model)
+def onnx_input_chw(model, input_shapes: dict | None = None) -> tuple:
+    """(C, H, W) of an ONNX model's first input, read from the file without importing it
+    (after `input_shapes` fixes its dynamic dimensions)."""
+    proto = load_onnx(model, input_shapes)
     inits = {t.name for t in proto.graph.initializer}
     vi = next((i for i in proto.graph.input if i.name not in inits), None)
     if vi is None:
         raise IntqError("the model has no input besides its initializers")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
     if len(dims) != 4 or None in dims[1:]:
-        raise IntqError(f"input {vi.name!r} must be NCHW with static C, H, W; got {dims}")
+        raise IntqError(f"input {vi.name!r} must be NCHW with static C, H, W; got {dims} "
+                        f"(fix it with --input-shape {vi.name}:1,C,H,W)")
     return tuple(dims[1:])
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .artifact import load_artifact, save_artifact
 from .data import load_data, onnx_input_chw
+from .frontend.input_shapes import with_input_shapes
 from .evaluate import evaluate
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
 from .float_executor import batches
@@ -82,7 +83,7 @@ class Model:
 
 
 def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantConfig | None = None,
-            rounding_options: dict | None = None, **options) -> Model:  # noqa: A001  (intq.compile)
+            rounding_options: dict | None = None, input_shape=None, **options) -> Model:  # noqa: A001  (intq.compile)
     """Quantize an ONNX model (path or ModelProto) to an integer-only Model.
 
     calib: float32 NCHW images, or a path: an .npz holding them under x / x_calib, an .npy,
@@ -93,7 +94,9 @@ def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantCon
     W8A8 unless named). options: QuantConfig fields (calib_method, profile, residual_bits,
     weight_clip, rounding, ...); or `config`, a whole QuantConfig, instead of both.
     rounding_options (with rounding other than nearest): settings (`intq.rounding.Settings`),
-    device (torch device, default cpu), progress(done, total), use_cache."""
+    device (torch device, default cpu), progress(done, total), use_cache.
+    input_shape fixes dynamic input dimensions: (1, 3, H, W) for a single-input model,
+    {name: shape}, or the `--input-shape` text ("images:1,3,640,640")."""
     if config is None:  # checked before the calibration data is read
         table = dict(bits) if isinstance(bits, dict) else {}
         default = 8 if isinstance(bits, dict) else bits
@@ -101,11 +104,14 @@ def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantCon
     elif options or bits != 8:
         raise TypeError("give either config or bits and QuantConfig fields, not both")
     calib_path = os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else None
+    source = str(model) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"
+    if input_shape is not None and not isinstance(model, Graph):
+        model = with_input_shapes(model, input_shape)
     chw = (lambda: model.values[model.inputs[0]].shape[1:]) if isinstance(model, Graph) else \
         (lambda: onnx_input_chw(model))
     calib, _ = load_data(calib, chw, ("x", "x_calib"), what="calibration data", preprocess=preprocess)
     ig, fg, info = compile_model(model, calib, config, rounding_options=rounding_options)
-    info["source"] = str(model) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"
+    info["source"] = source
     if calib_path:
         info["calibration"]["data"] = calib_path
     return Model(ig, fg, info)

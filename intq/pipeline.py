@@ -13,10 +13,11 @@ from .quant.lower import lower_to_integer
 from .validate import validate_float_graph
 
 
-def float_graph(model, allow_unsupported: bool = False) -> Graph:
+def float_graph(model, allow_unsupported: bool = False, input_shapes: dict | None = None) -> Graph:
     """Import an ONNX model (path or ModelProto) and run the whole float pass pipeline;
-    allow_unsupported keeps nodes intq cannot import as placeholders (`intq inspect`)."""
-    return run_passes(import_onnx(model, allow_unsupported))
+    allow_unsupported keeps nodes intq cannot import as placeholders (`intq inspect`);
+    input_shapes fixes dynamic input dimensions (`intq.frontend.input_shapes`)."""
+    return run_passes(import_onnx(model, allow_unsupported, input_shapes))
 
 
 def compile_model(model, calib_images, config, calibration=None, rounding_options=None):

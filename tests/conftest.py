@@ -50,8 +50,10 @@ def rel_err(y, ref) -> float:
     return float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def export_torch(module, x, dynamo=False, opset=13, dynamic_batch=False, keep_bn=True):
-    """Export a torch module to an in-memory ModelProto with either exporter."""
+def export_torch(module, x, dynamo=False, opset=13, dynamic_batch=False, keep_bn=True,
+                 dynamic_hw=False):
+    """Export a torch module to an in-memory ModelProto with either exporter; dynamic_hw
+    makes height and width symbolic too (as detectors are exported)."""
     import torch
 
     module = module.eval()
@@ -59,16 +61,23 @@ def export_torch(module, x, dynamo=False, opset=13, dynamic_batch=False, keep_bn
         warnings.simplefilter("ignore")
         if dynamo:
             kw = {"optimize": not keep_bn, "verbose": False}
+            dims = {}
             if dynamic_batch:
-                kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+                dims[0] = torch.export.Dim("batch", min=1, max=1024)
+            if dynamic_hw:
+                dims.update({2: torch.export.Dim("height", min=8, max=4096),
+                             3: torch.export.Dim("width", min=8, max=4096)})
+            if dims:
+                kw["dynamic_shapes"] = (dims,)
             prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset, **kw)
             return prog.model_proto
         f = io.BytesIO()
         kw = {}
         if keep_bn:
             kw = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
-        if dynamic_batch:
-            kw["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
+        axes = ({0: "batch"} if dynamic_batch else {}) | ({2: "height", 3: "width"} if dynamic_hw else {})
+        if axes:
+            kw["dynamic_axes"] = {"input": axes, "output": {0: "batch"} if dynamic_batch else {}}
         torch.onnx.export(module, (x,), f, dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["output"], **kw)
         return onnx.load_from_string(f.getvalue())

@@ -368,13 +368,23 @@ def _placeholder(ctx, node, reason):
              {"onnx_op": node.op_type, "reason": reason, "shapes": shapes}, outputs=list(node.output))
 
 
-def import_onnx(model, allow_unsupported: bool = False) -> Graph:
-    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph.
+def import_onnx(model, allow_unsupported: bool = False, input_shapes: dict | None = None) -> Graph:
+    """Load, check, fold and convert an ONNX model (path or ModelProto) to a float Graph;
+    `input_shapes` fixes dynamic input dimensions (`intq.frontend.input_shapes`).
 
     With allow_unsupported=True (for `intq inspect`), a node with no importer, or one whose
     importer rejects it, becomes an `Unsupported` placeholder instead of an error."""
-    proto = load_onnx(model)
+    proto = load_onnx(model, input_shapes)
     view = fold_onnx_constants(proto)
+    # Inputs first: with a dynamic height or width, the shape arithmetic cannot fold, and
+    # the Shape nodes left over would be reported as unsupported ops, hiding the cause.
+    for name in view.inputs:
+        shape = view.shapes.get(name)
+        if view.dtypes.get(name) not in _FLOAT_TYPES:
+            raise IntqError(f"input {name!r} must be a float tensor")
+        if shape is None or len(shape) != 4 or None in shape[1:]:
+            raise IntqError(f"input {name!r} must be NCHW with static C, H, W; got {shape} "
+                            f"(fix it with --input-shape {name}:1,C,H,W)")
     unsupported: dict[str, list[str]] = {}
     for node in view.nodes:
         if node.op_type not in IMPORTERS or node.domain not in ("", "ai.onnx"):
@@ -386,12 +396,7 @@ def import_onnx(model, allow_unsupported: bool = False) -> Graph:
     graph.metadata.update(opset=view.opset, producer=proto.producer_name,
                           folded_onnx_nodes=view.folded)
     for name in view.inputs:
-        shape = view.shapes.get(name)
-        if view.dtypes.get(name) not in _FLOAT_TYPES:
-            raise IntqError(f"input {name!r} must be a float tensor")
-        if shape is None or len(shape) != 4 or None in shape[1:]:
-            raise IntqError(f"input {name!r} must be NCHW with static C, H, W; got {shape}")
-        graph.add_input(name, shape)
+        graph.add_input(name, view.shapes.get(name))
     used = {i for n in view.nodes for i in n.input} | set(view.outputs)
     for name, value in view.consts.items():
         if name in used:

@@ -17,11 +17,14 @@ from google.protobuf.message import DecodeError
 from ..errors import IntqError
 from ..limits import check_bytes
 from ..ops.base import numel
+from .input_shapes import fix_input_shapes
 
 MIN_OPSET, MAX_OPSET = 7, 22
 
 
-def load_onnx(model) -> onnx.ModelProto:
+def load_onnx(model, input_shapes: dict | None = None) -> onnx.ModelProto:
+    """The checked, shape-inferred ModelProto of `model`; `input_shapes` (from
+    `intq.frontend.input_shapes.parse_input_shapes`) fixes dynamic input dimensions first."""
     if isinstance(model, onnx.ModelProto):
         proto, where = model, "model"
         _check_tensors(proto, where, None)
@@ -53,6 +56,8 @@ def load_onnx(model) -> onnx.ModelProto:
             onnx.external_data_helper.load_external_data_for_model(proto, base)
         except (OSError, ValueError) as e:
             raise IntqError(f"{path}: external weight data cannot be read: {e}") from None
+    if input_shapes:
+        proto = fix_input_shapes(proto, input_shapes)
     opset = onnx_opset(proto)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise IntqError(f"{where}: opset {opset} is outside the supported {MIN_OPSET}..{MAX_OPSET}")
