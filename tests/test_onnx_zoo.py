@@ -28,15 +28,23 @@ def test_zoo_model_compiles_and_runs_integer_only(name):
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
     ig, fg, _ = compile_model(path, x, QuantConfig(default_bits=8))
     validate_integer_graph(ig)
-    want = run_float(fg, x)[0]
-    assert rel_err(want, ort_run(path, x)[0]) < 1e-4
-    oq = ig.metadata["outputs"][ig.outputs[0]]
+    # Dummy weights give SqueezeNet logits of ~1e10, whose float32 rounding step (1024)
+    # makes any softmax of them noise: where the model ends in Softmax, its input (the
+    # logits) is compared, and the softmax is only checked to be the integer one.
+    proto = onnx.load(str(path))
+    last = proto.graph.node[-1]
+    checked = last.input[0] if last.op_type == "Softmax" else proto.graph.output[0].name
+    if last.op_type == "Softmax":
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(checked))
+        assert ig.nodes[-1].op == "IntSoftmax"
+        assert ig.metadata["outputs"][ig.outputs[0]]["scale"] == 1 / 256
+    want = run_float(fg, x, trace=True)[checked]
+    assert rel_err(want, ort_run(proto, x)[-1 if last.op_type == "Softmax" else 0]) < 1e-4
+    oq = ig.metadata["qparams"][checked]
     # The Numba executor: it equals the reference bit for bit (tests/test_backend.py), and
     # VGG19's 20 GMACs take the int64 reference half a minute.
-    got = dequantize(make_executor(ig, "numba").run(x)[0], oq)
+    got = dequantize(make_executor(ig, "numba").run(x, trace=True)[checked], oq)
     assert got.shape == want.shape and got.shape[:2] == (1, 1000)
-    if any(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node):
-        assert ig.nodes[-1].op == "IntSoftmax" and oq["scale"] == 1 / 256
     assert np.abs(got - want).max() <= 0.01 * np.abs(want).max() + oq["scale"]
 
 

@@ -13,7 +13,7 @@ from onnx import helper
 from conftest import MODELS, make_model
 from intq.float_executor import run_float
 from intq.ir import Graph, Node
-from intq.ops import known_ops
+from intq.ops import get_op, known_ops
 from intq.pipeline import compile_model, float_graph
 from intq.quant.lower import LAYERS, lowering_problem
 from intq.quant.scheme import QuantConfig
@@ -134,8 +134,16 @@ def test_interpreter_equals_the_float_executor_at_every_tensor(name):
     with torch.no_grad():
         got = FloatInterpreter(fg)(torch.as_tensor(x), trace=True)
     want = run_float(fg, x, trace=True)
+    # A softmax over logits of size L amplifies their float32 rounding (L * 2^-24) through
+    # exp: the dummy-weight SqueezeNet's logits are ~1e10, a rounding step of 1024, so two
+    # correct float executors disagree completely after it. Its output is checked on the
+    # interpreter's own input instead; every other tensor along the chain.
+    softmax_input = {n.outputs[0]: n.inputs[0] for n in fg.nodes if n.op == "Softmax"}
     for t, v in got.items():
         w = want[t]
+        if t in softmax_input:
+            node = next(n for n in fg.nodes if n.outputs[0] == t)
+            w = get_op("Softmax").run(node.attrs, got[softmax_input[t]].numpy())[0]
         assert v.shape == w.shape, t
         assert np.abs(v.numpy() - w).max() <= 1e-5 * max(np.abs(w).max(), 1.0), t
 
