@@ -13,6 +13,7 @@ from ..errors import IntqError, UnsupportedOpsError
 from ..ir import Graph, Value
 from ..ops import get_op, infer_shapes, ops_where
 from .folding import OnnxView, attr, fold_onnx_constants
+from . import resize as resize_rules
 from .load import load_onnx
 
 IMPORTERS = {}
@@ -343,6 +344,60 @@ def split(ctx, node):
         sizes = [shape[axis] // n] * n
     ctx.emit(node, "Split", [node.input[0]], {"axis": axis, "split": [int(v) for v in np.ravel(sizes)]},
              outputs=list(node.output))
+
+
+@importer("Resize", "Upsample")
+def resize(ctx, node):
+    """Nearest mode on H and W (N and C scale 1); see `intq.frontend.resize`."""
+    where = f"{node.op_type} {node.name}"
+    shape = ctx.view.shapes.get(node.input[0])
+    if shape is None or len(shape) != 4 or None in shape[1:]:
+        raise IntqError(f"{where}: needs an NCHW input of known C, H, W, got {shape}")
+    text = lambda name, default: (lambda v: v.decode() if isinstance(v, bytes) else v)(
+        attr(node, name, default))
+    mode = text("mode", "nearest")
+    if mode != "nearest":
+        raise IntqError(f"{where}: mode {mode!r} is not supported (nearest only)")
+    if node.op_type == "Upsample" or ctx.opset < 11:
+        transform, rounding = "asymmetric", "simple"
+        scales = attr(node, "scales") if ctx.opset < 9 else ctx.optional_const(node, 1)
+        sizes = None
+        if node.op_type == "Upsample" and scales is not None and np.min(scales) < 1:
+            raise IntqError(f"{where}: Upsample scales must be at least 1, got {np.ravel(scales).tolist()}")
+    else:
+        transform = text("coordinate_transformation_mode", "half_pixel")
+        rounding = text("nearest_mode", "round_prefer_floor")
+        scales, sizes = ctx.optional_const(node, 2), ctx.optional_const(node, 3)
+        if transform == "tf_crop_and_resize":
+            raise IntqError(f"{where}: coordinate_transformation_mode 'tf_crop_and_resize' "
+                            f"is not supported")
+        if text("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise IntqError(f"{where}: keep_aspect_ratio_policy other than 'stretch' is not supported")
+        axes = attr(node, "axes", None)
+        if axes is not None:   # opset 18: scales or sizes for these axes only
+            full_s, full_z = [1.0] * 4, list(shape)
+            for j, a in enumerate(int(a) % 4 for a in axes):
+                if scales is not None and np.size(scales):
+                    full_s[a] = float(np.ravel(scales)[j])
+                if sizes is not None and np.size(sizes):
+                    full_z[a] = int(np.ravel(sizes)[j])
+            scales = full_s if scales is not None and np.size(scales) else None
+            sizes = full_z if sizes is not None and np.size(sizes) else None
+    if transform not in resize_rules.TRANSFORMS:
+        raise IntqError(f"{where}: coordinate_transformation_mode {transform!r} is not supported")
+    if rounding not in resize_rules.ROUNDINGS:
+        raise IntqError(f"{where}: nearest_mode {rounding!r} is not supported")
+    in_shape = (1,) + tuple(shape[1:])
+    out, scale = resize_rules.resolve_sizes(in_shape, scales, sizes, where)
+    batch_changes = scale[0] != 1 if sizes is None else shape[0] not in (None, out[0])
+    if out[1] != shape[1] or batch_changes:
+        raise IntqError(f"{where}: only height and width may be resized, got output {out}")
+    if all(sc == 1 for sc in scale):   # onnxruntime copies then, whatever the formula says
+        rows, cols = list(range(shape[2])), list(range(shape[3]))
+    else:
+        rows, cols = (resize_rules.nearest_indices(shape[a], out[a], scale[a], transform, rounding)
+                      for a in (2, 3))
+    ctx.emit(node, "ResizeNearest", [node.input[0]], {"rows": rows, "cols": cols})
 
 
 @importer("Identity")

@@ -527,10 +527,21 @@ class Split(_Move):
         return tuple(torch.split(x, list(self.attrs["split"]), dim=self.attrs["axis"]))
 
 
+def _resize_nearest(x, attrs):
+    rows = torch.as_tensor(attrs["rows"], dtype=torch.long, device=x.device)
+    cols = torch.as_tensor(attrs["cols"], dtype=torch.long, device=x.device)
+    return x.index_select(2, rows).index_select(3, cols)
+
+
+class ResizeNearest(_Move):
+    def exact(self, x):
+        return (_resize_nearest(x, self.attrs),)
+
+
 MODULES = {cls.__name__: cls for cls in (
     QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
     IntGlobalAvgPool, MaxPool, IntClamp, IntPad, IntAffine, IntAbs, IntLookup, IntLeakyRelu, IntMul,
-    IntSoftmax, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split)}
+    IntSoftmax, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, ResizeNearest)}
 
 
 # -- the float graph's ops in torch: the table `interpret.FloatInterpreter` runs ----------
@@ -706,6 +717,7 @@ FLOAT_OPS: dict = {
     "Unsqueeze": _unsqueeze,
     "Slice": _slice,
     "Split": _split,
+    "ResizeNearest": lambda g, n, x: _resize_nearest(x, n.attrs),
     "Relu": lambda g, n, x: torch.relu(x),
     "Clip": _clip,
     "Pad": lambda g, n, x: _pad(x, n.attrs["pads"]),
