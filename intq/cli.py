@@ -12,10 +12,12 @@ from .errors import IntqError
 
 def _onnx_model(args):
     """The ONNX model a command works on: the file, or (with --input-shape) the file with
-    its dynamic input dimensions fixed, read and checked once."""
+    its dynamic input dimensions fixed, and (with --outputs) ended at those tensors."""
     from .frontend.input_shapes import with_input_shapes
+    from .frontend.outputs import with_outputs
 
-    return with_input_shapes(args.model, getattr(args, "input_shape", None))
+    model = with_input_shapes(args.model, getattr(args, "input_shape", None))
+    return with_outputs(model, getattr(args, "outputs", None))
 
 
 def cmd_inspect(args) -> int:
@@ -455,6 +457,9 @@ def _add_input_shape(s) -> None:
     s.add_argument("--input-shape", action="append", metavar="[NAME:]N,C,H,W",
                    help="fix the model's dynamic input dimensions (repeat, or NAME:shape, for "
                    "several inputs); the shape arithmetic computed from them folds away")
+    s.add_argument("--outputs", action="append", metavar="NAME[,NAME...]",
+                   help="end the graph at these tensors (before a float decode or NMS); the "
+                   "nodes they do not need are dropped before import")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ import numpy as np
 from .artifact import load_artifact, save_artifact
 from .data import load_data, onnx_input_chw
 from .frontend.input_shapes import with_input_shapes
+from .frontend.outputs import with_outputs
 from .evaluate import evaluate
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
 from .float_executor import batches
@@ -56,6 +57,14 @@ class Model:
             return q
         return dequantize(q, self.output_qparams)
 
+    def run_all(self, x, backend: str = DEFAULT_BACKEND, integer: bool = False) -> list:
+        """Every output, in graph order, as `run` gives the first (a detector's heads)."""
+        qs = self.executor(backend).run(np.asarray(x, dtype=np.float32))
+        if integer:
+            return list(qs)
+        meta = self.integer.metadata["outputs"]
+        return [dequantize(q, meta[name]) for q, name in zip(qs, self.integer.outputs)]
+
     def run_batches(self, x, batch: int, backend: str = DEFAULT_BACKEND, integer: bool = False):
         """`run` over x (an array, or a memory-mapped file), `batch` images at a time: yields
         each batch's output, so memory holds one batch (a graph exported with a fixed batch
@@ -83,7 +92,7 @@ class Model:
 
 
 def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantConfig | None = None,
-            rounding_options: dict | None = None, input_shape=None, **options) -> Model:  # noqa: A001  (intq.compile)
+            rounding_options: dict | None = None, input_shape=None, outputs=None, **options) -> Model:  # noqa: A001  (intq.compile)
     """Quantize an ONNX model (path or ModelProto) to an integer-only Model.
 
     calib: float32 NCHW images, or a path: an .npz holding them under x / x_calib, an .npy,
@@ -96,7 +105,9 @@ def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantCon
     rounding_options (with rounding other than nearest): settings (`intq.rounding.Settings`),
     device (torch device, default cpu), progress(done, total), use_cache.
     input_shape fixes dynamic input dimensions: (1, 3, H, W) for a single-input model,
-    {name: shape}, or the `--input-shape` text ("images:1,3,640,640")."""
+    {name: shape}, or the `--input-shape` text ("images:1,3,640,640").
+    outputs ends the model at these tensors (names, or the `--outputs` text "a,b"), before
+    a float decode or NMS that need not be compiled."""
     if config is None:  # checked before the calibration data is read
         table = dict(bits) if isinstance(bits, dict) else {}
         default = 8 if isinstance(bits, dict) else bits
@@ -107,6 +118,8 @@ def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantCon
     source = str(model) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"
     if input_shape is not None and not isinstance(model, Graph):
         model = with_input_shapes(model, input_shape)
+    if outputs is not None and not isinstance(model, Graph):
+        model = with_outputs(model, outputs)
     chw = (lambda: model.values[model.inputs[0]].shape[1:]) if isinstance(model, Graph) else \
         (lambda: onnx_input_chw(model))
     calib, _ = load_data(calib, chw, ("x", "x_calib"), what="calibration data", preprocess=preprocess)
