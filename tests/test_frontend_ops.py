@@ -143,6 +143,19 @@ CASES = {
                                      conv_node("d", "y", "W")], {"W": w(4, 4, 3, 3)}), [9, 13]),
     "constant_node": (lambda o: ([helper.make_node("Constant", [], ["W"], value=helper.make_tensor(
         "W", 1, [4, 4, 1, 1], w(4, 4, 1, 1).ravel())), conv_node("x", "y", "W")], {}), [9, 13]),
+    # The modes tests/test_resize.py covers one by one; here the opset forms: Upsample
+    # (9), Resize with scales (10, 13) and with sizes (13).
+    "upsample_nearest": (lambda o: conv_then(o, helper.make_node("Upsample", ["c", "s"], ["y"]),
+                                             {"s": np.array([1, 1, 2, 1.5], np.float32)}), [9]),
+    "resize_nearest_scales": (lambda o: conv_then(o, helper.make_node(
+        "Resize", ["c", "s"] if o < 11 else ["c", "", "s"], ["y"], mode="nearest"),
+        {"s": np.array([1, 1, 2, 0.5], np.float32)}), [10, 13]),
+    "resize_nearest_sizes": (lambda o: conv_then(o, helper.make_node(
+        "Resize", ["c", "", "", "z"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor"), {"z": np.array([2, 4, 20, 7], np.int64)}), [13]),
+    "conv_transpose": (lambda o: ([helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], strides=[2, 2],
+                                                    pads=[1, 1, 1, 1], output_padding=[1, 0])],
+                                  {"W": w(4, 3, 3, 3), "B": w(3)}), [11, 13]),
 }
 
 PARAMS = [(name, opset) for name, (_, opsets) in CASES.items() for opset in opsets]

@@ -103,6 +103,70 @@ def conv(ctx, node):
     ctx.emit(node, "Conv", inputs, attrs)
 
 
+@importer("ConvTranspose")
+def conv_transpose(ctx, node):
+    """A transposed convolution as the plain one it equals: the input with s - 1 zeros
+    between its elements (Pad's interior padding), then a stride-1 Conv with the kernel
+    flipped and its in/out channels swapped per group, padded d(k - 1) - p at each side
+    (plus output_padding at the end). It then runs on the integer Conv kernels with their
+    INT32 accumulation and fused epilogue; the zeros cost s^2 - 1 of every s^2 MACs."""
+    where = f"ConvTranspose {node.name}"
+    w = ctx.const(node.input[1], "ConvTranspose weight")
+    if w.ndim != 4:
+        raise IntqError(f"{where}: only 2-D ConvTranspose is supported")
+    groups = int(attr(node, "group", 1))
+    cin, cout_g, kh, kw = w.shape
+    if cin % groups:
+        raise IntqError(f"{where}: group {groups} does not divide the {cin} input channels")
+    kernel = tuple(attr(node, "kernel_shape", (kh, kw)))
+    if kernel != (kh, kw):
+        raise IntqError(f"{where}: kernel_shape {kernel} differs from the weight's {(kh, kw)}")
+    strides = tuple(attr(node, "strides", (1, 1)))
+    dilations = tuple(attr(node, "dilations", (1, 1)))
+    adj = tuple(attr(node, "output_padding", (0, 0)))
+    in_hw = ctx.spatial(node.input[0])
+    auto_pad = attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    out_shape = attr(node, "output_shape", None)
+    pads = list(attr(node, "pads", (0, 0, 0, 0)))
+    if out_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # ONNX's rule, as onnxruntime runs it: the total padding that gives the output
+        # size, an odd one at the end for SAME_UPPER and at the start otherwise.
+        outs = list(out_shape)[-2:] if out_shape is not None else [n * s for n, s in zip(in_hw, strides)]
+        for a in range(2):
+            total = strides[a] * (in_hw[a] - 1) + adj[a] + (kernel[a] - 1) * dilations[a] + 1 - outs[a]
+            if total < 0:
+                raise IntqError(f"{where}: output_shape {outs} is larger than the transposed "
+                                f"convolution can make")
+            small, big = total // 2, total - total // 2
+            pads[a], pads[a + 2] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    elif auto_pad not in ("NOTSET", "", "VALID"):
+        raise IntqError(f"{where}: unknown auto_pad {auto_pad}")
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    conv_pads = []
+    for side in range(4):
+        a = side % 2
+        p = dilations[a] * (kernel[a] - 1) - pads[side] + (adj[a] if side >= 2 else 0)
+        if p < 0:
+            raise IntqError(f"{where}: pads {pads} larger than the dilated kernel are not supported")
+        conv_pads.append(p)
+    flipped = w.reshape(groups, cin // groups, cout_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    flipped = np.ascontiguousarray(flipped.reshape(groups * cout_g, cin // groups, kh, kw)[:, :, ::-1, ::-1])
+    w_name = ctx.graph.add_constant(f"{node.input[1]}.as_conv", flipped)
+    x = node.input[0]
+    if strides != (1, 1):
+        x = ctx.graph.add_node("Pad", [x], [f"{node.output[0]}.zero_inserted"],
+                               {"pads": (0, 0, 0, 0), "interior": (strides[0] - 1, strides[1] - 1)},
+                               name=f"{node.name or 'ConvTranspose'}.zero_insert").outputs[0]
+    inputs = [x, w_name]
+    if len(node.input) > 2 and node.input[2]:
+        ctx.const(node.input[2], "ConvTranspose bias")
+        inputs.append(node.input[2])
+    ctx.emit(node, "Conv", inputs, {"strides": (1, 1), "pads": tuple(conv_pads),
+                                    "dilations": dilations, "groups": groups})
+
+
 @importer("BatchNormalization")
 def batchnorm(ctx, node):
     for name in node.input[1:5]:

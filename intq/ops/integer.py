@@ -19,7 +19,7 @@ from .contract import INTEGER_DTYPES, dtype_bits, dtype_range  # noqa: F401  (re
 from .conv import Conv
 from .elementwise import Concat
 from .linear import Linear
-from .pad import Pad
+from .pad import Pad, pad_nchw
 from .pool import _pool_infer, kernel_window
 from .window import conv2d, windows
 
@@ -350,6 +350,7 @@ class IntPad(OpSpec):
     name = "IntPad"
     float_graph, integer_graph = False, True
     attrs = {"pads": k.PADS, "value": k.INT}
+    optional = Pad.optional
     tags = frozenset({"movement"})
     precheck = staticmethod(Pad.precheck)
 
@@ -364,8 +365,7 @@ class IntPad(OpSpec):
 
     @staticmethod
     def run(attrs, x):
-        t, l, b, r = attrs["pads"]
-        return (np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=attrs["value"]),)
+        return (pad_nchw(x, attrs["pads"], attrs.get("interior", (0, 0)), attrs["value"]),)
 
 
 class IntAffine(OpSpec):

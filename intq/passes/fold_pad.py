@@ -3,7 +3,8 @@
 Conv: pads add up. AveragePool: legal when the pool pads nothing itself or counts its pads
 (then Pad + pool = pool with the sum of pads and count_include_pad=1). MaxPool: zeros only
 equal the pool's implicit -inf padding when the input is known non-negative (it comes out
-of a ReLU/ReLU6 clamp), so only then. Otherwise the Pad stays for the executors to run.
+of a ReLU/ReLU6 clamp), so only then. A Pad with interior padding (a ConvTranspose's
+zero insertion) never folds. Otherwise the Pad stays for the executors to run.
 """
 
 
@@ -20,6 +21,8 @@ def _non_negative(graph, name):
 
 
 def _foldable(graph, pad, user):
+    if any(pad.attrs.get("interior", (0, 0))):   # zeros between elements: no window pads those
+        return False
     if user.op == "Conv":
         return True
     if user.op == "AveragePool":

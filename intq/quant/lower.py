@@ -294,6 +294,8 @@ class Lowering:
             op, attrs = "IntClamp", {"lo": lo, "hi": hi}
         elif node.op == "Pad":
             op, attrs = "IntPad", {"pads": list(node.attrs["pads"]), "value": q.zero_point}
+            if any(node.attrs.get("interior", (0, 0))):
+                attrs["interior"] = list(node.attrs["interior"])
         elif node.op == "MaxPool":
             attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
         self.ig.add_node(op, [x], list(node.outputs), attrs, name=node.name)

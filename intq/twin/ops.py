@@ -369,15 +369,13 @@ class IntClamp(TwinOp):
 
 
 class IntPad(TwinOp):
-    """Pad with the tensor's zero point (a real zero)."""
+    """Pad with the tensor's zero point (a real zero), around and between elements."""
 
     def exact(self, x):
-        t, l, b, r = self.attrs["pads"]
-        return (F.pad(x, (l, r, t, b), value=int(self.attrs["value"])),)
+        return (_pad(x, self.attrs["pads"], int(self.attrs["value"]), self.attrs.get("interior")),)
 
     def naive(self, x):
-        t, l, b, r = self.attrs["pads"]
-        return (F.pad(x, (l, r, t, b), value=0.0),)
+        return (_pad(x, self.attrs["pads"], 0.0, self.attrs.get("interior")),)
 
 
 class IntAffine(TwinOp):
@@ -561,9 +559,16 @@ class LayerForward:
 
 
 
-def _pad(x, pads, value=0.0):
-    """Zero (or `value`) padding of the spatial axes, pads as (top, left, bottom, right)."""
+def _pad(x, pads, value=0.0, interior=None):
+    """Zero (or `value`) padding of the spatial axes, pads as (top, left, bottom, right),
+    and `interior` (ih, iw) values between elements (`intq.ops.pad`)."""
     pt, pl, pb, pr = pads
+    if interior is not None and any(interior):
+        ih, iw = interior
+        n, c, h, w = x.shape
+        out = x.new_full((n, c, h + (h - 1) * ih + pt + pb, w + (w - 1) * iw + pl + pr), value)
+        out[:, :, pt:pt + (h - 1) * (ih + 1) + 1:ih + 1, pl:pl + (w - 1) * (iw + 1) + 1:iw + 1] = x
+        return out
     return F.pad(x, (pl, pr, pt, pb), value=value) if any(pads) else x
 
 
@@ -720,7 +725,7 @@ FLOAT_OPS: dict = {
     "ResizeNearest": lambda g, n, x: _resize_nearest(x, n.attrs),
     "Relu": lambda g, n, x: torch.relu(x),
     "Clip": _clip,
-    "Pad": lambda g, n, x: _pad(x, n.attrs["pads"]),
+    "Pad": lambda g, n, x: _pad(x, n.attrs["pads"], 0.0, n.attrs.get("interior")),
     "ChannelAffine": _channel_affine,
     "Sigmoid": lambda g, n, x: torch.sigmoid(x),
     "Tanh": lambda g, n, x: torch.tanh(x),
