@@ -112,6 +112,33 @@ def gather(x, src, out, dst, fill):
 
 
 @njit(parallel=True, cache=True)
+def resize_linear(x, xg, out, og, dims, rows0, rows1, row_w, cols0, cols1, col_w, frac):
+    """`IntResizeLinear` (dims: the output's n, h, w, c): per output pixel, the four taps'
+    weight products (each axis's pair sums to 2^frac), the exact int64 sum over them, one
+    rounding, floor((S + 2^(2 frac - 1)) / 2^(2 frac))."""
+    n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
+    one = np.int64(1) << frac
+    half = np.int64(1) << (2 * frac - 1)
+    shift = 2 * frac
+    for row in prange(n_ * h_):
+        n = row // h_
+        i = row - n * h_
+        r0, r1, wy1 = rows0[i], rows1[i], row_w[i]
+        wy0 = one - wy1
+        for j in range(w_):
+            c0, c1, wx1 = cols0[j], cols1[j], col_w[j]
+            wx0 = one - wx1
+            w00, w01, w10, w11 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
+            a, b = offset(xg, n, r0, c0), offset(xg, n, r0, c1)
+            c, d = offset(xg, n, r1, c0), offset(xg, n, r1, c1)
+            o = offset(og, n, i, j)
+            for k in range(c_):
+                s = (w00 * np.int64(x[a + k]) + w01 * np.int64(x[b + k])
+                     + w10 * np.int64(x[c + k]) + w11 * np.int64(x[d + k]))
+                out[o + k] = (s + half) >> shift
+
+
+@njit(parallel=True, cache=True)
 def affine(x, xg, dims, zin, rq, sign, zps, out, og, lo, hi):
     """`IntAffine`: y = clamp(DN_k(sign[k] * (x - zin)) + zps[k], lo, hi) per channel k."""
     n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]

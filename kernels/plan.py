@@ -524,6 +524,23 @@ class MoveStep(Step):
         return run
 
 
+class ResizeLinearStep(Step):
+    """IntResizeLinear: `elementwise.resize_linear` over the output pixels."""
+
+    TABLES = ("rows0", "rows1", "row_weights", "cols0", "cols1", "col_weights")
+
+    def __init__(self, node, x: Layout, out: Layout):
+        self.name, self.x, self.out = node.name, x, out
+        self.reads, self.writes = (x.name,), (out.name,)
+        self.tables = tuple(np.asarray(node.attrs[t], np.int64) for t in self.TABLES)
+        self.frac = int(node.attrs["frac_bits"])
+
+    def bind(self, env, n):
+        xb, xg, ob, og = env[self.x.name], self.x.geometry(), env[self.out.name], self.out.geometry()
+        dims, tables, frac = self.out.dims(n), self.tables, self.frac
+        return lambda: elementwise.resize_linear(xb, xg, ob, og, dims, *tables, frac)
+
+
 def _per_channel(v, c):
     """A constant of one value or one per channel, as int64 of length c."""
     return np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.int64).reshape(-1), (c,)))
@@ -942,6 +959,8 @@ STEPS = {
     "IntConcat": _concat_step,
     "IntAvgPool": _pool_step, "IntGlobalAvgPool": _pool_step, "MaxPool": _pool_step,
     "IntClamp": lambda plan, node: ClampStep(node, plan.layout(node.inputs[0]), plan.layout(node.output)),
+    "IntResizeLinear": lambda plan, node: ResizeLinearStep(node, plan.layout(node.inputs[0]),
+                                                           plan.layout(node.output)),
     **{op: (lambda plan, node: MoveStep(node, plan.layout(node.inputs[0]),
                                         [plan.layout(o) for o in node.outputs])) for op in MOVEMENT},
     **{op: _elementwise_step for op in CHANNELWISE},

@@ -412,7 +412,7 @@ def split(ctx, node):
 
 @importer("Resize", "Upsample")
 def resize(ctx, node):
-    """Nearest mode on H and W (N and C scale 1); see `intq.frontend.resize`."""
+    """Nearest and (bi)linear modes on H and W (N and C scale 1); see `intq.frontend.resize`."""
     where = f"{node.op_type} {node.name}"
     shape = ctx.view.shapes.get(node.input[0])
     if shape is None or len(shape) != 4 or None in shape[1:]:
@@ -420,8 +420,10 @@ def resize(ctx, node):
     text = lambda name, default: (lambda v: v.decode() if isinstance(v, bytes) else v)(
         attr(node, name, default))
     mode = text("mode", "nearest")
-    if mode != "nearest":
-        raise IntqError(f"{where}: mode {mode!r} is not supported (nearest only)")
+    if mode not in ("nearest", "linear"):
+        raise IntqError(f"{where}: mode {mode!r} is not supported (nearest and linear are)")
+    if attr(node, "antialias", 0):
+        raise IntqError(f"{where}: antialias is not supported")
     if node.op_type == "Upsample" or ctx.opset < 11:
         transform, rounding = "asymmetric", "simple"
         scales = attr(node, "scales") if ctx.opset < 9 else ctx.optional_const(node, 1)
@@ -449,13 +451,20 @@ def resize(ctx, node):
             sizes = full_z if sizes is not None and np.size(sizes) else None
     if transform not in resize_rules.TRANSFORMS:
         raise IntqError(f"{where}: coordinate_transformation_mode {transform!r} is not supported")
-    if rounding not in resize_rules.ROUNDINGS:
+    if mode == "nearest" and rounding not in resize_rules.ROUNDINGS:
         raise IntqError(f"{where}: nearest_mode {rounding!r} is not supported")
     in_shape = (1,) + tuple(shape[1:])
     out, scale = resize_rules.resolve_sizes(in_shape, scales, sizes, where)
     batch_changes = scale[0] != 1 if sizes is None else shape[0] not in (None, out[0])
     if out[1] != shape[1] or batch_changes:
         raise IntqError(f"{where}: only height and width may be resized, got output {out}")
+    if mode == "linear":
+        (r0, r1, rw0, rw1), (c0, c1, cw0, cw1) = (
+            resize_rules.linear_taps(shape[a], out[a], scale[a], transform) for a in (2, 3))
+        ctx.emit(node, "ResizeLinear", [node.input[0]],
+                 {"rows0": r0, "rows1": r1, "row_w0": rw0, "row_w1": rw1,
+                  "cols0": c0, "cols1": c1, "col_w0": cw0, "col_w1": cw1})
+        return
     if all(sc == 1 for sc in scale):   # onnxruntime copies then, whatever the formula says
         rows, cols = list(range(shape[2])), list(range(shape[3]))
     else:

@@ -1,9 +1,11 @@
-"""ONNX Resize and Upsample (nearest mode) resolved to index tables at import.
+"""ONNX Resize and Upsample (nearest and linear modes) resolved to tables at import.
 
 ONNX defines the source pixel of every output pixel by a float formula: a coordinate
 transform (`coordinate_transformation_mode`) and a rounding (`nearest_mode`). intq
 evaluates it here, once, for the static input and output sizes, and records the result as
 integer tables (`ResizeNearest`'s `rows` and `cols`), so no float reaches the executors.
+Linear mode records each output row's two source rows and their weights (and the same
+for columns); lowering turns the weights into 10-bit fixed point (`IntResizeLinear`).
 
 The arithmetic is onnxruntime's (`upsamplebase.h`: float32 throughout, the scale a float32,
 a size-given scale out/in in float32, the output size floor(scale * in) in float32), so
@@ -97,3 +99,27 @@ def resolve_sizes(in_shape, scales, sizes, where):
     if min(out) < 1:
         raise IntqError(f"{where}: scales {[float(s) for s in scales]} leave an empty output")
     return out, scales
+
+
+def linear_taps(length_original, length_resized, scale, transform):
+    """onnxruntime's bilinear setup along one axis: for each output index, the two source
+    indices (i0, i1) and their float32 weights (w0 for i0, w1 for i1). A scale of exactly 1
+    maps x to x; the coordinate is clamped to the input; where i0 == i1 (the last index)
+    both weights are 1/2."""
+    i0s, i1s, w0s, w1s = [], [], [], []
+    for x in range(length_resized):
+        if F(scale) == F(1):
+            v = F(x)
+        else:
+            v = original_coordinate(x, scale, length_resized, length_original, transform)
+        v = max(F(0), min(F(v), F(length_original - 1)))
+        i0 = min(int(v), length_original - 1)
+        i1 = min(i0 + 1, length_original - 1)
+        w1, w0 = abs(v - F(i0)), abs(v - F(i1))   # the weight of a tap is the other's distance
+        if i0 == i1:
+            w0 = w1 = F(0.5)
+        i0s.append(i0)
+        i1s.append(i1)
+        w0s.append(float(w0))
+        w1s.append(float(w1))
+    return i0s, i1s, w0s, w1s

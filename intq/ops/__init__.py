@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..errors import IntqError
 from .base import OpSpec
 from . import (activation, affine, conv, batchnorm, elementwise, nonlinear, pool, shape_ops, linear,
-               pad, integer, unsupported)
+               pad, resize, integer, unsupported)
 
 _REGISTRY: dict[str, type[OpSpec]] = {}
 
@@ -23,7 +23,7 @@ def register(spec: type[OpSpec]) -> type[OpSpec]:
 
 
 for _module in (activation, affine, conv, batchnorm, elementwise, nonlinear, pool, shape_ops, linear,
-                pad, integer, unsupported):
+                pad, resize, integer, unsupported):
     for _spec in _module.SPECS:
         register(_spec)
 

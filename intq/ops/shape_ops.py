@@ -1,6 +1,6 @@
 """Data movement: Flatten, Reshape (constant target shape), Transpose, Squeeze, Unsqueeze,
-Slice and Split off the batch axis, nearest-neighbour resize, and the no-ops Identity and
-Dropout. None of them
+Slice and Split off the batch axis, and the no-ops Identity and Dropout (nearest
+resize, a gather too, lives with linear resize in `ops.resize`). None of them
 computes, so on integers they run unchanged and keep their input's quantization.
 
 Reshape keeps ONNX's conventions: 0 copies the input dimension, -1 is inferred. The
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import IntqError
 from . import contract as k
-from .base import OpSpec, numel, require_rank, same_shape
+from .base import OpSpec, numel, same_shape
 
 
 class Flatten(OpSpec):
@@ -197,42 +197,6 @@ class Split(OpSpec):
         return tuple(np.split(x, cuts, axis=attrs["axis"]))
 
 
-class ResizeNearest(OpSpec):
-    """Nearest-neighbour resize of an NCHW tensor: out[n, c, i, j] = x[n, c, rows[i], cols[j]].
-
-    The frontend resolves ONNX's scales or sizes, coordinate_transformation_mode and
-    nearest_mode into the source row of every output row and the source column of every
-    output column (`intq.frontend.resize`, onnxruntime's float32 arithmetic, at import), so
-    the op itself is a gather with no arithmetic and runs unchanged on integers."""
-
-    name = "ResizeNearest"
-    integer_graph = True
-    tags = frozenset({"movement", "keeps_qparams"})
-    attrs = {"rows": k.integers(None, 0, k.MAX_DIM), "cols": k.integers(None, 0, k.MAX_DIM)}
-
-    @staticmethod
-    def precheck(node, g, p):
-        shape = g.values[node.inputs[0]].shape
-        if len(shape) != 4:
-            p.fail(f"{k.where(node)}: input must be NCHW, got shape {shape}")
-            return
-        for what, idx, size in (("rows", node.attrs["rows"], shape[2]),
-                                ("cols", node.attrs["cols"], shape[3])):
-            if not idx or max(idx) >= size:
-                p.fail(f"{k.where(node)}: {what} must index 0..{size - 1}, got max {max(idx, default=None)}")
-
-    @staticmethod
-    def infer(node, ins, graph):
-        require_rank(ins[0], 4, "ResizeNearest input")
-        shape = ins[0].shape
-        return [((shape[0], shape[1], len(node.attrs["rows"]), len(node.attrs["cols"])), ins[0].dtype)]
-
-    @staticmethod
-    def run(attrs, x):
-        rows, cols = np.asarray(attrs["rows"], np.int64), np.asarray(attrs["cols"], np.int64)
-        return (np.ascontiguousarray(x[:, :, rows[:, None], cols[None, :]]),)
-
-
 class Identity(OpSpec):
     name = "Identity"
 
@@ -249,5 +213,4 @@ class Dropout(Identity):
     name = "Dropout"
 
 
-SPECS = [Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, ResizeNearest, Identity,
-         Dropout]
+SPECS = [Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, Identity, Dropout]

@@ -28,6 +28,7 @@ from ..errors import IntqError
 from ..ir import Graph
 from ..ops import find_op, infer_shapes, ops_where
 from ..ops.pool import AveragePool
+from ..ops.resize import resize_linear_attrs
 from ..passes.fold_affine import is_input_affine
 from ..validate import validate_integer_graph  # also loading's validator; re-exported here
 from .lower_nonlinear import LOWERINGS, fake_quantized_as
@@ -296,6 +297,8 @@ class Lowering:
             op, attrs = "IntPad", {"pads": list(node.attrs["pads"]), "value": q.zero_point}
             if any(node.attrs.get("interior", (0, 0))):
                 attrs["interior"] = list(node.attrs["interior"])
+        elif node.op == "ResizeLinear":
+            op, attrs = "IntResizeLinear", resize_linear_attrs(node.attrs)
         elif node.op == "MaxPool":
             attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
         self.ig.add_node(op, [x], list(node.outputs), attrs, name=node.name)

@@ -531,6 +531,35 @@ def _resize_nearest(x, attrs):
     return x.index_select(2, rows).index_select(3, cols)
 
 
+def _linear_taps(x, attrs):
+    """The four source grids x[rows_a, cols_b] (as `ops.resize._taps`)."""
+    idx = lambda name: torch.as_tensor(attrs[name], dtype=torch.long, device=x.device)
+    rows = [x.index_select(2, idx(f"rows{a}")) for a in (0, 1)]
+    return [[r.index_select(3, idx(f"cols{b}")) for b in (0, 1)] for r in rows]
+
+
+def _resize_linear(x, attrs):
+    t = _linear_taps(x, attrs)
+    w = lambda name, shape: torch.as_tensor(attrs[name], dtype=x.dtype, device=x.device).reshape(shape)
+    wr = [w(f"row_w{a}", (-1, 1)) for a in (0, 1)]
+    wc = [w(f"col_w{b}", (1, -1)) for b in (0, 1)]
+    return sum(wc[b] * wr[a] * t[a][b] for a in (0, 1) for b in (0, 1))
+
+
+class IntResizeLinear(TwinOp):
+    """Bilinear resize in fixed point: one rounding after the exact sum (`ops.resize`)."""
+
+    def exact(self, x):
+        a = self.attrs
+        f = int(a["frac_bits"])
+        t = _linear_taps(x, a)
+        w1r = torch.as_tensor(a["row_weights"], dtype=torch.int64, device=x.device).reshape(-1, 1)
+        w1c = torch.as_tensor(a["col_weights"], dtype=torch.int64, device=x.device).reshape(1, -1)
+        wr, wc = ((1 << f) - w1r, w1r), ((1 << f) - w1c, w1c)
+        s = sum(wr[i] * wc[j] * t[i][j] for i in (0, 1) for j in (0, 1))
+        return ((s + (1 << (2 * f - 1))) >> (2 * f),)
+
+
 class ResizeNearest(_Move):
     def exact(self, x):
         return (_resize_nearest(x, self.attrs),)
@@ -539,7 +568,8 @@ class ResizeNearest(_Move):
 MODULES = {cls.__name__: cls for cls in (
     QuantizeInput, IntConv, IntLinear, Requantize, IntAdd, IntConcat, IntAvgPool,
     IntGlobalAvgPool, MaxPool, IntClamp, IntPad, IntAffine, IntAbs, IntLookup, IntLeakyRelu, IntMul,
-    IntSoftmax, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, ResizeNearest)}
+    IntSoftmax, IntResizeLinear, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split,
+    ResizeNearest)}
 
 
 # -- the float graph's ops in torch: the table `interpret.FloatInterpreter` runs ----------
@@ -723,6 +753,7 @@ FLOAT_OPS: dict = {
     "Slice": _slice,
     "Split": _split,
     "ResizeNearest": lambda g, n, x: _resize_nearest(x, n.attrs),
+    "ResizeLinear": lambda g, n, x: _resize_linear(x, n.attrs),
     "Relu": lambda g, n, x: torch.relu(x),
     "Clip": _clip,
     "Pad": lambda g, n, x: _pad(x, n.attrs["pads"], 0.0, n.attrs.get("interior")),

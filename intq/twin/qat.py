@@ -329,6 +329,8 @@ class QATModel(torch.nn.Module, Overlay):
                 lo, hi = (qp.clamp_bounds(0.0, None) if node.op == "Relu"
                           else qp.clamp_bounds(node.attrs.get("min"), node.attrs.get("max")))
                 v = fake_quant_act(v, qp, lo, hi)
+            elif node.op == "ResizeLinear":   # interpolation leaves the grid; the integer op rounds
+                v = fake_quant_act(v, qp, qp.qmin, qp.qmax)
             return v
         if kind == "layer" and self.lw.accumulates_into_join(node):
             self._q[t] = None   # the INT32 accumulator, handed to the join unrounded
