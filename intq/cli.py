@@ -177,28 +177,60 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _float_side(onnx_path, integer):
+    """The float graph of `onnx_path` for comparing with `integer`: its input fixed to the
+    artifact's shape and, where the artifact was ended at chosen tensors (--outputs), the
+    ONNX ended there too."""
+    from .frontend.input_shapes import with_input_shapes
+    from .frontend.outputs import with_outputs
+    from .pipeline import float_graph
+
+    shape = integer.values[integer.inputs[0]].shape
+    proto = with_input_shapes(onnx_path, (shape[0] or 1, *shape[1:]))   # read and checked
+    if [o.name for o in proto.graph.output] != list(integer.outputs):
+        proto = with_outputs(proto, list(integer.outputs))
+    return float_graph(proto)
+
+
 def cmd_eval(args) -> int:
     from .data import Data
+    from .evaluate import compare_outputs
     from .model import Model
-    from .pipeline import float_graph
 
     model = _load_model(args.model)
     if args.float:
-        model = Model(model.integer, float_graph(args.float), model.info)
+        model = Model(model.integer, _float_side(args.float, model.integer), model.info)
     data = Data(args.data, chw=model.input_chw, keys=("x", "x_eval"), label_keys=("y", "y_eval"),
-                what="eval data", preprocess=args.preprocess).require_labels()
+                what="eval data", preprocess=args.preprocess)
+    several = len(model.integer.outputs) > 1
+    compare = bool(args.float) or several or not data.labelled
+    if compare and model.float is None:
+        raise IntqError(f"{args.model}: holds no float graph to compare with; give --float MODEL.onnx")
+    if not compare:
+        data.require_labels()
+    batch = 256 if data.is_folder else 64
     # Folders and mapped files stream; 256 images at a time keeps decoding and the bar brisk.
-    res = model.evaluate(data, backend=args.backend, batch=256 if data.is_folder else 64,
-                         progress=True)
+    res = model.evaluate(data, backend=args.backend, batch=batch, progress=True) \
+        if data.labelled and not several else {}
+    if compare:
+        res["outputs"] = compare_outputs(model.integer, data, model.float, args.backend, batch,
+                                         executor=model.executor(args.backend))["outputs"]
     if args.json:
         print(json.dumps(res, indent=2))
-    else:
+        return 0
+    if "int_top1" in res:
         print(f"images          {res['images']}")
         print(f"int top-1       {res['int_top1']:.4f}")
         if "float_top1" in res:
             print(f"float top-1     {res['float_top1']:.4f}")
             print(f"top-1 agreement {res['top1_agreement']:.4f}")
             print(f"logit cosine    {res['cosine_mean']:.6f} (min {res['cosine_min']:.6f})")
+    if "outputs" in res:
+        print(f"{'output':<24} {'shape':<18} {'cosine':>9} {'(min)':>9} {'mean |err|':>11} {'max |err|':>10}  (in output steps)")
+        for name, o in res["outputs"].items():
+            shape = "x".join(map(str, o["shape"]))
+            print(f"{name[:24]:<24} {shape:<18} {o['cosine_mean']:>9.6f} {o['cosine_min']:>9.6f} "
+                  f"{o['mean_abs_steps']:>11.3f} {o['max_abs_steps']:>10.2f}")
     return 0
 
 
@@ -508,10 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_option(s)
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("eval", help="top-1 of the integer model and of its float model")
+    s = sub.add_parser("eval", help="top-1 of the integer model and of its float model; every "
+                       "output against the float model's without labels or with --float")
     s.add_argument("model")
     s.add_argument("--data", required=True, help=".npz with x/y (or x_eval/y_eval), or a folder of "
-                   "class subfolders of images")
+                   "class subfolders of images; without labels, every output is compared with the "
+                   "float model's")
     _add_preprocess(s)
     s.add_argument("--float", help="ONNX file for the float side (default: the one in the artifact)")
     s.add_argument("--json", action="store_true")

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from .data import Data
+from .errors import IntqError
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
 from .float_executor import batches, run_float
 from .ir import Graph
@@ -93,3 +94,50 @@ def evaluate(int_graph: Graph, x, y=None, float_graph: Graph | None = None,
     lf = np.concatenate([p[1] for p in parts]) if float_graph is not None else None
     labels = np.concatenate([p[2] for p in parts]) if data.labelled else None
     return dict(metrics(li, lf, labels), backend=ex.backend, unreadable=len(data.skipped))
+
+
+def compare_outputs(int_graph: Graph, x, float_graph: Graph, backend=DEFAULT_BACKEND,
+                    batch: int = 64, progress: bool = True, executor=None,
+                    preprocess: str = "imagenet") -> dict:
+    """Every output of the integer model against the float model's output of the same name,
+    over `x` (as `evaluate` takes it; labels are not needed): per output, the cosine of the
+    flattened output of each image (mean and min over images), and the mean and largest
+    absolute error in output steps (|dequantized integer - float| / scale). For a detector
+    or segmenter, whose outputs are boxes, scores and masks rather than logits."""
+    data = x if isinstance(x, Data) else Data(
+        x, None, chw=lambda: int_graph.values[int_graph.inputs[0]].shape[1:], keys=("x", "x_eval"),
+        label_keys=("y", "y_eval"), what="eval data", preprocess=preprocess)
+    missing = [o for o in int_graph.outputs if o not in float_graph.outputs]
+    if missing:
+        raise IntqError(f"the float model has no output {missing[0]!r} (its outputs: "
+                        f"{', '.join(float_graph.outputs)})")
+    ex = executor or make_executor(int_graph, backend)
+    meta = int_graph.metadata["outputs"]
+    where = [float_graph.outputs.index(o) for o in int_graph.outputs]
+    acc = {o: {"cos": [], "err_sum": 0.0, "err_max": 0.0, "count": 0} for o in int_graph.outputs}
+    done = 0
+    bar = ProgressBar(data.count, show=progress and data.count > batch)
+    for xb, _ in data.batches(batch):
+        for xc, n in batches(int_graph, xb, batch):
+            qs, fs = ex.run(xc), run_float(float_graph, xc)
+            for name, q, i in zip(int_graph.outputs, qs, where):
+                got = dequantize(q, meta[name])[:n].astype(np.float64).reshape(n, -1)
+                want = fs[i][:n].astype(np.float64).reshape(n, -1)
+                a = acc[name]
+                num = (got * want).sum(1)
+                den = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+                # Two all-zero outputs agree exactly; one all-zero against a non-zero does not.
+                a["cos"].extend(np.where(den > 0, num / np.maximum(den, 1e-300),
+                                         np.where(np.abs(got).sum(1) + np.abs(want).sum(1) == 0, 1.0, 0.0)))
+                steps = np.abs(got - want) / meta[name]["scale"]
+                a["err_sum"] += float(steps.sum())
+                a["err_max"] = max(a["err_max"], float(steps.max()))
+                a["count"] += steps.size
+        done += len(xb)
+        bar.update(done + len(data.skipped), label=done)
+    bar.close()
+    outputs = {name: {"shape": list(int_graph.values[name].shape[1:]), "scale": float(meta[name]["scale"]),
+                      "cosine_mean": float(np.mean(a["cos"])), "cosine_min": float(np.min(a["cos"])),
+                      "mean_abs_steps": a["err_sum"] / max(a["count"], 1), "max_abs_steps": a["err_max"]}
+               for name, a in acc.items()}
+    return {"images": done, "outputs": outputs, "backend": ex.backend, "unreadable": len(data.skipped)}

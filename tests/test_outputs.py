@@ -2,6 +2,8 @@
 scores, as NMS-style post-processing does) compiles once it is ended at its head tensors;
 the cut graph computes what onnxruntime computes at those tensors in the whole model; bad
 names get one line."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -84,6 +86,19 @@ def test_cli_outputs(tmp_path):
     proc = run_cli("inspect", path, "--outputs", "scores")
     assert proc.returncode == 0, proc.stderr
     assert "Wb" not in proc.stdout and "TopK" not in proc.stdout
+    # Without labels, eval compares every output with the float model: the artifact's own,
+    # or the whole ONNX file, ended at the artifact's outputs.
+    data = tmp_path / "test.npy"
+    np.save(data, np.random.default_rng(1).standard_normal((6, 3, 8, 8)).astype(np.float32))
+    for extra in ([], ["--float", path]):
+        proc = run_cli("eval", out, "--data", data, "--json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        res = json.loads(proc.stdout)["outputs"]
+        assert list(res) == HEADS and res["scores"]["shape"] == [3, 8, 8]
+        for o in res.values():
+            assert o["cosine_min"] > 0.99 and o["max_abs_steps"] >= o["mean_abs_steps"] > 0
+    proc = run_cli("eval", out, "--data", data)
+    assert proc.returncode == 0 and "boxes" in proc.stdout and "in output steps" in proc.stdout
     one_line_error(run_cli("inspect", path, "--outputs", "score"), "'score'", "no node", "scores")
     one_line_error(run_cli("inspect", path, "--outputs", "x"), "an input")
     one_line_error(run_cli("inspect", path, "--outputs", "W1"), "a constant")
