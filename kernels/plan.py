@@ -407,10 +407,12 @@ class ConvStep(Step):
 
 
 class RequantizeStep(Step):
-    """Requantize, or one branch of IntConcat (written at channel offset `coff`)."""
+    """Requantize, or one branch of IntConcat (written at channel offset `coff`, or at row
+    or column offset `at` = (rows, cols) for a concat along the height or width: the
+    output's geometry then starts that many rows or columns into its interior)."""
 
-    def __init__(self, name, x: Layout, zin, b, c, out: Layout, coff, zo, lo, hi):
-        self.name, self.x, self.out, self.coff = name, x, out, coff
+    def __init__(self, name, x: Layout, zin, b, c, out: Layout, coff, zo, lo, hi, at=(0, 0)):
+        self.name, self.x, self.out, self.coff, self.at = name, x, out, coff, at
         self.reads, self.writes = (x.name,), (out.name,)
         self.args = (zin, dn_table(b, c, x.c, x.c), zo, lo, hi)
 
@@ -418,6 +420,8 @@ class RequantizeStep(Step):
         zin, rq, zo, lo, hi = self.args
         xb, xg, dims = env[self.x.name], self.x.geometry(), self.x.dims(n)
         out, og = env[self.out.name], self.out.geometry(self.coff)
+        og[3] += self.at[0]
+        og[4] += self.at[1]
         return lambda: elementwise.requantize(xb, xg, dims, zin, rq, out, og, zo, lo, hi)
 
 
@@ -910,12 +914,26 @@ def _add_step(plan, node):
 
 
 def _concat_step(plan, node):
-    """IntConcat on channels; the parts that a fused layer already wrote in place
-    (`kernels.fuse`'s concat branches) are skipped."""
+    """IntConcat on channels, or on the height or width of a 4-D tensor (each branch
+    requantized into its rows or columns); on channels, the parts that a fused layer
+    already wrote in place (`kernels.fuse`'s concat branches) are skipped. Other axes (a
+    3-D tensor's last) run the reference."""
     g, a, n = plan.fused, node.attrs, node.attrs["n"]
     out = plan.layout(node.output)
-    if a["axis"] not in (1, -3 if out.rank == 4 else -1):
-        raise IntqError(f"numba backend: node {node.name} concatenates on axis {a['axis']}")
+    axis = a["axis"] % out.rank
+    if out.rank == 4 and axis in (2, 3):
+        parts, start = [], 0
+        for i in range(n):
+            x = plan.layout(node.inputs[i])
+            at = (start, 0) if axis == 2 else (0, start)
+            parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
+                                        g.constants[node.inputs[n + i]], g.constants[node.inputs[2 * n + i]],
+                                        out, 0, int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]), at))
+            start += x.h if axis == 2 else x.w
+        return ConcatStep(node.name, parts, out)
+    if axis != 1:
+        ins = [plan.layout(t) for t in node.inputs[:n]] + [None] * (2 * n)
+        return ReferenceStep(node, ins, [out], {t: g.constants[t] for t in node.inputs[n:]})
     coff, parts = 0, []
     for i in range(n):
         t = node.inputs[i]
