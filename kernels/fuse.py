@@ -85,7 +85,8 @@ def fuse(graph: Graph, residual: bool = True, copies: bool = True) -> Graph:
         user = only_reader(node.output)
         if user is None:
             continue
-        if user.op == "Requantize" or (residual and user.op == "IntAdd" and user.attrs["n"] == 2):
+        if user.op == "Requantize" or (residual and user.op == "IntAdd" and user.attrs["n"] == 2
+                                       and plain_add(g, user)):
             claimed[user.name] = node
     concat_branch: dict[str, tuple] = {}   # layer name -> (concat node, branch, channel offset)
     for node in g.nodes:
@@ -125,6 +126,14 @@ def _shallow_copy(graph: Graph) -> Graph:
     g.values, g.constants = dict(graph.values), dict(graph.constants)
     g.nodes = [Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs)) for n in graph.nodes]
     return g
+
+
+def plain_add(g, node) -> bool:
+    """An IntAdd that the residual epilogue and `AddStep` run: every branch added (no
+    sign), no offset constant, every branch of the output's shape (no broadcasting)."""
+    a, out = node.attrs, g.values[node.output].shape
+    return (all(s == 1 for s in a.get("signs") or ()) and not a.get("offset")
+            and all(g.values[t].shape == out for t in node.inputs[:a["n"]]))
 
 
 def _fused(g, parts, epilogue, branch=0, write_into=None, copy=False) -> Node:

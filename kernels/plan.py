@@ -906,7 +906,15 @@ def _requantize_step(plan, node):
 
 
 def _add_step(plan, node):
+    """IntAdd's kernels for a plain add (`fuse.plain_add`); an add with signs, an offset
+    or broadcast branches (a box decode on 3-D tensors) runs the reference."""
+    from .fuse import plain_add
+
     a, c, n = node.attrs, plan.fused.constants, node.attrs["n"]
+    if not plain_add(plan.fused, node):
+        ins = [plan.layout(t) for t in node.inputs[:n]] + [None] * (len(node.inputs) - n)
+        return ReferenceStep(node, ins, [plan.layout(node.output)],
+                             {t: c[t] for t in node.inputs[n:]})
     ins = [plan.layout(t) for t in node.inputs[:n]]
     return AddStep(node, ins, [int(z) for z in a["zero_points"]],
                    [c[t] for t in node.inputs[n:2 * n]], [c[t] for t in node.inputs[2 * n:]],

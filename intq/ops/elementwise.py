@@ -1,8 +1,9 @@
 """Add (n-ary, numpy broadcasting, optional fused clamp), Mul, Sub, Div and Concat.
 
 ONNX Sum imports as an n-ary Add. A Mul/Add/Sub/Div with one per-channel constant operand
-becomes a ChannelAffine (`passes.canonicalize_affine`); a Mul of two tensors (the SE gate)
-is lowered to an integer product. Residual adds and Inception concats are what the integer
+becomes a ChannelAffine (`passes.canonicalize_affine`); an Add or Sub of tensors, or with a
+constant of another shape (an anchor grid), is an IntAdd with per-branch signs and an
+offset; a Mul of two tensors (the SE gate) is lowered to an integer product. Residual adds and Inception concats are what the integer
 lowering later rescales branch by branch (HAWQ-V3 eq. 7 and 18).
 """
 from functools import reduce
@@ -46,8 +47,13 @@ class Mul(_binary(lambda a, b: a * b)):
 
 
 class Sub(_binary(lambda a, b: a - b)):
+    """a - b: of two tensors, or of a tensor and a constant of any broadcastable shape
+    (one per channel or a scalar becomes a ChannelAffine first); lowered as an IntAdd
+    whose second branch has sign -1 (`quant.lower.lower_join`)."""
+
     name = "Sub"
     arity = (2, 2)
+    tags = frozenset({"join"})
 
 
 class Div(_binary(lambda a, b: a / b)):

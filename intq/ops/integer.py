@@ -170,9 +170,11 @@ def _branch_split(node_inputs, n):
 
 
 def _branches(attrs, per_branch):
-    """(min, max) inputs of an op with `per_branch` inputs for each of its n branches."""
+    """(min, max) inputs of an op with `per_branch` inputs for each of its n branches (and
+    IntAdd's offset constant after them, where its `offset` flag says so)."""
     n = attrs.get("n")
-    return (per_branch * n,) * 2 if k.is_int(n) and n >= 1 else (-1, -1)
+    extra = 1 if attrs.get("offset") else 0
+    return (per_branch * n + extra,) * 2 if k.is_int(n) and n >= 1 else (-1, -1)
 
 
 def check_branches(node, g, p):
@@ -188,6 +190,21 @@ def check_branches(node, g, p):
         k.in_range(p, node, "zero point", z, g.values[x].dtype)
         bv, cv = k.multipliers(p, g, node, b, c, g.values[x].shape)
         total += k.max_rescaled(k.span(g, x, z), bv, cv)
+    signs = a.get("signs")
+    if signs is not None and (len(signs) != n or any(v not in (1, -1) for v in signs)):
+        p.fail(f"{k.where(node)}: signs {signs} must be one +1 or -1 per branch")
+    if a.get("offset"):
+        t = node.inputs[3 * n]
+        if t not in g.constants:
+            p.fail(f"{k.where(node)}: offset {t!r} is not a constant")
+        else:
+            off = np.asarray(g.constants[t])
+            try:
+                broadcast_shapes(g.values[node.output].shape, off.shape)
+            except IntqError:
+                p.fail(f"{k.where(node)}: offset of shape {off.shape} does not broadcast onto "
+                       f"{g.values[node.output].shape}")
+            total += int(np.abs(off.astype(np.int64)).max(initial=0))
     if total >= 1 << 62:
         p.fail(f"{k.where(node)}: the sum of rescaled branches may overflow int64")
 
@@ -221,30 +238,38 @@ def check_pool(node, g, p, count):
 
 
 class IntAdd(_Join):
-    """Residual add, HAWQ-V3 eq. 7: y = clamp(sum_i DN_i(x_i - z_i) + z_out, lo, hi).
+    """Residual add, HAWQ-V3 eq. 7, and tensor arithmetic (a detector's box decode):
+    y = clamp(sum_i DN_i(s_i (x_i - z_i)) + offset + z_out, lo, hi).
 
     Inputs are the k branches, then their k multipliers b_i, then their k shifts c_i; each
-    branch is rounded by its own multiplier before the sum.
-    """
+    branch is rounded by its own multiplier before the sum. Optional: `signs` s_i = +1 or
+    -1 per branch (a Sub; the sign applies before the rounding, so a tie of a subtracted
+    branch also goes toward +infinity), and with `offset` = 1 one more input, an integer
+    constant at the output scale (a float constant operand, rounded once when compiled).
+    Branches and offset broadcast as numpy does."""
 
     name = "IntAdd"
     attrs = {"n": k.BRANCHES, "zero_points": k.ZERO_POINTS, **k.REQUANT}
+    optional = {"signs": k.integers(None, -1, 1), "offset": k.flag}
 
     @staticmethod
     def infer(node, ins, graph):
-        shapes = {v.shape for v in ins[:node.attrs["n"]]}
-        if len(shapes) != 1:
-            raise IntqError(f"integer add needs equal shapes, got {shapes}")
-        return [(ins[0].shape, node.attrs["dtype"])]
+        n = node.attrs["n"]
+        shapes = [v.shape for v in ins[:n]] + ([ins[3 * n].shape] if node.attrs.get("offset") else [])
+        return [(broadcast_shapes(*shapes), node.attrs["dtype"])]
 
     @staticmethod
     def run(attrs, *args):
-        xs, bs, cs = _branch_split(args, attrs["n"])
+        n = attrs["n"]
+        xs, bs, cs = _branch_split(args, n)
+        signs = attrs.get("signs") or [1] * n
         big = np.iinfo(np.int64)
         total = 0
-        for x, b, c, z in zip(xs, bs, cs, attrs["zero_points"]):
-            total = total + requantize(x - z, per_channel(b, x.ndim), per_channel(c, x.ndim),
+        for x, b, c, z, s in zip(xs, bs, cs, attrs["zero_points"], signs):
+            total = total + requantize(s * (x - z), per_channel(b, x.ndim), per_channel(c, x.ndim),
                                        big.min, big.max)
+        if attrs.get("offset"):
+            total = total + np.asarray(args[3 * n], np.int64)
         return (np.clip(total + attrs["out_zero_point"], attrs["lo"], attrs["hi"]),)
 
 

@@ -116,7 +116,7 @@ class Lowering:
     def accumulates_into_join(self, node) -> bool:
         users = self.fg.consumers(node.output)
         return (len(users) == 1 and self.fg.use_count(node.output) == 1
-                and users[0].op in ("Add", "Concat")
+                and users[0].op in ("Add", "Sub", "Concat")
                 and node.attrs.get("act_min") is None and node.attrs.get("act_max") is None)
 
     # -- emission helpers --------------------------------------------------------
@@ -234,9 +234,16 @@ class Lowering:
 
     @fake_quantized_as("rescale")
     def lower_join(self, node):
-        if any(t in self.fg.constants for t in node.inputs):
-            raise IntqError(f"node {node.name}: {node.op} with a constant operand has no integer form")
-        ins = [self.env[t] for t in node.inputs if t]
+        """Add, Sub and Concat: each tensor operand rescaled to the output by its own
+        multiplier; a Sub's second operand with sign -1; constant operands of an Add or Sub
+        (an anchor grid) summed in float64 and rounded once to the output scale, `IntAdd`'s
+        offset."""
+        consts = [i for i, t in enumerate(node.inputs) if t in self.fg.constants]
+        if consts and node.op == "Concat":
+            raise IntqError(f"node {node.name}: Concat with a constant operand has no integer form")
+        signs_all = [1, -1] if node.op == "Sub" else [1] * len(node.inputs)
+        tensors = [(t, s) for i, (t, s) in enumerate(zip(node.inputs, signs_all)) if t and i not in consts]
+        ins = [self.env[t] for t, _ in tensors]
         q_out = self.stored_qparams(node.output)
         bs, cs, zps = [], [], []
         for i, (name, q) in enumerate(ins):
@@ -247,10 +254,18 @@ class Lowering:
         lo, hi = q_out.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
         attrs = {"n": len(ins), "zero_points": zps, "out_zero_point": q_out.zero_point,
                  "lo": lo, "hi": hi, "dtype": q_out.dtype}
-        op = "IntAdd"
+        op, extra = "IntAdd", []
         if node.op == "Concat":
             op, attrs["axis"] = "IntConcat", node.attrs["axis"]
-        self.ig.add_node(op, [n for n, _ in ins] + bs + cs, [node.output], attrs, name=node.name)
+        if any(s < 0 for _, s in tensors):
+            attrs["signs"] = [s for _, s in tensors]
+        if consts:
+            total = sum(signs_all[i] * np.asarray(self.fg.constants[node.inputs[i]], np.float64)
+                        for i in consts)
+            offset = np.floor(total / q_out.scale + 0.5).astype(np.int64)
+            attrs["offset"] = 1
+            extra = [self.ig.add_constant(f"{node.output}.offset", offset)]
+        self.ig.add_node(op, [n for n, _ in ins] + bs + cs + extra, [node.output], attrs, name=node.name)
         self.bind(node.output, node.output, q_out)
 
     def pool_input(self, node):
@@ -377,7 +392,7 @@ def lowering_problem(fg: Graph, node) -> str | None:
         return f"{node.attrs['onnx_op']}: {node.attrs['reason']}"
     if lowering_rule(node.op) is None:
         return f"no integer lowering for {node.op}"
-    if node.op in ("Add", "Concat", "Mul") and any(t in fg.constants for t in node.inputs):
+    if node.op in ("Concat", "Mul") and any(t in fg.constants for t in node.inputs):
         return f"{node.op} with a constant that is not per channel"
     return None
 

@@ -49,7 +49,7 @@ def cuts(fg) -> list[int]:
 
 
 def _closes(fg, node) -> bool:
-    if node.op in ("Add", "Concat", "Mul") or node.output in fg.outputs:
+    if node.op in ("Add", "Sub", "Concat", "Mul") or node.output in fg.outputs:
         return True
     return (node.op in LAYERS and node.attrs.get("act_min") is None
             and node.attrs.get("act_max") is None)

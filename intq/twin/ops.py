@@ -250,19 +250,27 @@ class _Join(TwinOp):
 
 
 class IntAdd(_Join):
-    """HAWQ-V3 eq. 7: clamp(sum_i DN_i(x_i - z_i) + z_out, lo, hi), each branch rounded
-    by its own multiplier before the sum."""
+    """HAWQ-V3 eq. 7: clamp(sum_i DN_i(s_i (x_i - z_i)) + offset + z_out, lo, hi), each
+    branch rounded by its own multiplier before the sum (signs and offset: `ops.integer`)."""
+
+    def __init__(self, node, graph):
+        super().__init__(node, graph)
+        k = node.attrs["n"]
+        self.signs = list(node.attrs.get("signs") or [1] * k)
+        off = graph.constants[node.inputs[3 * k]] if node.attrs.get("offset") else 0
+        self.register_buffer("offset", torch.as_tensor(np.asarray(off, np.int64)))
 
     def exact(self, *xs):
         a = self.attrs
-        total = sum(self.requantize(x - z, b, c, arith.INT64_MIN, arith.INT64_MAX)
-                    for x, (b, c, z) in zip(xs, self.branches()))
-        return (torch.clamp(total + a["out_zero_point"], a["lo"], a["hi"]),)
+        total = sum(self.requantize(s * (x - z), b, c, arith.INT64_MIN, arith.INT64_MAX)
+                    for x, (b, c, z), s in zip(xs, self.branches(), self.signs))
+        return (torch.clamp(total + self.offset + a["out_zero_point"], a["lo"], a["hi"]),)
 
     def naive(self, *xs):
         a = self.attrs
-        return (arith.fake_quantize(sum(xs), self.scale(self.outputs[0]), a["out_zero_point"],
-                                    a["lo"], a["hi"]),)
+        s = self.scale(self.outputs[0])
+        total = sum(sign * x for sign, x in zip(self.signs, xs)) + self.offset.double() * s
+        return (arith.fake_quantize(total, s, a["out_zero_point"], a["lo"], a["hi"]),)
 
 
 class IntConcat(_Join):
@@ -741,6 +749,7 @@ FLOAT_OPS: dict = {
     "Linear": LayerForward(_linear),
     "Add": lambda g, n, *xs: sum(xs[1:], xs[0]),
     "Mul": lambda g, n, a, b: a * b,
+    "Sub": lambda g, n, a, b: a - b,
     "Concat": lambda g, n, *xs: torch.cat(xs, dim=n.attrs["axis"]),
     "MaxPool": _max_pool,
     "AveragePool": _average_pool,
