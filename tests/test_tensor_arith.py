@@ -1,6 +1,6 @@
 """Add and Sub between tensors with broadcasting, and with constants of any broadcastable
 shape (a detector's anchor grid): an IntAdd with a sign per branch and an offset constant
-at the output scale. Its reference equals the rule spelled out in Python integers, and
+at the output scale; Mul by such a constant (its strides): an IntMul with a constant b. Its reference equals the rule spelled out in Python integers, and
 the Numba plan and the twin equal the reference; a YOLO-style box decode compiles,
 runs the same on both backends, verifies exact and agrees with float."""
 import numpy as np
@@ -87,7 +87,8 @@ def decode_model():
              "Wd": (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32),
              "Ws": (rng.standard_normal((3, 8, 1, 1)) * 0.3).astype(np.float32),
              "grid": grid, "flat": np.array([0, 4, -1], np.int64), "flat3": np.array([0, 3, -1], np.int64),
-             "split": np.array([2, 2], np.int64)}
+             "split": np.array([2, 2], np.int64),
+             "strides": np.where(np.arange(h * w) < 32, 8.0, 16.0).reshape(1, 1, -1).astype(np.float32)}
     nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("GlobalAveragePool", ["r1"], ["pooled"]),
@@ -98,7 +99,8 @@ def decode_model():
              helper.make_node("Split", ["dist", "split"], ["lt", "rb"], axis=1),
              helper.make_node("Sub", ["grid", "lt"], ["xy1"]),                # constant - tensor
              helper.make_node("Add", ["grid", "rb"], ["xy2"]),                # constant + tensor
-             helper.make_node("Sub", ["xy2", "xy1"], ["wh"]),                 # tensor - tensor
+             helper.make_node("Sub", ["xy2", "xy1"], ["wh_cells"]),           # tensor - tensor
+             helper.make_node("Mul", ["wh_cells", "strides"], ["wh"]),        # by (1, 1, H*W)
              helper.make_node("Conv", ["gated", "Ws"], ["s4"]),
              helper.make_node("Sigmoid", ["s4"], ["s4p"]),
              helper.make_node("Reshape", ["s4p", "flat3"], ["scores"]),
@@ -121,6 +123,7 @@ def test_box_decode_compiles_runs_on_both_backends_and_verifies():
     signed = [n for n in model.integer.nodes if n.op == "IntAdd" and n.attrs.get("signs")]
     offset = [n for n in model.integer.nodes if n.op == "IntAdd" and n.attrs.get("offset")]
     assert len(signed) == 2 and len(offset) == 2
+    assert any(n.op == "IntMul" and n.attrs.get("b_constant") for n in model.integer.nodes)
     ref = run_float(model.float, test)[0]
     assert rel_err(ref, ort_run(proto, test)[0]) < 1e-5
     assert np.array_equal(model.run(test, integer=True), model.run(test, "reference", integer=True))
@@ -129,3 +132,27 @@ def test_box_decode_compiles_runs_on_both_backends_and_verifies():
     for rows in (slice(0, 4), slice(4, 7)):   # boxes (pixels) and scores (0..1) alike
         a, b = y[:, rows].ravel(), ref[:, rows].ravel()
         assert a @ b / np.sqrt((a @ a) * (b @ b)) > 0.99
+
+
+def test_mul_by_a_constant_equals_the_rule():
+    from intq.twin.ops import IntMul
+
+    rng = np.random.default_rng(5)
+    g = Graph("mul")
+    g.add_input("a", (2, 3, 7), "int16")
+    const = g.add_constant("k", rng.integers(-2**13, 2**13, (1, 1, 7)))
+    mb, mc = g.add_constant("mb", np.array([1 << 30])), g.add_constant("mc", np.array([40]))
+    g.add_node("IntMul", ["a", const, mb, mc], ["y"],
+               {"a_zero_point": -5, "b_zero_point": 0, "b_constant": 1, "out_zero_point": 2,
+                "lo": -128, "hi": 127, "dtype": "int8"}, name="mul")
+    g.outputs = ["y"]
+    infer_shapes(g)
+    a = rng.integers(-2**15, 2**15, (2, 3, 7))
+    (want,) = run_reference(g, {"a": a})
+    k = g.constants[const]
+    spelled = [(int(v) + 5) * int(kk) for v, kk in zip(a.ravel(), np.broadcast_to(k, a.shape).ravel())]
+    spelled = np.array([(((p << 30) + (1 << 39)) >> 40) + 2 for p in spelled]).reshape(a.shape)
+    assert np.array_equal(want, np.clip(spelled, -128, 127))
+    (twin,) = IntMul(g.nodes[0], g).exact(torch.as_tensor(a))
+    assert np.array_equal(twin.numpy(), want)
+    assert np.array_equal(Plan(g).run({"a": a})[0], want)

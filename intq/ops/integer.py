@@ -512,13 +512,16 @@ class IntMul(OpSpec):
 
     Inputs a, b, mult_b, mult_c (scalars, S_a S_b / S_out); attrs a_zero_point,
     b_zero_point, out_zero_point, lo, hi, dtype. Lowering keeps bits(a) + bits(b) <= 30 so
-    the product fits INT32."""
+    the product fits INT32. With `b_constant` = 1, b is an integer constant of any shape
+    that broadcasts onto a (a Mul by a float constant that is not one per channel, such as
+    a detector's strides, quantized symmetric when compiled), not an activation."""
 
     name = "IntMul"
     float_graph, integer_graph = False, True
     attrs = {"a_zero_point": k.INT, "b_zero_point": k.INT, **k.REQUANT}
+    optional = {"b_constant": k.flag}
     arity = (4, 4)
-    activations = 2
+    activations = staticmethod(lambda a: 1 if a.get("b_constant") else 2)
     tags = frozenset({"channelwise"})
 
     @staticmethod
@@ -527,11 +530,18 @@ class IntMul(OpSpec):
         a = node.attrs
         k.requant_output(p, node)
         k.in_range(p, node, "a_zero_point", a["a_zero_point"], g.values[qa].dtype)
-        k.in_range(p, node, "b_zero_point", a["b_zero_point"], g.values[qb].dtype)
+        if a.get("b_constant"):
+            if qb not in g.constants:
+                p.fail(f"{k.where(node)}: b {qb!r} is not a constant")
+                return
+            span_b = int(np.abs(np.asarray(g.constants[qb], np.int64) - a["b_zero_point"]).max(initial=0))
+        else:
+            k.in_range(p, node, "b_zero_point", a["b_zero_point"], g.values[qb].dtype)
+            span_b = k.span(g, qb, a["b_zero_point"])
         bv, _ = k.multipliers(p, g, node, mb, mc, g.values[node.output].shape)
         if bv.size != 1:
             p.fail(f"{k.where(node)}: the product's multiplier must be one value")
-        if k.span(g, qa, a["a_zero_point"]) * k.span(g, qb, a["b_zero_point"]) > k.INT32_MAX:
+        if k.span(g, qa, a["a_zero_point"]) * span_b > k.INT32_MAX:
             p.fail(f"{k.where(node)}: the product of the inputs may overflow INT32")
 
     @staticmethod

@@ -392,7 +392,7 @@ def lowering_problem(fg: Graph, node) -> str | None:
         return f"{node.attrs['onnx_op']}: {node.attrs['reason']}"
     if lowering_rule(node.op) is None:
         return f"no integer lowering for {node.op}"
-    if node.op in ("Concat", "Mul") and any(t in fg.constants for t in node.inputs):
+    if node.op == "Concat" and any(t in fg.constants for t in node.inputs):
         return f"{node.op} with a constant that is not per channel"
     return None
 

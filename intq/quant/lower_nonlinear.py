@@ -81,9 +81,12 @@ def lower_leaky_relu(lw, node):
 
 @fake_quantized_as("product")
 def lower_mul(lw, node):
-    if any(t in lw.fg.constants for t in node.inputs):
-        raise IntqError(f"node {node.name}: Mul by a constant that is not per channel has no "
-                        f"integer form")
+    consts = [t for t in node.inputs if t in lw.fg.constants]
+    if len(consts) == 2:
+        raise IntqError(f"node {node.name}: Mul of two constants was not folded")
+    if consts:
+        lower_mul_by_constant(lw, node, consts[0])
+        return
     (a, qa), (b, qb) = (lw.env[t] for t in node.inputs)
     if qa.bits + qb.bits > 30:
         # Narrow the operand with fewer elements (the SE gate): it costs least precision.
@@ -97,6 +100,27 @@ def lower_mul(lw, node):
     lo, hi = q_out.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
     lw.ig.add_node("IntMul", [a, b, mb, mc], [node.output],
                    {"a_zero_point": qa.zero_point, "b_zero_point": qb.zero_point,
+                    "out_zero_point": q_out.zero_point, "lo": lo, "hi": hi, "dtype": q_out.dtype},
+                   name=node.name)
+    lw.bind(node.output, node.output, q_out)
+
+
+def lower_mul_by_constant(lw, node, const):
+    """x times a constant of any broadcastable shape (one per channel or a scalar became a
+    ChannelAffine first): the constant quantized symmetric with as many bits as the product
+    leaves, 30 - bits(x) up to 16, so (x - z) * b_q fits INT32; one rounding at the end."""
+    x_name = next(t for t in node.inputs if t != const)
+    x, q = lw.env[x_name]
+    c = np.asarray(lw.fg.constants[const], np.float64)
+    bits = min(16, 30 - q.bits)
+    peak = float(np.abs(c).max())
+    s_c = peak / ((1 << (bits - 1)) - 1) if peak > 0 else 1.0
+    c_q = np.floor(c / s_c + 0.5).astype(np.int64)
+    q_out = lw.stored_qparams(node.output)
+    mb, mc = lw.multipliers(node.output, np.array(q.scale * s_c / q_out.scale))
+    lo, hi = q_out.clamp_bounds(node.attrs.get("act_min"), node.attrs.get("act_max"))
+    lw.ig.add_node("IntMul", [x, lw.const(f"{node.output}.constant", c_q), mb, mc], [node.output],
+                   {"a_zero_point": q.zero_point, "b_zero_point": 0, "b_constant": 1,
                     "out_zero_point": q_out.zero_point, "lo": lo, "hi": hi, "dtype": q_out.dtype},
                    name=node.name)
     lw.bind(node.output, node.output, q_out)

@@ -446,9 +446,12 @@ class IntMul(TwinOp):
         super().__init__(node, graph)
         self.register_buffer("mb", self.const(graph, node, 2))
         self.register_buffer("mc", self.const(graph, node, 3))
+        if node.attrs.get("b_constant"):
+            self.register_buffer("b", self.const(graph, node, 1))
 
-    def exact(self, x, y):
+    def exact(self, x, y=None):
         a = self.attrs
+        y = self.b if y is None else y
         prod = (x - a["a_zero_point"]) * (y - a["b_zero_point"])
         return (self.requantize(prod, self.mb, self.mc, a["lo"], a["hi"], a["out_zero_point"]),)
 

@@ -277,7 +277,7 @@ class QATModel(torch.nn.Module, Overlay):
         elif kind in ("table", "softmax"):
             if q.bits > TABLE_MAX_BITS:
                 ins = [self._requantized_copy(t, ins[0], "w16", self.lw.act_qparams(t, 16, narrow=False))]
-        elif kind == "product":
+        elif kind == "product" and not any(i in self.fg.constants for i in node.inputs):
             qa, qb = (self._q[i] for i in node.inputs)
             if qa.bits + qb.bits > 30:
                 sizes = [np.prod([d or 1 for d in self.fg.values[i].shape]) for i in node.inputs]
