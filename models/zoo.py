@@ -29,7 +29,7 @@ __all__ = [
     "resnet18", "resnet50", "inception_v3", "mobilenet_v2", "squeezenet1_0",
     "shufflenet_v2_x1_0", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
     "efficientnet_lite0",
-    "sane_random_batchnorm", "FULL_SIZE",
+    "sane_random_batchnorm", "FULL_SIZE", "DENSE", "yolov8n_style", "yolox_style", "dbnet_style", "unet",
     "count_params", "count_macs", "preprocess",
 ]
 
@@ -1024,6 +1024,257 @@ FULL_SIZE: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "mobilenet_v3_large": (mobilenet_v3_large, 224),
     "efficientnet_b0": (efficientnet_b0, 224),
     "efficientnet_lite0": (efficientnet_lite0, 224),
+}
+
+
+# ----------------------------------------------------------------------------
+# Dense prediction: the shapes of shipped detectors and segmenters
+# ----------------------------------------------------------------------------
+
+class ConvBNSiLU(nn.Sequential):
+    """YOLO's Conv: conv, BN, SiLU."""
+
+    def __init__(self, cin, cout, k=1, s=1):
+        super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class YoloBottleneck(nn.Module):
+    def __init__(self, c, shortcut=True):
+        super().__init__()
+        self.cv1, self.cv2, self.add = ConvBNSiLU(c, c, 3), ConvBNSiLU(c, c, 3), shortcut
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """YOLOv8's CSP block: a 1x1 conv split in two halves, n bottlenecks chained on the
+    second, every intermediate concatenated, a 1x1 conv."""
+
+    def __init__(self, cin, cout, n=1, shortcut=True):
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = ConvBNSiLU(cin, 2 * self.c)
+        self.cv2 = ConvBNSiLU((2 + n) * self.c, cout)
+        self.m = nn.ModuleList(YoloBottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, cin, cout, k=5):
+        super().__init__()
+        self.cv1, self.cv2 = ConvBNSiLU(cin, cin // 2), ConvBNSiLU(cin // 2 * 4, cout)
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat([x, y1, y2, self.m(y2)], 1))
+
+
+def _anchor_points(sizes, strides):
+    """Cell centres (x, y) of every level, (1, 2, A), and each cell's stride, (1, 1, A)."""
+    pts, st = [], []
+    for (h, w), s in zip(sizes, strides):
+        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        pts.append(torch.stack([xs.reshape(-1), ys.reshape(-1)]))
+        st.append(torch.full((1, h * w), float(s)))
+    return torch.cat(pts, 1)[None], torch.cat(st, 1)[None]
+
+
+class YOLOv8(nn.Module):
+    """YOLOv8n's layout (width 0.25, depth 0.33): C2f backbone, SPPF, PAN neck with
+    nearest upsampling, decoupled head with a DFL box branch (16 bins per side, softmax
+    and expectation), box decode against the anchor points, and sigmoid class scores;
+    output (N, 4 + classes, anchors), boxes in pixels (cx, cy, w, h), as Ultralytics
+    exports it. The anchor grid is built for `imgsz` (the exported shape)."""
+
+    def __init__(self, num_classes=80, imgsz=640, reg_max=16):
+        super().__init__()
+        c = [16, 32, 64, 128, 256]
+        self.b0, self.b1 = ConvBNSiLU(3, c[0], 3, 2), ConvBNSiLU(c[0], c[1], 3, 2)
+        self.b2, self.b3 = C2f(c[1], c[1], 1), ConvBNSiLU(c[1], c[2], 3, 2)
+        self.b4, self.b5 = C2f(c[2], c[2], 2), ConvBNSiLU(c[2], c[3], 3, 2)
+        self.b6, self.b7 = C2f(c[3], c[3], 2), ConvBNSiLU(c[3], c[4], 3, 2)
+        self.b8, self.b9 = C2f(c[4], c[4], 1), SPPF(c[4], c[4])
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.n12, self.n15 = C2f(c[4] + c[3], c[3], 1, False), C2f(c[3] + c[2], c[2], 1, False)
+        self.n16, self.n18 = ConvBNSiLU(c[2], c[2], 3, 2), C2f(c[2] + c[3], c[3], 1, False)
+        self.n19, self.n21 = ConvBNSiLU(c[3], c[3], 3, 2), C2f(c[3] + c[4], c[4], 1, False)
+        self.nc, self.reg_max = num_classes, reg_max
+        cb, cc = max(16, c[2] // 4, reg_max * 4), max(c[2], min(num_classes, 100))
+        self.box = nn.ModuleList(nn.Sequential(ConvBNSiLU(ch, cb, 3), ConvBNSiLU(cb, cb, 3),
+                                               nn.Conv2d(cb, 4 * reg_max, 1)) for ch in (c[2], c[3], c[4]))
+        self.cls = nn.ModuleList(nn.Sequential(ConvBNSiLU(ch, cc, 3), ConvBNSiLU(cc, cc, 3),
+                                               nn.Conv2d(cc, num_classes, 1)) for ch in (c[2], c[3], c[4]))
+        self.dfl = nn.Conv2d(reg_max, 1, 1, bias=False).requires_grad_(False)
+        self.dfl.weight.data[:] = torch.arange(reg_max, dtype=torch.float32).view(1, reg_max, 1, 1)
+        strides = (8, 16, 32)
+        anchors, stride = _anchor_points([(imgsz // s, imgsz // s) for s in strides], strides)
+        self.register_buffer("anchors", anchors)
+        self.register_buffer("strides", stride)
+
+    def forward(self, x):
+        x = self.b2(self.b1(self.b0(x)))
+        p3 = self.b4(self.b3(x))
+        p4 = self.b6(self.b5(p3))
+        p5 = self.b9(self.b8(self.b7(p4)))
+        t4 = self.n12(torch.cat([self.up(p5), p4], 1))
+        o3 = self.n15(torch.cat([self.up(t4), p3], 1))
+        o4 = self.n18(torch.cat([self.n16(o3), t4], 1))
+        o5 = self.n21(torch.cat([self.n19(o4), p5], 1))
+        feats = [torch.cat([b(f), c(f)], 1) for f, b, c in zip((o3, o4, o5), self.box, self.cls)]
+        n = x.shape[0]
+        y = torch.cat([f.view(n, 4 * self.reg_max + self.nc, -1) for f in feats], 2)
+        box, cls = y.split((4 * self.reg_max, self.nc), 1)
+        a = box.shape[-1]
+        dist = self.dfl(box.view(n, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(n, 4, a)
+        lt, rb = dist.chunk(2, 1)
+        x1y1, x2y2 = self.anchors - lt, self.anchors + rb
+        boxes = torch.cat([(x1y1 + x2y2) / 2, x2y2 - x1y1], 1) * self.strides
+        return torch.cat([boxes, cls.sigmoid()], 1)
+
+
+def yolov8n_style(num_classes=80, imgsz=640):
+    return YOLOv8(num_classes, imgsz)
+
+
+class Focus(nn.Module):
+    """YOLOX's stem: the four pixel phases sliced out and stacked on channels, then a conv."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = ConvBNSiLU(cin * 4, cout, 3)
+
+    def forward(self, x):
+        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2],
+                                    x[..., 1::2, 1::2]], 1))
+
+
+class YOLOX(nn.Module):
+    """YOLOX-nano's layout, reduced: Focus stem, CSP stages (C2f here), FPN with nearest
+    upsampling, decoupled head per level (stem, cls and reg branches; sigmoid objectness
+    and class scores); raw head outputs (N, anchors, 5 + classes) as YOLOX exports with
+    decode_in_inference=False (the exp box decode is left to the caller)."""
+
+    def __init__(self, num_classes=80):
+        super().__init__()
+        c = [16, 32, 64, 128]
+        self.stem = Focus(3, c[0])
+        self.s1 = nn.Sequential(ConvBNSiLU(c[0], c[1], 3, 2), C2f(c[1], c[1], 1))
+        self.s2 = nn.Sequential(ConvBNSiLU(c[1], c[2], 3, 2), C2f(c[2], c[2], 1))
+        self.s3 = nn.Sequential(ConvBNSiLU(c[2], c[3], 3, 2), SPPF(c[3], c[3]))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.lat3, self.f2 = ConvBNSiLU(c[3], c[2]), C2f(c[2] * 2, c[2], 1, False)
+        self.lat2, self.f1 = ConvBNSiLU(c[2], c[1]), C2f(c[1] * 2, c[1], 1, False)
+        self.heads = nn.ModuleList()
+        for ch in (c[1], c[2], c[2]):
+            self.heads.append(nn.ModuleDict({
+                "stem": ConvBNSiLU(ch, 32), "cls": nn.Sequential(ConvBNSiLU(32, 32, 3), nn.Conv2d(32, num_classes, 1)),
+                "reg": nn.Sequential(ConvBNSiLU(32, 32, 3)), "box": nn.Conv2d(32, 4, 1),
+                "obj": nn.Conv2d(32, 1, 1)}))
+
+    def forward(self, x):
+        x1 = self.s1(self.stem(x))
+        x2 = self.s2(x1)
+        x3 = self.s3(x2)
+        p3 = self.lat3(x3)
+        f2 = self.f2(torch.cat([self.up(p3), x2], 1))
+        p2 = self.lat2(f2)
+        f1 = self.f1(torch.cat([self.up(p2), x1], 1))
+        outs = []
+        for f, h in zip((f1, f2, p3), self.heads):
+            s = h["stem"](f)
+            r = h["reg"](s)
+            y = torch.cat([h["box"](r), h["obj"](r).sigmoid(), h["cls"](s).sigmoid()], 1)
+            outs.append(y.flatten(2))
+        return torch.cat(outs, 2).transpose(1, 2)
+
+
+def yolox_style(num_classes=80):
+    return YOLOX(num_classes)
+
+
+class DBNet(nn.Module):
+    """DBNet's text detector layout (as PaddleOCR and mmocr ship it, reduced): a ResNet-18
+    style backbone to 1/32, an FPN whose top-down path and output fusion upsample with
+    nearest Resize, then the probability head: conv-BN-ReLU, two stride-2 ConvTransposes
+    back to full resolution, a sigmoid; output (N, 1, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 32, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        chans = [32, 64, 128, 256]
+        self.stages = nn.ModuleList([_make_res_stage(32, 32, 1)] + [
+            _make_res_stage(a, b, 2) for a, b in zip(chans[:-1], chans[1:])])
+        self.lat = nn.ModuleList(nn.Conv2d(ch, 64, 1, bias=False) for ch in chans)
+        self.out = nn.ModuleList(nn.Conv2d(64, 16, 3, padding=1, bias=False) for _ in chans)
+        self.head = nn.Sequential(conv_bn(64, 16, 3), nn.ReLU(),
+                                  nn.ConvTranspose2d(16, 16, 2, 2), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.ConvTranspose2d(16, 1, 2, 2), nn.Sigmoid())
+
+    def forward(self, x):
+        feats, y = [], self.stem(x)
+        for stage in self.stages:
+            y = stage(y)
+            feats.append(y)
+        lat = [m(f) for m, f in zip(self.lat, feats)]
+        for i in range(len(lat) - 2, -1, -1):
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], scale_factor=2, mode="nearest")
+        outs = [F.interpolate(m(p), scale_factor=2 ** i, mode="nearest") if i else m(p)
+                for i, (m, p) in enumerate(zip(self.out, lat))]
+        return self.head(torch.cat(outs, 1))
+
+
+def dbnet_style():
+    return DBNet()
+
+
+class UNet(nn.Module):
+    """U-Net with bilinear upsampling (the variant without transposed convolutions):
+    double conv-BN-ReLU per level, max-pool down, bilinear up and skip concatenation,
+    a 1x1 conv to per-pixel class logits (N, classes, H, W)."""
+
+    def __init__(self, num_classes=2, width=16, depth=4):
+        super().__init__()
+
+        def double(cin, cout):
+            return nn.Sequential(conv_bn(cin, cout, 3), nn.ReLU(), conv_bn(cout, cout, 3), nn.ReLU())
+
+        chans = [width * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([double(3, chans[0])] + [double(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.up = nn.ModuleList(double(chans[i + 1] + chans[i], chans[i]) for i in range(depth))
+        self.head = nn.Conv2d(chans[0], num_classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in range(len(self.up) - 1, -1, -1):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = self.up[i](torch.cat([x, skips[i]], 1))
+        return self.head(x)
+
+
+def unet(num_classes=2):
+    return UNet(num_classes)
+
+
+# name -> (constructor taking the input size, native resolution). Seeded weights give
+# shapes, costs and exactness checks, not accuracy: the trained digit detector and
+# segmenter carry the accuracy checks.
+DENSE: dict[str, tuple[Callable[[int], nn.Module], int]] = {
+    "yolov8n_style": (lambda imgsz: yolov8n_style(80, imgsz), 640),
+    "yolox_style": (lambda imgsz: yolox_style(80), 416),
+    "dbnet_style": (lambda imgsz: dbnet_style(), 640),
+    "unet": (lambda imgsz: unet(2), 256),
 }
 
 

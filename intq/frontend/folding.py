@@ -87,6 +87,65 @@ def fold_onnx_constants(proto: onnx.ModelProto, rounds: int = 64) -> OnnxView:
         if pending(view) >= left and not resolved:
             break
         left = pending(view)
+    return _split_sequences(view)
+
+
+def _split_sequences(view: OnnxView) -> OnnxView:
+    """SplitToSequence read only by SequenceAt at constant positions (how the dynamo
+    exporter writes torch's `chunk` and `split`) becomes a Split whose pieces the
+    SequenceAt outputs name: a tensor sequence never reaches the importers."""
+    readers: dict = {}
+    for n in view.nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    replace, drop = {}, set()
+    for n in view.nodes:
+        if n.op_type != "SplitToSequence":
+            continue
+        users = readers.get(n.output[0], [])
+        shape = view.shapes.get(n.input[0])
+        axis = attr(n, "axis", 0)
+        if not users or n.output[0] in view.outputs or shape is None or \
+                any(u.op_type != "SequenceAt" or u.input[1] not in view.consts for u in users):
+            continue
+        axis %= len(shape)
+        size = shape[axis]
+        split = view.consts.get(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+        keep = attr(n, "keepdims", 1) or split is not None
+        if split is None:
+            sizes = [1] * (size or 0)
+        elif np.ndim(split) == 0:
+            step = int(split)
+            sizes = [min(step, size - i) for i in range(0, size, step)] if size else []
+        else:
+            sizes = [int(v) for v in np.ravel(split)]
+        if not sizes or size is None or sum(sizes) != size:
+            continue
+        parts = [f"{n.output[0]}.part{i}" for i in range(len(sizes))]
+        split_name = f"{n.output[0]}.sizes"
+        view.consts[split_name] = np.array(sizes, np.int64)
+        nodes = [helper.make_node("Split", [n.input[0], split_name], parts, name=n.name or "split", axis=axis)]
+        for i, (part, k) in enumerate(zip(parts, sizes)):
+            view.shapes[part] = shape[:axis] + (k,) + shape[axis + 1:]
+            view.dtypes[part] = view.dtypes.get(n.input[0])
+        for u in users:
+            pos = int(view.consts[u.input[1]]) % len(sizes)
+            if keep:
+                nodes.append(helper.make_node("Identity", [parts[pos]], [u.output[0]], name=u.name))
+            else:
+                axes_name = f"{u.output[0]}.axes"
+                view.consts[axes_name] = np.array([axis], np.int64)
+                nodes.append(helper.make_node("Squeeze", [parts[pos], axes_name], [u.output[0]], name=u.name))
+            drop.add(id(u))
+        replace[id(n)] = nodes
+    if not replace:
+        return view
+    out = []
+    for n in view.nodes:
+        if id(n) in drop:
+            continue
+        out.extend(replace.get(id(n), [n]))
+    view.nodes = out
     return view
 
 
