@@ -74,17 +74,22 @@ def fold_onnx_constants(proto: onnx.ModelProto, rounds: int = 64) -> OnnxView:
     folded graph, which it could not see through before, and folding repeats (at most
     `rounds` rounds): this is how a channel split and shuffle written with x.size()
     (ShuffleNet) resolve under a dynamic batch, a few nodes further per round."""
+    def shapes(v):
+        return sum(n.op_type == "Shape" for n in v.nodes)
+
     def pending(v):   # Shape nodes, and Reshapes still waiting for their input's shape
-        return sum(n.op_type == "Shape" or (n.op_type == "Reshape" and n.input[1] in v.symbolic)
-                   for n in v.nodes)
+        return shapes(v) + sum(n.op_type == "Reshape" and n.input[1] in v.symbolic for n in v.nodes)
 
     view, _ = _fold_once(proto)
     left = pending(view)
     while left and rounds > 1:
         nxt, resolved = _fold_once(_reinferred(proto, view), view.symbolic)
         nxt.folded += view.folded
+        # Progress: a Shape folded (its Reshapes may only now wait on a symbolic target,
+        # YOLOv8's chunk after chunk), a Reshape resolved, or fewer pending in all.
+        progressed = resolved or shapes(nxt) < shapes(view) or pending(nxt) < left
         view, rounds = nxt, rounds - 1
-        if pending(view) >= left and not resolved:
+        if not progressed:
             break
         left = pending(view)
     return _split_sequences(view)

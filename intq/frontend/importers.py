@@ -12,6 +12,7 @@ from onnx import TensorProto
 from ..errors import IntqError, UnsupportedOpsError
 from ..ir import Graph, Value
 from ..ops import get_op, infer_shapes, ops_where
+from ..ops.contract import MAX_DIM
 from .folding import OnnxView, attr, fold_onnx_constants
 from . import resize as resize_rules
 from .load import load_onnx
@@ -390,8 +391,12 @@ def slice_(ctx, node):
     starts, ends = [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)]
     axes = list(range(len(starts))) if axes is None else [int(v) for v in np.ravel(axes)]
     steps = [1] * len(starts) if steps is None else [int(v) for v in np.ravel(steps)]
-    big = np.iinfo(np.int64)
-    ends = [min(max(e, big.min + 1), big.max) for e in ends]   # INT64_MAX "to the end"
+    # INT64_MAX means "to the end" (and INT64_MIN, with a negative step, "to the start"):
+    # past any dimension intq accepts, the bounds clamp to MAX_DIM + 1 without changing
+    # the slice.
+    big = MAX_DIM + 1
+    starts = [min(max(v, -big), big) for v in starts]
+    ends = [min(max(v, -big), big) for v in ends]
     ctx.emit(node, "Slice", [node.input[0]],
              {"starts": starts, "ends": ends, "axes": axes, "steps": steps})
 
