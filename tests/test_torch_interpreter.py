@@ -48,7 +48,8 @@ def test_every_op_compile_accepts_has_a_torch_entry_and_a_qat_rule():
 def every_op_model(product=True):
     """A small graph that, with the bundled nets, uses every op lowering accepts: the ones
     they lack (pads that stay, leaky and parametric ReLU, tanh, ceil-mode pools with
-    asymmetric pads, split, swish, sigmoid, an unfoldable affine after a concat, transpose, unfused
+    asymmetric pads, split, swish, sigmoid, an unfoldable affine after a concat, nearest and
+    bilinear resizes and the difference of two tensors, transpose, unfused
     ReLU and clip, reversed and strided slices, unsqueeze/squeeze, an SE product; without
     the product with `product=False`)."""
     r = np.random.default_rng(0)
@@ -70,7 +71,10 @@ def every_op_model(product=True):
         helper.make_node("Concat", ["sw", "g2"], ["cat"], axis=1),
         helper.make_node("Mul", ["cat", "scale"], ["cs"]),
         helper.make_node("Add", ["cs", "shift"], ["aff"]),
-        helper.make_node("Transpose", ["aff"], ["tr"], perm=[0, 1, 3, 2]),
+        helper.make_node("Resize", ["aff", "", "up2"], ["up"], mode="nearest"),
+        helper.make_node("Resize", ["up", "", "down2"], ["down"], mode="linear"),
+        helper.make_node("Sub", ["down", "aff"], ["dif"]),
+        helper.make_node("Transpose", ["dif"], ["tr"], perm=[0, 1, 3, 2]),
         helper.make_node("Relu", ["tr"], ["re"]),
         helper.make_node("Clip", ["re", "lo", "hi"], ["cl"]),
         helper.make_node("Slice", ["cl", "starts", "ends", "axes", "steps"], ["sl"]),
@@ -92,6 +96,7 @@ def every_op_model(product=True):
              "slope": np.linspace(-0.5, 0.5, 8).astype(np.float32).reshape(8, 1, 1),
              "split": np.array([3, 5], np.int64),
              "scale": (1 + w(1, 8, 1, 1)), "shift": w(1, 8, 1, 1),
+             "up2": np.array([1, 1, 2, 2], np.float32), "down2": np.array([1, 1, 0.5, 0.5], np.float32),
              "lo": np.array(0.1, np.float32), "hi": np.array(2.0, np.float32),
              "starts": np.array([-1, 0], np.int64), "ends": np.array([-1000, 5], np.int64),
              "axes": np.array([3, 2], np.int64), "steps": np.array([-1, 2], np.int64),
