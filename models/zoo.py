@@ -1241,14 +1241,15 @@ class UNet(nn.Module):
     double conv-BN-ReLU per level, max-pool down, bilinear up and skip concatenation,
     a 1x1 conv to per-pixel class logits (N, classes, H, W)."""
 
-    def __init__(self, num_classes=2, width=16, depth=4):
+    def __init__(self, num_classes=2, width=16, depth=4, in_channels=3):
         super().__init__()
 
         def double(cin, cout):
             return nn.Sequential(conv_bn(cin, cout, 3), nn.ReLU(), conv_bn(cout, cout, 3), nn.ReLU())
 
         chans = [width * 2 ** i for i in range(depth + 1)]
-        self.down = nn.ModuleList([double(3, chans[0])] + [double(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.down = nn.ModuleList([double(in_channels, chans[0])] +
+                                  [double(a, b) for a, b in zip(chans[:-1], chans[1:])])
         self.up = nn.ModuleList(double(chans[i + 1] + chans[i], chans[i]) for i in range(depth))
         self.head = nn.Conv2d(chans[0], num_classes, 1)
 
@@ -1265,6 +1266,38 @@ class UNet(nn.Module):
 
 def unet(num_classes=2):
     return UNet(num_classes)
+
+
+class DigitsDetector(nn.Module):
+    """The trained detector of digit scenes (`models.scenes`): a stride-4 CenterNet-style
+    net, two strided stages, a residual block, a stride-8 context stage upsampled (nearest)
+    and concatenated back, then two heads: a sigmoid class heatmap (N, 10, 16, 16) and the
+    box per cell (N, 4, 16, 16: centre offset, width, height in cells)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(1, 16, 3, 2), nn.ReLU(), conv_bn(16, 32, 3, 2), nn.ReLU())
+        self.block = nn.Sequential(conv_bn(32, 32, 3), nn.ReLU(), conv_bn(32, 32, 3))
+        self.context = nn.Sequential(conv_bn(32, 64, 3, 2), nn.ReLU())
+        self.fuse = nn.Sequential(conv_bn(96, 48, 3), nn.ReLU())
+        self.heat, self.box = nn.Conv2d(48, 10, 1), nn.Conv2d(48, 4, 1)
+        nn.init.constant_(self.heat.bias, -2.2)   # a prior of about 0.1: training starts calm
+
+    def forward(self, x):
+        f = self.stem(x)
+        f = torch.relu(f + self.block(f))
+        c = F.interpolate(self.context(f), scale_factor=2, mode="nearest")
+        f = self.fuse(torch.cat([f, c], 1))
+        return torch.sigmoid(self.heat(f)), self.box(f)
+
+
+def digits_segmenter():
+    """The trained segmenter of digit scenes: a U-Net (bilinear upsampling) of width 8 and
+    depth 3 on the 1-channel 64x64 scene, 11 classes (background and the ten digits)."""
+    return UNet(num_classes=11, width=8, depth=3, in_channels=1)
+
+
+SCENE_MODELS = {"digits_detector": DigitsDetector, "digits_segmenter": digits_segmenter}
 
 
 # name -> (constructor taking the input size, native resolution). Seeded weights give
