@@ -103,14 +103,14 @@ def test_unsupported_ops_cli(tmp_path):
 
 def test_inspect_shows_and_marks_what_cannot_be_compiled(tmp_path):
     """inspect reads the whole graph: nodes without an importer, nodes whose importer
-    rejects them (reflect padding) and nodes without an integer lowering (a per-pixel
-    constant Mul) are listed and marked, and it exits 0; only an unreadable file fails."""
+    rejects them (reflect padding) and nodes without an integer lowering (a Concat
+    with a constant) are listed and marked, and it exits 0; only an unreadable file fails."""
     import json
 
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect", name="reflect"),
              helper.make_node("Conv", ["p", "W"], ["c"], name="conv1"),
              helper.make_node("LRN", ["c"], ["l"], name="lrn", size=3),
-             helper.make_node("Mul", ["l", "pix"], ["y"], name="per_pixel")]
+             helper.make_node("Concat", ["l", "pix"], ["y"], name="const_concat", axis=1)]
     model = make_model(nodes, [("x", [1, 4, 8, 8])], [("y", None)],
                        {"W": np.ones((4, 4, 3, 3), np.float32), "pix": np.ones((1, 1, 8, 8), np.float32),
                         "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}, opset=13)
@@ -122,7 +122,7 @@ def test_inspect_shows_and_marks_what_cannot_be_compiled(tmp_path):
     assert "unsupported" not in rows["conv1"] and rows["conv1"]["macs"] == 4 * 8 * 8 * 36
     assert rows["lrn"]["op"] == "LRN" and "no importer" in rows["lrn"]["unsupported"]
     assert "constant zero padding" in rows["reflect"]["unsupported"]
-    assert "not per channel" in rows["per_pixel"]["unsupported"]
+    assert "Concat with a constant input" in rows["const_concat"]["unsupported"]
     text = run_cli("inspect", path)
     assert text.returncode == 0 and "! LRN" in text.stdout and "3 node(s) cannot be compiled" in text.stdout
 

@@ -393,7 +393,7 @@ def lowering_problem(fg: Graph, node) -> str | None:
     if lowering_rule(node.op) is None:
         return f"no integer lowering for {node.op}"
     if node.op == "Concat" and any(t in fg.constants for t in node.inputs):
-        return f"{node.op} with a constant that is not per channel"
+        return f"{node.op} with a constant input (concat constants are not quantized)"
     return None
 
 
