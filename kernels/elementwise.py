@@ -57,8 +57,9 @@ def requantize(x, xg, dims, zin, rq, out, og, zo, lo, hi):
 
 
 @njit(parallel=True, cache=True)
-def add_branch(x, xg, dims, zin, rq, total, first):
-    """One branch of `IntAdd`: total (+)= DN_k(x - zin), total an int64 N*H*W*C scratch."""
+def add_branch(x, xg, dims, zin, sign, rq, total, first):
+    """One branch of `IntAdd`: total (+)= DN_k(sign * (x - zin)), total an int64 N*H*W*C
+    scratch, sign +1 or -1 (applied before the rounding, as the op says)."""
     n_, h_, w_, c_ = dims[0], dims[1], dims[2], dims[3]
     mul, s1, rnd, s2 = rq[MUL], rq[SHIFT1], rq[ROUND], rq[SHIFT2]
     for row in prange(n_ * h_):
@@ -69,7 +70,7 @@ def add_branch(x, xg, dims, zin, rq, total, first):
             t = ((n * h_ + h) * w_ + w) * c_
             xr, tr = x[i:i + c_], total[t:t + c_]
             for c in range(c_):
-                v = round_shift((np.int64(xr[c]) - zin) * mul[c], s1[c], rnd[c], s2[c])
+                v = round_shift((np.int64(xr[c]) - zin) * sign * mul[c], s1[c], rnd[c], s2[c])
                 tr[c] = v if first else tr[c] + v
 
 

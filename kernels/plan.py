@@ -38,8 +38,8 @@ CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.
 _ALIASES = ops_where("alias", integer_graph=True)
 # Ops that only move elements; `MoveStep` runs any of them exactly.
 MOVEMENT = ops_where("movement", integer_graph=True)
-# Elementwise ops whose kernels read channels as the NHWC layout's innermost axis: they
-# need a 4-D or 2-D tensor (other ranks keep channels elsewhere, see `ReferenceStep`).
+# Elementwise ops whose kernels read channels as the NHWC layout's innermost axis: on a
+# 4-D or 2-D tensor they run in place, on other ranks staged (see `StagedStep`).
 CHANNELWISE = ops_where("channelwise", integer_graph=True)
 
 
@@ -426,26 +426,36 @@ class RequantizeStep(Step):
 
 
 class AddStep(Step):
-    """IntAdd with any number of branches, none fused: an int64 running total."""
+    """IntAdd with any number of branches, none fused: an int64 running total, each branch
+    with its sign, started from the offset constant where the add has one (`offset`: an
+    int64 array of shape (1,) + the output layout's shape[1:], or None)."""
 
-    def __init__(self, node, ins, zps, bs, cs, out: Layout):
+    def __init__(self, node, ins, zps, bs, cs, out: Layout, signs=None, offset=None):
         self.name, self.ins, self.out = node.name, ins, out
-        self.reads, self.writes = tuple(i.name for i in ins), (out.name,)
+        self.reads, self.writes = tuple(dict.fromkeys(i.name for i in ins)), (out.name,)
         self.tables = [dn_table(b, c, i.c, i.c) for i, b, c in zip(ins, bs, cs)]
-        self.zps = zps
+        self.zps, self.signs = zps, [int(v) for v in signs] if signs else [1] * len(ins)
+        self.offset = offset
         a = node.attrs
         self.end = (int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
 
     def bind(self, env, n):
         dims = self.out.dims(n)
         total = np.empty(int(np.prod(dims)), np.int64)
-        calls = [(env[i.name], i.geometry(), z, t) for i, z, t in zip(self.ins, self.zps, self.tables)]
+        start = None
+        if self.offset is not None:   # the total's order is the output's NHWC
+            full = np.broadcast_to(self.offset, self.out.offsets(n).shape)
+            start = np.ascontiguousarray(full.transpose(0, 2, 3, 1) if full.ndim == 4 else full).reshape(-1)
+        calls = [(env[i.name], i.geometry(), z, s, t)
+                 for i, z, s, t in zip(self.ins, self.zps, self.signs, self.tables)]
         out, og = env[self.out.name], self.out.geometry()
         zo, lo, hi = self.end
 
         def run():
-            for k, (xb, xg, z, t) in enumerate(calls):
-                elementwise.add_branch(xb, xg, dims, z, t, total, k == 0)
+            if start is not None:
+                total[:] = start
+            for k, (xb, xg, z, s, t) in enumerate(calls):
+                elementwise.add_branch(xb, xg, dims, z, s, t, total, k == 0 and start is None)
             elementwise.add_finish(total, dims, out, og, zo, lo, hi)
         return run
 
@@ -650,29 +660,72 @@ class SoftmaxStep(Step):
         return lambda: softmax.softmax(xb, xg, dims, table, ob, og, lo, hi, pp)
 
 
-class ReferenceStep(Step):
-    """An op whose tensors the kernels cannot address (an elementwise op on a 3-D or 5-D
-    tensor, a concat off the channel axis, a product broadcast over the batch): its
-    reference `run` on the tensors copied out to the reference layout and back. Integer
-    numpy, exact by construction, slow; no bundled or zoo model needs it."""
+class StagedStep(Step):
+    """Channelwise steps on tensors the kernels cannot address in place: a 3-D or 5-D
+    tensor (whose axis 1 is not its buffer's innermost), an operand broadcast onto the
+    output, a softmax or a concat along another axis. Each operand is gathered into a
+    scratch tensor of shape (n, C, G, 1), channels innermost (`elementwise.gather`, the
+    index-map kernel of `MoveStep`), the `inner` steps run on the scratch tensors, and
+    their results are scattered back. The maps come from `Layout.offsets`, once per batch
+    size, so staging only moves elements and cannot change one.
 
-    def __init__(self, node, ins: list, outs: list, consts: dict):
-        self.name, self.node, self.ins, self.outs, self.consts = node.name, node, ins, outs, consts
-        self.reads = tuple(x.name for x in ins if x is not None)
-        self.writes = tuple(o.name for o in outs)
+    gathers: (source layout, scratch layout, map) with map(n) the source's buffer offset
+    of each scratch element, in the scratch's reference order; scatters: (scratch layout,
+    destination layout, map), map(n) the destination offsets; constants: (scratch layout,
+    values(n)), a constant operand written into its scratch once per batch size."""
+
+    def __init__(self, name, inner: list, gathers: list, scatters: list, constants=()):
+        self.name, self.inner = name, inner
+        self.gathers, self.scatters, self.constants = gathers, scatters, list(constants)
+        self.reads = tuple(dict.fromkeys(src.name for src, _, _ in gathers))
+        self.writes = tuple(dict.fromkeys(dst.name for _, dst, _ in scatters))
 
     def bind(self, env, n):
-        from intq.ops import get_op
-
-        run_op, attrs, node = get_op(self.node.op).run, self.node.attrs, self.node
-        ins, outs, consts = self.ins, self.outs, self.consts
+        scratch = {}
+        lays = [lay for _, lay, _ in self.gathers] + [lay for lay, _, _ in self.scatters] \
+            + [lay for lay, _ in self.constants]
+        for lay in lays:
+            if lay.name not in scratch:
+                scratch[lay.name] = np.zeros(lay.nbytes(n) // lay.dtype.itemsize, lay.dtype)
+        for lay, values in self.constants:
+            lay.from_reference(values(n), scratch[lay.name], n)
+        flat = lambda m: np.ascontiguousarray(m, np.int64).reshape(-1)
+        moves_in = [(env[src.name], flat(m(n)), scratch[lay.name], flat(lay.offsets(n)))
+                    for src, lay, m in self.gathers]
+        moves_out = [(scratch[lay.name], flat(lay.offsets(n)), env[dst.name], flat(m(n)))
+                     for lay, dst, m in self.scatters]
+        calls = [s.bind(scratch, n) for s in self.inner]
 
         def run():
-            args = [consts[t] if x is None else x.to_reference(env[x.name], n)
-                    for t, x in zip(node.inputs, ins)]
-            for o, y in zip(outs, run_op(attrs, *args)):
-                o.from_reference(np.asarray(y).reshape((n, o.c, o.h, o.w)), env[o.name], n)
+            for x, src, y, dst in moves_in:
+                elementwise.gather(x, src, y, dst, 0)
+            for call in calls:
+                call()
+            for x, src, y, dst in moves_out:
+                elementwise.gather(x, src, y, dst, 0)
         return run
+
+
+def _staged_shape(shape):
+    """(1, C, G, 1) for a tensor (N, C, d2, d3, ...), G = d2 d3 ...: the same elements in
+    the same reference order, with C as the buffer's innermost axis."""
+    c = shape[1] if len(shape) > 1 else 1
+    return (1, c, int(np.prod(shape[2:], dtype=np.int64)), 1)
+
+
+def _scratch(plan, node, tag, shape, dtype):
+    return Layout(f"{node.name}/staged/{tag}", shape, dtype)
+
+
+def _broadcast_map(x: Layout, shape):
+    """x's buffer offsets broadcast onto a tensor of `shape` (the batch taken from n), as
+    numpy broadcasts x's reference array."""
+    return lambda n: np.broadcast_to(x.offsets(n), (n,) + tuple(shape[1:]))
+
+
+def _constant_map(value, shape):
+    value = np.asarray(value, np.int64)
+    return lambda n: np.broadcast_to(value, (n,) + tuple(shape[1:]))
 
 
 class Plan:
@@ -771,39 +824,6 @@ class Plan:
         out_name, coff = at["write_into"] or (consumer.output, 0)
         return self._conv_step(layer, out_name, coff, ep)
 
-    def _channelwise_step(self, node, out):
-        """The kernel step of an elementwise op, or None where the layout does not allow
-        one (see `ReferenceStep`)."""
-        g, op = self.graph, node.op
-        x = self.layout(node.inputs[0])
-        consts = [g.constants[t] for t in node.inputs[1:] if t in g.constants]
-        if not (x.channels_inner and out.channels_inner):
-            return None
-        if node.attrs.get("b_constant"):   # a constant of any shape: the reference runs it
-            return None
-        if op in elementwise.KERNELS:
-            return KernelStep(node, x, out, *elementwise.KERNELS[op], consts)
-        if op == "IntAffine":
-            return AffineStep(node, x, out, consts)
-        if op == "IntLookup":
-            return LookupStep(node, x, out, consts[0])
-        if op == "IntLeakyRelu":
-            return LeakyReluStep(node, x, out, consts)
-        if op == "IntSoftmax":
-            axes = sorted(a % x.rank for a in node.attrs["axes"])
-            if axes == [1] or (x.rank == 4 and axes == [1, 2, 3]):
-                return SoftmaxStep(node, x, out, consts[0], per_pixel=axes == [1])
-            return None
-        # IntMul: both operands 2-D or 4-D like the output, the batch not broadcast, and
-        # each other axis either the output's or 1.
-        b = self.layout(node.inputs[1])
-        va, vb, vo = (g.values[t].shape for t in (node.inputs[0], node.inputs[1], node.output))
-        if not (b.channels_inner and len(va) == len(vb) == len(vo)
-                and all(d in (1, e) for v in (va, vb) for d, e in zip(v[1:], vo[1:]))
-                and va[0] == vb[0] == vo[0]):
-            return None
-        return MulStep(node, x, b, out, consts)
-
     # -- execution ----------------------------------------------------------------
     def chunk(self) -> int:
         """Images per sub-batch of `run`: one where some step's tensors for one image
@@ -901,49 +921,101 @@ def _layer(node):
 
 
 def _requantize_step(plan, node):
+    """Requantize in place on a 4-D or 2-D tensor; on another rank staged (its per-channel
+    multipliers run along axis 1, which only the staged layout keeps innermost)."""
     a, c = node.attrs, plan.fused.constants
-    return RequantizeStep(node.name, plan.layout(node.inputs[0]), int(a["in_zero_point"]),
-                          c[node.inputs[1]], c[node.inputs[2]], plan.layout(node.output), 0,
-                          int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]))
+    x, out = plan.layout(node.inputs[0]), plan.layout(node.output)
+    step = lambda x, out: RequantizeStep(node.name, x, int(a["in_zero_point"]), c[node.inputs[1]],
+                                         c[node.inputs[2]], out, 0, int(a["out_zero_point"]),
+                                         int(a["lo"]), int(a["hi"]))
+    if x.channels_inner:
+        return step(x, out)
+    return _staged_unary(plan, node, step)
+
+
+def _staged_unary(plan, node, step):
+    """A one-input channelwise op staged: `step(x, out)` built on the scratch layouts."""
+    g = plan.fused
+    x, out = plan.layout(node.inputs[0]), plan.layout(node.output)
+    shape = _staged_shape(g.values[node.output].shape)
+    xs = _scratch(plan, node, "in", shape, g.values[node.inputs[0]].dtype)
+    os_ = _scratch(plan, node, "out", shape, g.values[node.output].dtype)
+    return StagedStep(node.name, [step(xs, os_)], [(x, xs, x.offsets)], [(os_, out, out.offsets)])
 
 
 def _add_step(plan, node):
-    """IntAdd's kernels for a plain add (`fuse.plain_add`); an add with signs, an offset
-    or broadcast branches (a box decode on 3-D tensors) runs the reference."""
-    from .fuse import plain_add
-
+    """IntAdd: a plain add (`fuse.plain_add`) on its tensors; one with signs or an offset
+    as well, where every branch has the output's shape and a 4-D or 2-D layout; else
+    (a box decode on 3-D tensors, a broadcast branch) staged, each branch broadcast onto
+    the output."""
     a, c, n = node.attrs, plan.fused.constants, node.attrs["n"]
-    if not plain_add(plan.fused, node):
-        ins = [plan.layout(t) for t in node.inputs[:n]] + [None] * (len(node.inputs) - n)
-        return ReferenceStep(node, ins, [plan.layout(node.output)],
-                             {t: c[t] for t in node.inputs[n:]})
-    ins = [plan.layout(t) for t in node.inputs[:n]]
-    return AddStep(node, ins, [int(z) for z in a["zero_points"]],
-                   [c[t] for t in node.inputs[n:2 * n]], [c[t] for t in node.inputs[2 * n:]],
-                   plan.layout(node.output))
+    g, out = plan.fused, plan.layout(node.output)
+    xs = node.inputs[:n]
+    zps = [int(z) for z in a["zero_points"]]
+    bs, cs = [c[t] for t in node.inputs[n:2 * n]], [c[t] for t in node.inputs[2 * n:3 * n]]
+    shape = g.values[node.output].shape
+    offset = None
+    if a.get("offset"):
+        try:
+            offset = np.broadcast_to(np.asarray(c[node.inputs[3 * n]], np.int64), (1,) + tuple(shape[1:]))
+        except ValueError:
+            raise IntqError(f"numba backend: {node.name}: the offset constant varies along the batch")
+    in_place = out.channels_inner and all(
+        g.values[t].shape == shape and plan.layout(t).channels_inner for t in xs)
+    if in_place:
+        return AddStep(node, [plan.layout(t) for t in xs], zps, bs, cs, out, a.get("signs"), offset)
+    st = _staged_shape(shape)
+    scratch, gathers = [], []
+    for i, t in enumerate(xs):
+        v = g.values[t].shape
+        # A branch's multiplier runs along its own axis 1: per channel only where that is
+        # the output's axis 1.
+        if (len(v) != len(shape) or v[1] != shape[1]) and (np.size(bs[i]) > 1 or np.size(cs[i]) > 1):
+            raise IntqError(f"numba backend: {node.name}: branch {t} has per-channel multipliers "
+                            f"but is broadcast along the output's channels")
+        lay = _scratch(plan, node, f"in{i}", st, g.values[t].dtype)
+        scratch.append(lay)
+        gathers.append((plan.layout(t), lay, _broadcast_map(plan.layout(t), shape)))
+    os_ = _scratch(plan, node, "out", st, g.values[node.output].dtype)
+    inner = AddStep(node, scratch, zps, bs, cs, os_, a.get("signs"),
+                    None if offset is None else offset.reshape(st))
+    return StagedStep(node.name, [inner], gathers, [(os_, out, out.offsets)])
 
 
 def _concat_step(plan, node):
     """IntConcat on channels, or on the height or width of a 4-D tensor (each branch
     requantized into its rows or columns); on channels, the parts that a fused layer
-    already wrote in place (`kernels.fuse`'s concat branches) are skipped. Other axes (a
-    3-D tensor's last) run the reference."""
+    already wrote in place (`kernels.fuse`'s concat branches) are skipped. Any other axis
+    or rank (a 3-D tensor's last, YOLO's anchors) is staged: each branch requantized in
+    its own scratch and scattered into its slice of the output."""
     g, a, n = plan.fused, node.attrs, node.attrs["n"]
     out = plan.layout(node.output)
     axis = a["axis"] % out.rank
+    requant = lambda i, x, o, coff=0, at=(0, 0): RequantizeStep(
+        f"{node.name}[{i}]", x, int(a["zero_points"][i]), g.constants[node.inputs[n + i]],
+        g.constants[node.inputs[2 * n + i]], o, coff, int(a["out_zero_point"]), int(a["lo"]),
+        int(a["hi"]), at)
     if out.rank == 4 and axis in (2, 3):
         parts, start = [], 0
         for i in range(n):
             x = plan.layout(node.inputs[i])
-            at = (start, 0) if axis == 2 else (0, start)
-            parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
-                                        g.constants[node.inputs[n + i]], g.constants[node.inputs[2 * n + i]],
-                                        out, 0, int(a["out_zero_point"]), int(a["lo"]), int(a["hi"]), at))
+            parts.append(requant(i, x, out, 0, (start, 0) if axis == 2 else (0, start)))
             start += x.h if axis == 2 else x.w
         return ConcatStep(node.name, parts, out)
-    if axis != 1:
-        ins = [plan.layout(t) for t in node.inputs[:n]] + [None] * (2 * n)
-        return ReferenceStep(node, ins, [out], {t: g.constants[t] for t in node.inputs[n:]})
+    if axis != 1 or not out.channels_inner:
+        inner, gathers, scatters, start = [], [], [], 0
+        for i in range(n):
+            t = node.inputs[i]
+            x, v = plan.layout(t), g.values[t].shape
+            st = _staged_shape(v)
+            xs = _scratch(plan, node, f"in{i}", st, g.values[t].dtype)
+            os_ = _scratch(plan, node, f"out{i}", st, g.values[node.output].dtype)
+            inner.append(requant(i, xs, os_))
+            gathers.append((x, xs, x.offsets))
+            part = range(start, start + v[axis])
+            scatters.append((os_, out, lambda n_, part=part: np.take(out.offsets(n_), part, axis=axis)))
+            start += v[axis]
+        return StagedStep(node.name, inner, gathers, scatters)
     coff, parts = 0, []
     for i in range(n):
         t = node.inputs[i]
@@ -952,9 +1024,7 @@ def _concat_step(plan, node):
         if prod is not None and prod.op == "FusedConv" and prod.attrs["write_into"] is not None:
             coff += x.c
             continue
-        parts.append(RequantizeStep(f"{node.name}[{i}]", x, int(a["zero_points"][i]),
-                                    g.constants[node.inputs[n + i]], g.constants[node.inputs[2 * n + i]],
-                                    out, coff, int(a["out_zero_point"]), int(a["lo"]), int(a["hi"])))
+        parts.append(requant(i, x, out, coff))
         coff += x.c
     return ConcatStep(node.name, parts, out)
 
@@ -964,15 +1034,83 @@ def _pool_step(plan, node):
     return PoolStep(node, plan.layout(node.inputs[0]), plan.layout(node.output), consts)
 
 
+def _channelwise(node, x: Layout, out: Layout, consts):
+    """The kernel step of a one-input channelwise op on layouts that allow one."""
+    op = node.op
+    if op in elementwise.KERNELS:
+        return KernelStep(node, x, out, *elementwise.KERNELS[op], consts)
+    if op == "IntAffine":
+        return AffineStep(node, x, out, consts)
+    if op == "IntLookup":
+        return LookupStep(node, x, out, consts[0])
+    if op == "IntLeakyRelu":
+        return LeakyReluStep(node, x, out, consts)
+    raise IntqError(f"numba backend: no kernel for op {op} (node {node.name})")
+
+
 def _elementwise_step(plan, node):
-    """A channelwise op: its kernel where the layout allows one, else its reference run."""
-    g, out = plan.fused, plan.layout(node.output)
-    step = plan._channelwise_step(node, out)
-    if step is not None:
-        return step
-    ins = [None if t in g.constants else plan.layout(t) for t in node.inputs]
-    return ReferenceStep(node, ins, [out], {t: g.constants[t].astype(np.int64)
-                                            for t in node.inputs if t in g.constants})
+    """A channelwise op: its kernel on the tensors where their layouts allow, else staged."""
+    g = plan.fused
+    x, out = plan.layout(node.inputs[0]), plan.layout(node.output)
+    consts = [g.constants[t] for t in node.inputs[1:] if t in g.constants]
+    if node.op == "IntSoftmax":
+        return _softmax_step(plan, node, consts[0])
+    if node.op == "IntMul":
+        return _mul_step(plan, node, consts)
+    if x.channels_inner and out.channels_inner:
+        return _channelwise(node, x, out, consts)
+    return _staged_unary(plan, node, lambda xs, os_: _channelwise(node, xs, os_, consts))
+
+
+def _softmax_step(plan, node, table):
+    """IntSoftmax over a 4-D or 2-D tensor's channels, or a 4-D one's whole map, in place;
+    over any other axes staged with the reduced axes as the scratch's channels."""
+    g = plan.fused
+    x, out = plan.layout(node.inputs[0]), plan.layout(node.output)
+    axes = sorted(a % x.rank for a in node.attrs["axes"])
+    if x.channels_inner and (axes == [1] or (x.rank == 4 and axes == [1, 2, 3])):
+        return SoftmaxStep(node, x, out, table, per_pixel=axes == [1])
+    shape = g.values[node.inputs[0]].shape
+    rest = [ax for ax in range(1, x.rank) if ax not in axes]
+    perm = [0] + axes + rest
+    st = (1, int(np.prod([shape[ax] for ax in axes])), int(np.prod([shape[ax] for ax in rest])), 1)
+    xs = _scratch(plan, node, "in", st, g.values[node.inputs[0]].dtype)
+    os_ = _scratch(plan, node, "out", st, g.values[node.output].dtype)
+    moved = lambda lay: (lambda n: lay.offsets(n).transpose(perm))
+    return StagedStep(node.name, [SoftmaxStep(node, xs, os_, table, per_pixel=True)],
+                      [(x, xs, moved(x))], [(os_, out, moved(out))])
+
+
+def _mul_step(plan, node, consts):
+    """IntMul in place where both operands are 2-D or 4-D like the output, the batch not
+    broadcast, and each other axis either the output's or 1 (the SE gate); otherwise (a
+    constant operand of any shape, a 3-D decode, a broadcast along a leading axis) staged,
+    both operands broadcast onto the output."""
+    g = plan.fused
+    a_name, b_name = node.inputs[:2]
+    x, out = plan.layout(a_name), plan.layout(node.output)
+    mult = consts[-2:]
+    vo = g.values[node.output].shape
+    if not node.attrs.get("b_constant"):
+        b = plan.layout(b_name)
+        va, vb = g.values[a_name].shape, g.values[b_name].shape
+        if (x.channels_inner and b.channels_inner and out.channels_inner and len(va) == len(vb) == len(vo)
+                and all(d in (1, e) for v in (va, vb) for d, e in zip(v[1:], vo[1:]))
+                and va[0] == vb[0] == vo[0]):
+            return MulStep(node, x, b, out, mult)
+    st = _staged_shape(vo)
+    xs = _scratch(plan, node, "a", st, g.values[a_name].dtype)
+    os_ = _scratch(plan, node, "out", st, g.values[node.output].dtype)
+    gathers, constants = [(x, xs, _broadcast_map(x, vo))], []
+    if node.attrs.get("b_constant"):
+        # The constant's integers fit INT32 (`IntMul.check` bounds the product by 2^31).
+        bs = _scratch(plan, node, "b", st, "int32")
+        constants.append((bs, _constant_map(g.constants[b_name], vo)))
+    else:
+        bs = _scratch(plan, node, "b", st, g.values[b_name].dtype)
+        gathers.append((b, bs, _broadcast_map(b, vo)))
+    return StagedStep(node.name, [MulStep(node, xs, bs, os_, mult)], gathers,
+                      [(os_, out, out.offsets)], constants)
 
 
 # The step of each node of the fused graph, by op (a test checks that every integer op has one).

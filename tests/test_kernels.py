@@ -474,7 +474,7 @@ def test_real_network_ops_equal_reference(n, c, hw, dtype, ties, seed):
 @given(st.integers(1, 3), st.sampled_from([2, 4, 6]), st.integers(1, 5), st.integers(0, 2**16))
 def test_movement_ops_equal_reference(n, c, hw, seed):
     """Channel shuffle (Reshape to 5-D, Transpose, Reshape), Split and Slice on channels,
-    Squeeze/Unsqueeze, and an elementwise op on a 3-D tensor (its reference fallback)."""
+    Squeeze/Unsqueeze, and an elementwise op on a 3-D tensor (staged, `StagedStep`)."""
     rng = np.random.default_rng(seed)
     g = Graph("movement")
     xq = quantized_input(g, (n, c, hw, hw), "int8")
