@@ -12,6 +12,10 @@ Built once per model (`Plan(graph)`) and bound once per batch size (`plan.bind(n
   The graph input is converted from NCHW at the start, the outputs back at the end.
   A Linear layer reading a flattened NCHW map becomes a convolution whose kernel covers
   the whole map, so the flatten costs nothing.
+* **Staging.** An elementwise op on a tensor whose axis 1 is not its buffer's innermost
+  (3-D, 5-D), with an operand broadcast onto the output, or a softmax or concat along
+  another axis gathers its operands into channels-inner scratch tensors, runs the same
+  kernel there and scatters the result back (`StagedStep`): no op falls back to numpy.
 * **Weights** are packed once into the layout the chosen kernel path reads.
 * **Buffers** are allocated once per batch size and reused across layers: a tensor takes
   a free block as its producer runs and returns it after its last reader.
