@@ -273,6 +273,49 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Writes the ONNX file atomically, then runs it in onnxruntime (when installed) on
+    --data or on seeded Gaussian images and compares every output with intq's integers."""
+    import json
+
+    import numpy as np
+
+    from .data import load_data
+    from .export import check_with_onnxruntime, integer_onnx, onnxruntime_available, save_onnx
+
+    _check_output(args.output)
+    if args.images < 1:
+        raise IntqError(f"--images must be at least 1, got {args.images}")
+    model = _load_model(args.model)
+    shape = model.integer.values[model.integer.inputs[0]].shape
+    x = None
+    if args.data:   # read before anything is written, so bad data leaves no file behind
+        x, _ = load_data(args.data, lambda: tuple(shape[1:]), ("x", "x_eval", "x_calib"), what="check data")
+        x = np.asarray(x[:args.images], np.float32)
+        if x.ndim != len(shape) or tuple(x.shape[1:]) != tuple(shape[1:]) or not len(x):
+            raise IntqError(f"{args.data}: images of shape {x.shape}, the model takes (N, {', '.join(map(str, shape[1:]))})")
+    proto = integer_onnx(model.integer)
+    save_onnx(proto, args.output)
+    head = f"wrote {args.output}: {len(proto.graph.node)} standard ONNX integer ops (opset {proto.opset_import[0].version})"
+    if args.no_check:
+        print(head)
+        return 0
+    if not onnxruntime_available():
+        print(f"{head}; onnxruntime is not installed, so the file was not run")
+        return 0
+    if x is None:
+        x = np.random.default_rng(0).standard_normal((args.images, *shape[1:])).astype(np.float32)
+    report = check_with_onnxruntime(proto, model, x)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    total = sum(r["elements"] for r in report["outputs"].values())
+    differ = sum(r["differ"] for r in report["outputs"].values())
+    worst = max(r["max_steps"] for r in report["outputs"].values())
+    print(f"{head}; onnxruntime on {len(x)} images: {differ} of {total} output integers differ"
+          + (f" (by up to {worst} steps)" if differ else " (bit-exact)"))
+    return 0 if differ == 0 else 1
+
+
 def cmd_report(args) -> int:
     from .report import format_report
 
@@ -641,6 +684,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "each sweep point (compiled and run)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_allocate)
+
+    s = sub.add_parser("export", help="write an .intq model as standard ONNX integer ops that "
+                       "onnxruntime runs to the same integers, and check that it does")
+    s.add_argument("model", help=".intq file")
+    s.add_argument("-o", "--output", required=True, help="output .onnx")
+    s.add_argument("--format", choices=["integer"], default="integer",
+                   help="integer: ConvInteger/MatMulInteger, integer Mul/Add/BitShift, Gather")
+    s.add_argument("--data", help=".npz/.npy images to check on (default: 8 seeded Gaussian images)")
+    s.add_argument("--images", type=int, default=8, help="images to check on (default 8)")
+    s.add_argument("--no-check", action="store_true", help="do not run the written file")
+    s.add_argument("--json", action="store_true", help="print the per-output comparison")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("report", help="per-layer bits, size, BOPS and the quantization card")
     s.add_argument("model")

@@ -434,6 +434,15 @@ def integer_onnx(graph: Graph) -> onnx.ModelProto:
     return model
 
 
+def onnxruntime_available() -> bool:
+    """onnxruntime is optional (the check runs the written file when it is installed)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def check_with_onnxruntime(model: onnx.ModelProto, int_model, x) -> dict:
     """Run the exported file in onnxruntime on x and compare every output with intq's
     integers: {"outputs": {name: {"elements", "differ", "max_steps"}}, "exact": bool}."""

@@ -9,6 +9,7 @@
     model.evaluate("test.npz")                 # or an .npz / image folder, streamed
     model.report()                             # per-layer cost table and quantization card
     model.save("resnet.intq"); intq.load("resnet.intq")
+    model.export("resnet.onnx")                # integer ONNX, bit-exact in onnxruntime
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .artifact import load_artifact, save_artifact
 from .data import load_data, onnx_input_chw
 from .frontend.input_shapes import with_input_shapes
 from .frontend.outputs import with_outputs
+from .errors import IntqError
 from .evaluate import evaluate
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
 from .float_executor import batches
@@ -89,6 +91,19 @@ class Model:
 
     def save(self, path) -> None:
         save_artifact(path, self.integer, self.float, self.info)
+
+    def export(self, path, format: str = "integer", check=None) -> dict | None:  # noqa: A002
+        """Write the model as ONNX (`intq.export`): format "integer", standard ONNX integer
+        ops that onnxruntime runs to the same integers. check: float32 images to run the
+        written file on in onnxruntime and compare with this model's integers (the
+        report is returned; None without check)."""
+        from .export import check_with_onnxruntime, integer_onnx, save_onnx
+
+        if format != "integer":
+            raise IntqError(f"export format {format!r}: only 'integer' is implemented")
+        proto = integer_onnx(self.integer)
+        save_onnx(proto, path)
+        return None if check is None else check_with_onnxruntime(proto, self, check)
 
 
 def compile(model, calib, bits=8, preprocess: str = "imagenet", config: QuantConfig | None = None,

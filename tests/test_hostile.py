@@ -210,6 +210,8 @@ def test_old_format_version_asks_to_recompile(tmp_path, resnet_entries):
         m.pop("manifest_sha256", None)
     path = craft(resnet_entries, v1, tmp_path / "old.intq", signed=False)
     assert_user_error(run_cli("report", path), "version 1", "recompile")
+    assert_user_error(run_cli("export", path, "-o", tmp_path / "old.onnx"), "version 1", "recompile")
+    assert not (tmp_path / "old.onnx").exists()
 
 
 def test_huge_pad_is_refused_before_allocation(tmp_path, resnet_entries):

@@ -14,8 +14,9 @@ PKG = Path(intq.__file__).parent
 # `pipeline` chains the stages, so it comes after all of them.
 ORDER = ["errors", "limits", "ir", "dyadic", "packing", "ops", "frontend", "passes", "validate",
          "float_executor", "quant", "reference", "artifact", "images", "data", "pipeline", "executor",
-         "evaluate", "analysis", "report", "model", "twin", "bench", "alloc", "cli"]
-CONSUMERS = {"twin": ("torch",), "alloc": ("torch", "pulp"), "rounding": ("torch",)}  # subpackages that may import what the core may not
+         "evaluate", "analysis", "report", "export", "model", "twin", "bench", "alloc", "cli"]
+CONSUMERS = {"twin": ("torch",), "alloc": ("torch", "pulp"), "rounding": ("torch",),
+             "export.py": ("onnxruntime",)}  # consumers of the graph that may import what the core may not (export checks its file in onnxruntime)
 
 
 def stage(module: str) -> str:
