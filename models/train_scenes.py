@@ -2,7 +2,7 @@
 and export them to models/scenes/<name>.onnx (legacy exporter, opset 13, dynamic batch,
 BatchNorm folded as an ordinary export does).
 
-    python models/train_scenes.py [--epochs 12] [--scenes 4000]
+    python models/train_scenes.py [--epochs 12] [--scenes 4000] [--only detector|segmenter]
 
 Training scenes come from the digits split's training images (seed 1), so the test scenes
 (`scenes_split`, drawn from its held-out images) hold no digit seen in training or in
@@ -113,28 +113,42 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--scenes", type=int, default=4000)
+    ap.add_argument("--only", choices=["detector", "segmenter"],
+                    help="train one of the two (the other's files and metrics are kept)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     t0 = time.time()
     log = lambda s: print(f"[{time.time() - t0:5.0f} s] {s}", flush=True)
     train, _, test = scenes_split(args.scenes)
     os.makedirs(OUT, exist_ok=True)
-    det = train_detector(train, args.epochs, log)
-    seg = train_segmenter(train, args.epochs, log)
-    with torch.no_grad():
-        heat, box = det(torch.as_tensor(test[0]))
-        found = scenes.decode(heat.numpy(), box.numpy())
-        seg_map = seg(torch.as_tensor(test[0])).argmax(1).numpy()
-    hit, n_found, n_true = scenes.match(found, test[1])
-    metrics = {"detector": {"recall": hit / n_true, "precision": hit / max(n_found, 1),
-                            "test_scenes": len(test[0]), "true_boxes": n_true},
-               "segmenter": {"mask_iou": float(np.mean([scenes.mask_iou(a, b) for a, b in zip(seg_map, test[2])]))},
-               "epochs": args.epochs, "train_scenes": args.scenes, "seconds": time.time() - t0}
+    path = os.path.join(OUT, "metrics.json")
+    metrics = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            metrics = json.load(f)
+    run = {"epochs": args.epochs, "train_scenes": args.scenes}
+    if args.only != "segmenter":
+        det = train_detector(train, args.epochs, log)
+        with torch.no_grad():
+            heat, box = det(torch.as_tensor(test[0]))
+        hit, n_found, n_true = scenes.match(scenes.decode(heat.numpy(), box.numpy()), test[1])
+        metrics["detector"] = {"recall": hit / n_true, "precision": hit / max(n_found, 1),
+                               "test_scenes": len(test[0]), "true_boxes": n_true, **run,
+                               "seconds": time.time() - t0}
+        export(det, os.path.join(OUT, "digits_detector.onnx"), ["heatmap", "boxes"])
+    if args.only != "detector":
+        t1 = time.time()
+        seg = train_segmenter(train, args.epochs, log)
+        with torch.no_grad():
+            seg_map = seg(torch.as_tensor(test[0])).argmax(1).numpy()
+        metrics["segmenter"] = {"mask_iou": float(np.mean([scenes.mask_iou(a, b) for a, b in zip(seg_map, test[2])])),
+                                "test_scenes": len(test[0]), **run, "seconds": time.time() - t1}
+        export(seg, os.path.join(OUT, "digits_segmenter.onnx"), ["logits"])
     log(json.dumps(metrics))
-    export(det, os.path.join(OUT, "digits_detector.onnx"), ["heatmap", "boxes"])
-    export(seg, os.path.join(OUT, "digits_segmenter.onnx"), ["logits"])
-    with open(os.path.join(OUT, "metrics.json"), "w") as f:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(metrics, f, indent=2)
+    os.replace(tmp, path)
     return 0
 
 
