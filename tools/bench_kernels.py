@@ -227,10 +227,12 @@ def _avx2_peaks():
     """Measured AVX2 issue rates: GOPS of register-only `simd_avx2.dot4` (vpmaddubsw +
     vpmaddwd + vpaddd, 32 multiply-adds per ymm; the INT4 kernel) and `dot4_split` (the
     INT8 kernel's two-halves form, 32 multiply-adds of the weights it stands for) on all
-    threads, 12 independent accumulators each. Unlike vpdpbusd, the products do not take
-    the accumulator, so with fixed operands LLVM would hoist them out of the loop: each
-    iteration broadcasts a new activation word from L1 (as the kernel does, once per
-    pixel row of its tile)."""
+    threads, 12 independent accumulators each, laid out as a 6-pixel x 16-channel tile: six
+    activation words broadcast from L1 each iteration, each against two weight vectors, so
+    no two products share both operands. (Unlike vpdpbusd, the products do not take the
+    accumulator: an earlier version of this loop used one activation and one weight vector
+    for all 12, LLVM computed the product once and added it 12 times, and the "peak" it
+    printed was the vpaddd rate, several times too high.)"""
     from numba import njit, prange
 
     from intq.kernels.simd_avx2 import dot4, dot4_split, ybroadcast4, yload, ystore, yzero
@@ -238,29 +240,43 @@ def _avx2_peaks():
     @njit(parallel=True)
     def spin(a, w, out, iters, split):
         for t in prange(out.shape[0] // 96):
-            w0 = yload(w, 0)
-            w1 = yload(w, 32)
+            w0, w1, w2, w3 = yload(w, 0), yload(w, 32), yload(w, 64), yload(w, 96)
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = yzero()
             if split:
                 for i in range(iters):
-                    v = ybroadcast4(a, (i & 15) * 4)
-                    a0 = dot4_split(a0, v, w0, w1); a1 = dot4_split(a1, v, w0, w1)  # noqa: E702
-                    a2 = dot4_split(a2, v, w0, w1); a3 = dot4_split(a3, v, w0, w1)  # noqa: E702
-                    a4 = dot4_split(a4, v, w0, w1); a5 = dot4_split(a5, v, w0, w1)  # noqa: E702
-                    a6 = dot4_split(a6, v, w0, w1); a7 = dot4_split(a7, v, w0, w1)  # noqa: E702
-                    a8 = dot4_split(a8, v, w0, w1); a9 = dot4_split(a9, v, w0, w1)  # noqa: E702
-                    a10 = dot4_split(a10, v, w0, w1); a11 = dot4_split(a11, v, w0, w1)  # noqa: E702
+                    o = (i & 7) * 24
+                    v = ybroadcast4(a, o)
+                    a0, a1 = dot4_split(a0, v, w0, w2), dot4_split(a1, v, w1, w3)
+                    v = ybroadcast4(a, o + 4)
+                    a2, a3 = dot4_split(a2, v, w0, w2), dot4_split(a3, v, w1, w3)
+                    v = ybroadcast4(a, o + 8)
+                    a4, a5 = dot4_split(a4, v, w0, w2), dot4_split(a5, v, w1, w3)
+                    v = ybroadcast4(a, o + 12)
+                    a6, a7 = dot4_split(a6, v, w0, w2), dot4_split(a7, v, w1, w3)
+                    v = ybroadcast4(a, o + 16)
+                    a8, a9 = dot4_split(a8, v, w0, w2), dot4_split(a9, v, w1, w3)
+                    v = ybroadcast4(a, o + 20)
+                    a10, a11 = dot4_split(a10, v, w0, w2), dot4_split(a11, v, w1, w3)
             else:
                 for i in range(iters):
-                    v = ybroadcast4(a, (i & 15) * 4)
-                    a0 = dot4(a0, v, w0); a1 = dot4(a1, v, w0); a2 = dot4(a2, v, w0)  # noqa: E702
-                    a3 = dot4(a3, v, w0); a4 = dot4(a4, v, w0); a5 = dot4(a5, v, w0)  # noqa: E702
-                    a6 = dot4(a6, v, w0); a7 = dot4(a7, v, w0); a8 = dot4(a8, v, w0)  # noqa: E702
-                    a9 = dot4(a9, v, w0); a10 = dot4(a10, v, w0); a11 = dot4(a11, v, w0)  # noqa: E702
+                    o = (i & 7) * 24
+                    v = ybroadcast4(a, o)
+                    a0, a1 = dot4(a0, v, w0), dot4(a1, v, w1)
+                    v = ybroadcast4(a, o + 4)
+                    a2, a3 = dot4(a2, v, w0), dot4(a3, v, w1)
+                    v = ybroadcast4(a, o + 8)
+                    a4, a5 = dot4(a4, v, w0), dot4(a5, v, w1)
+                    v = ybroadcast4(a, o + 12)
+                    a6, a7 = dot4(a6, v, w0), dot4(a7, v, w1)
+                    v = ybroadcast4(a, o + 16)
+                    a8, a9 = dot4(a8, v, w0), dot4(a9, v, w1)
+                    v = ybroadcast4(a, o + 20)
+                    a10, a11 = dot4(a10, v, w0), dot4(a11, v, w1)
             for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
                 ystore(out, t * 96 + k * 8, acc)
 
-    a, w = np.ones(64, np.uint8), np.ones(64, np.int8)
+    a = np.arange(256).astype(np.uint8)
+    w = (np.arange(128) % 7 - 3).astype(np.int8)
     out = np.zeros(96 * 32, np.int32)
     iters = 200_000
     res = {}
