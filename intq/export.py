@@ -464,3 +464,182 @@ def save_onnx(model: onnx.ModelProto, path) -> None:
 
     with atomic_write(path) as f:
         f.write(model.SerializeToString())
+
+
+# -- QDQ ------------------------------------------------------------------------------
+#
+# The standard QDQ form (`qdq_onnx`): every integer tensor is stored as its quantized
+# values (QuantizeLinear output, the ONNX type of its dtype: uint8/int8, 16-bit for the
+# residual stream, uint4/int4 where intq has 4 bits), and every op runs in float on their
+# DequantizeLinear: Conv and Gemm on DequantizeLinear of intq's integer weights (int8 or
+# INT4 tensors, per-channel scales) and INT32 biases, then QuantizeLinear at intq's output
+# scale and zero point, with intq's clamp as a float Clip. This is what onnxruntime's
+# quantizer writes and NPU importers read, so it is not bit-exact: onnxruntime rescales in
+# float and rounds half to even where intq uses the dyadic multiplier and rounds half up,
+# and the scales are float32. `intq export --format qdq` measures how far it lands.
+
+_QDQ_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "uint16": TensorProto.UINT16,
+              "int16": TensorProto.INT16, "uint4": TensorProto.UINT4, "int4": TensorProto.INT4,
+              "int32": TensorProto.INT32}
+
+
+class _QDQ:
+    def __init__(self, graph: Graph):
+        self.b = _Builder(graph)
+        self.g = graph
+        self.qp = graph.metadata["qparams"]
+        self.quant: dict[str, str] = {}   # integer tensor -> ONNX name of its quantized values
+        self.real: dict[str, str] = {}    # accumulators (float Conv outputs) and dequantized tensors
+
+    def typed(self, value, dtype: str, dims=None, hint="z") -> str:
+        name = self.b.fresh(hint)
+        v = np.asarray(value, np.int64)
+        self.b.inits.append(helper.make_tensor(name, _QDQ_TYPES[dtype], list(v.shape if dims is None else dims),
+                                               v.reshape(-1).tolist()))
+        return name
+
+    def fconst(self, value, hint="s") -> str:
+        return self.b.const(np.asarray(value, np.float32), np.float32, hint)
+
+    def params(self, t):
+        q = self.qp[t]
+        if q.get("accumulator"):
+            raise IntqError(f"export --format qdq: {t} is an accumulator")
+        return float(q["scale"]), int(q["zero_point"]), self.g.values[t].dtype
+
+    def value(self, t) -> str:
+        """The real values of integer tensor t (a float accumulator, or a DequantizeLinear)."""
+        if t not in self.real:
+            s, z, dt = self.params(t)
+            self.real[t] = self.b.op("DequantizeLinear", [self.quant[t], self.fconst(s), self.typed(z, dt)], "dq")
+        return self.real[t]
+
+    def quantize(self, v, t, lo, hi):
+        s, z, dt = self.params(t)
+        tlo, thi = _int_range(dt)
+        if lo > tlo or hi < thi:   # intq's clamp (a fused ReLU, ReLU6) as a float Clip
+            v = self.b.op("Clip", [v, self.fconst(s * (lo - z)), self.fconst(s * (hi - z))], "clip")
+        self.quant[t] = self.b.op("QuantizeLinear", [v, self.fconst(s), self.typed(z, dt)], "q")
+
+
+def _int_range(dtype):
+    bits = int(dtype.lstrip("uint"))
+    return (0, 2**bits - 1) if dtype.startswith("u") else (-2**(bits - 1), 2**(bits - 1) - 1)
+
+
+def _qdq_weights(e: _QDQ, node, w, x_scale):
+    """DequantizeLinear of intq's integer weights (their own dtype, int8 or INT4) with
+    per-output-channel scales s_acc / s_x; the INT32 bias with scales s_acc and intq's
+    folded zero-point correction undone (intq's bias is b - z_x sum(w))."""
+    g = e.g
+    acc_scales = np.asarray(e.qp[node.outputs[0]]["scales"], np.float64).reshape(-1)
+    m = w.shape[0]
+    acc_scales = np.broadcast_to(acc_scales, (m,))
+    wd = g.values[node.inputs[1]].dtype
+    wq = e.typed(w, wd, hint="w")
+    wdq = e.b.op("DequantizeLinear", [wq, e.fconst(acc_scales / x_scale), e.typed(np.zeros(m), wd, hint="wz")],
+                 "w", axis=0)
+    bias = np.asarray(g.constants[node.inputs[2]], np.int64).reshape(-1)
+    bias = bias + int(node.attrs["x_zero_point"]) * np.asarray(w, np.int64).reshape(m, -1).sum(axis=1)
+    if np.abs(bias).max(initial=0) >= 2**31:
+        raise IntqError(f"export --format qdq: {node.op} {node.name} has a bias outside INT32")
+    bq = e.typed(bias, "int32", hint="bias")
+    bdq = e.b.op("DequantizeLinear", [bq, e.fconst(acc_scales), e.typed(np.zeros(m), "int32", hint="bz")],
+                 "bias", axis=0)
+    return wdq, bdq
+
+
+def _qdq_node(e: _QDQ, node):
+    g, a, op = e.g, node.attrs, node.op
+    if op == "QuantizeInput":
+        e.quantize(node.inputs[0], node.outputs[0], a["lo"], a["hi"])
+    elif op in ("IntConv", "IntLinear"):
+        x = node.inputs[0]
+        s_x = e.params(x)[0]
+        w = np.asarray(g.constants[node.inputs[1]], np.int64)
+        wdq, bdq = _qdq_weights(e, node, w, s_x)
+        if op == "IntConv":
+            e.real[node.outputs[0]] = e.b.op(
+                "Conv", [e.value(x), wdq, bdq], "conv", strides=list(a["strides"]), pads=list(a["pads"]),
+                dilations=list(a["dilations"]), group=int(a["groups"]), kernel_shape=list(w.shape[2:]))
+        else:
+            e.real[node.outputs[0]] = e.b.op("Gemm", [e.value(x), wdq, bdq], "gemm", transB=1)
+    elif op == "Requantize":
+        e.quantize(e.value(node.inputs[0]), node.outputs[0], a["lo"], a["hi"])
+    elif op in ("IntAdd", "IntConcat"):
+        n = a["n"]
+        parts = [e.value(t) for t in node.inputs[:n]]
+        if op == "IntConcat":
+            e.quantize(e.b.op("Concat", parts, "cat", axis=int(a["axis"])), node.outputs[0], a["lo"], a["hi"])
+            return
+        signs = a.get("signs") or [1] * n
+        total = None
+        for p, sign in zip(parts, signs):
+            p = e.b.op("Neg", [p], "neg") if sign == -1 else p
+            total = p if total is None else e.b.op("Add", [total, p], "sum")
+        if a.get("offset"):
+            s_out = e.params(node.outputs[0])[0]
+            total = e.b.op("Add", [total, e.fconst(np.asarray(g.constants[node.inputs[3 * n]], np.float64) * s_out)], "sum")
+        e.quantize(total, node.outputs[0], a["lo"], a["hi"])
+    elif op == "MaxPool":
+        v = e.b.op("MaxPool", [e.value(node.inputs[0])], "pool", kernel_shape=list(a["kernel_shape"]),
+                   strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a.get("dilations", (1, 1))),
+                   ceil_mode=int(a.get("ceil_mode", 0)))
+        lo, hi = _int_range(g.values[node.outputs[0]].dtype)
+        e.quantize(v, node.outputs[0], lo, hi)
+    elif op == "IntGlobalAvgPool":
+        v = e.b.op("GlobalAveragePool", [e.value(node.inputs[0])], "pool")
+        if not int(a.get("keepdims", 1)):
+            v = e.b.op("Flatten", [v], "flat", axis=1)
+        e.quantize(v, node.outputs[0], a["lo"], a["hi"])
+    elif op == "IntAvgPool":
+        # intq's multipliers are per output position where the window count varies: that
+        # is onnxruntime's count_include_pad=0; one multiplier for all, count_include_pad=1
+        bm = np.asarray(g.constants[node.inputs[1]])
+        uniform = bm.size == 1 or (bm == bm.reshape(-1)[0]).all()
+        v = e.b.op("AveragePool", [e.value(node.inputs[0])], "pool", kernel_shape=list(a["kernel_shape"]),
+                   strides=list(a["strides"]), pads=list(a["pads"]), ceil_mode=int(a.get("ceil_mode", 0)),
+                   count_include_pad=int(uniform and any(a["pads"])))
+        e.quantize(v, node.outputs[0], a["lo"], a["hi"])
+    elif op == "IntClamp":
+        e.quantize(e.value(node.inputs[0]), node.outputs[0], a["lo"], a["hi"])
+    elif _exporter(op) is _movement:
+        # moved as quantized values, so each output keeps its input's scale and zero point
+        src = node.inputs[0]
+        dt = g.values[src].dtype
+        v64 = e.b.op("Cast", [e.quant[src]], "i64", to=TensorProto.INT64)
+        for t, moved in zip(node.outputs, _movement(e.b, node, v64)):
+            e.quant[t] = e.b.op("Cast", [moved], "moved", to=_QDQ_TYPES[dt])
+    else:
+        raise IntqError(f"export --format qdq: op {op} (node {node.name}) has no QDQ form here; "
+                        f"--format integer exports it exactly")
+
+
+def qdq_onnx(graph: Graph) -> onnx.ModelProto:
+    """The model in the standard QDQ form (see above): float input, outputs intq's
+    integer outputs as their quantized ONNX types."""
+    e = _QDQ(graph)
+    if len(graph.inputs) != 1 or graph.values[graph.inputs[0]].dtype != "float32":
+        raise IntqError("export: only models whose inputs are float images can be exported")
+    for node in graph.nodes:
+        _qdq_node(e, node)
+    for t in graph.outputs:
+        e.b.nodes.append(helper.make_node("Identity", [e.quant[t]], [t]))
+    inputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", *graph.values[t].shape[1:]])
+              for t in graph.inputs]
+    outputs = [helper.make_tensor_value_info(t, _QDQ_TYPES[graph.values[t].dtype], ["N", *graph.values[t].shape[1:]])
+               for t in graph.outputs]
+    g = helper.make_graph(e.b.nodes, graph.name or "intq", inputs, outputs, e.b.inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="intq")
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def to_onnx(graph: Graph, format: str = "integer") -> onnx.ModelProto:  # noqa: A002
+    """`integer_onnx` or `qdq_onnx` by name (what `intq export --format` takes)."""
+    if format == "integer":
+        return integer_onnx(graph)
+    if format == "qdq":
+        return qdq_onnx(graph)
+    raise IntqError(f"export format {format!r}: choose integer or qdq")

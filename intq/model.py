@@ -21,7 +21,6 @@ from .artifact import load_artifact, save_artifact
 from .data import load_data, onnx_input_chw
 from .frontend.input_shapes import with_input_shapes
 from .frontend.outputs import with_outputs
-from .errors import IntqError
 from .evaluate import evaluate
 from .executor import DEFAULT_BACKEND, dequantize, make_executor
 from .float_executor import batches
@@ -94,14 +93,13 @@ class Model:
 
     def export(self, path, format: str = "integer", check=None) -> dict | None:  # noqa: A002
         """Write the model as ONNX (`intq.export`): format "integer", standard ONNX integer
-        ops that onnxruntime runs to the same integers. check: float32 images to run the
-        written file on in onnxruntime and compare with this model's integers (the
-        report is returned; None without check)."""
-        from .export import check_with_onnxruntime, integer_onnx, save_onnx
+        ops that onnxruntime runs to the same integers, or "qdq", the QuantizeLinear /
+        DequantizeLinear form of onnxruntime's quantizer (not bit-exact). check: float32
+        images to run the written file on in onnxruntime and compare with this model's
+        integers (the report is returned; None without check)."""
+        from .export import check_with_onnxruntime, save_onnx, to_onnx
 
-        if format != "integer":
-            raise IntqError(f"export format {format!r}: only 'integer' is implemented")
-        proto = integer_onnx(self.integer)
+        proto = to_onnx(self.integer, format)
         save_onnx(proto, path)
         return None if check is None else check_with_onnxruntime(proto, self, check)
 

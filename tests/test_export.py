@@ -221,3 +221,42 @@ def test_an_op_without_an_exact_form_is_refused_by_name(resnet_artifact):
     graph.values[conv.inputs[0]].dtype = "int16"
     with pytest.raises(IntqError, match=f"IntConv {conv.name} reads int16"):
         integer_onnx(graph)
+
+
+# -- the QDQ form ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet.onnx", "resnet.dynamo.onnx", "inception.onnx", "mobilenet.onnx"])
+def test_qdq_export_runs_in_onnxruntime_and_keeps_intq_top1(name):
+    """Not bit-exact (onnxruntime rescales in float, rounding half to even), but it carries
+    intq's weights (INT4 tensors where intq has 4 bits), scales and zero points: on the
+    held-out digits its top-1 agrees with intq's integers."""
+    import onnxruntime as ort
+
+    from intq.export import qdq_onnx
+
+    calib = np.load(MODELS / "digits_calib.npz")["x"][:64]
+    x = np.load(MODELS / "digits_test.npz")["x"]
+    for bits, floor in ((8, 0.99), (4, 0.95)):
+        model = intq.compile(MODELS / name, calib, bits=bits)
+        proto = qdq_onnx(model.integer)
+        onnx.checker.check_model(proto, full_check=True)
+        ops = {n.op_type for n in proto.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and not ops & {"ConvInteger", "BitShift"}
+        int4 = [t for t in proto.graph.initializer if t.data_type == TensorProto.INT4]
+        assert bool(int4) == (bits == 4)
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int64)
+        want = model.run(x, integer=True)
+        assert got.shape == want.shape
+        agree = (got.argmax(1) == want.argmax(1)).mean()
+        assert agree >= floor, (bits, agree)
+
+
+def test_qdq_refuses_an_op_it_has_no_form_for_in_one_line(tmp_path):
+    calib = np.load(MODELS / "digits_calib.npz")["x"][:32]
+    path = tmp_path / "v3.intq"
+    intq.compile(MODELS / "mobilenetv3.onnx", calib, bits=8).save(path)
+    _assert_user_error(run_cli("export", path, "-o", tmp_path / "v3.onnx", "--format", "qdq"), "IntLookup",
+                       "--format integer")
+    assert not (tmp_path / "v3.onnx").exists()
+    assert run_cli("export", path, "-o", tmp_path / "v3.onnx").returncode == 0
