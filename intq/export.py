@@ -581,6 +581,13 @@ def _qdq_node(e: _QDQ, node):
             s_out = e.params(node.outputs[0])[0]
             total = e.b.op("Add", [total, e.fconst(np.asarray(g.constants[node.inputs[3 * n]], np.float64) * s_out)], "sum")
         e.quantize(total, node.outputs[0], a["lo"], a["hi"])
+    elif op == "MaxPool" and g.values[node.inputs[0]].dtype in ("uint4", "int4"):
+        # onnxruntime drops the DequantizeLinear/QuantizeLinear pair around a MaxPool of
+        # equal scales and then has no 4-bit MaxPool: the max of the quantized values
+        # (quantization is monotone, so it is the same) by the integer form's taps
+        v64 = e.b.op("Cast", [e.quant[node.inputs[0]]], "i64", to=TensorProto.INT64)
+        e.quant[node.outputs[0]] = e.b.op("Cast", _max_pool(e.b, node, v64), "pool",
+                                          to=_QDQ_TYPES[g.values[node.outputs[0]].dtype])
     elif op == "MaxPool":
         v = e.b.op("MaxPool", [e.value(node.inputs[0])], "pool", kernel_shape=list(a["kernel_shape"]),
                    strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a.get("dilations", (1, 1))),

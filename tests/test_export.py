@@ -260,3 +260,21 @@ def test_qdq_refuses_an_op_it_has_no_form_for_in_one_line(tmp_path):
                        "--format integer")
     assert not (tmp_path / "v3.onnx").exists()
     assert run_cli("export", path, "-o", tmp_path / "v3.onnx").returncode == 0
+
+
+def test_qdq_export_of_a_4_bit_max_pool_loads_in_onnxruntime():
+    """onnxruntime drops the DequantizeLinear/QuantizeLinear pair around a MaxPool and has
+    no 4-bit MaxPool (it refused the file): the pool then runs on the quantized values."""
+    import onnxruntime as ort
+
+    from models import zoo
+    from intq.export import qdq_onnx
+
+    proto = export_full_size("resnet50", 48, zoo.sane_random_batchnorm)   # its stem's pool reads 4 bits
+    x = np.random.default_rng(0).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    model = intq.compile(proto, x, bits=4)
+    pool = next(n for n in model.integer.nodes if n.op == "MaxPool")
+    assert model.integer.values[pool.inputs[0]].dtype == "uint4"
+    sess = ort.InferenceSession(qdq_onnx(model.integer).SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert got.shape == model.run(x, integer=True).shape

@@ -15,7 +15,8 @@ end only.
 End to end: ResNet18, ResNet50 and MobileNetV2 at 224x224, batch 1 and 8, intq INT8, INT4
 and a mixed bit file, against the same float model quantized by onnxruntime's
 `quantize_static` (QDQ, per channel, uint8 activations, int8 weights), after onnxruntime's
-recommended `quant_pre_process`. Models are compiled and quantized once; then `--rounds`
+recommended `quant_pre_process`; onnxruntime also runs intq's own QDQ export of the INT8
+and INT4 models (`intq export --format qdq`), timed in the same onnxruntime rounds. Models are compiled and quantized once; then `--rounds`
 rounds alternate an intq process and an onnxruntime process. Within an intq round the
 three bit configurations are timed in turn, repeat by repeat, so INT4 / INT8 compares
 runs made moments apart; each ratio is taken within a round and its median reported, with
@@ -328,6 +329,7 @@ def _export(name, path, batch_dynamic=True):
 
 
 E2E_CONFIGS = ("INT8", "INT4", "mixed")
+QDQ_CONFIGS = ("INT8", "INT4")   # intq's `export --format qdq` files, timed in onnxruntime
 
 
 def worker_intq_prepare(models, repeat, workdir):
@@ -346,6 +348,8 @@ def worker_intq_prepare(models, repeat, workdir):
             model = intq.compile(onnx_path, calib, bits=bits)
             model.save(os.path.join(workdir, f"{name}.{label}.intq"))
             sizes[f"{name}.{label}"] = model.report()["totals"]["size_mb"]
+            if label in QDQ_CONFIGS:   # intq's QDQ export, for onnxruntime to run
+                model.export(os.path.join(workdir, f"{name}.{label}.qdq.onnx"), format="qdq")
     return sizes
 
 
@@ -440,18 +444,19 @@ def worker_ort_prepare(models, repeat, workdir):
 
 
 def worker_ort_e2e(models, repeat, workdir):
-    """One round of onnxruntime on the quantized models."""
-    import onnx
-
+    """One round of onnxruntime on the quantized models: its own `quantize_static` file
+    (kind "ort") and intq's QDQ exports (kind "qdq INT8", "qdq INT4")."""
     calib = np.load(os.path.join(workdir, "calib.npz"))["x"]
     res = []
     for name in models:
-        input_name = onnx.load(os.path.join(workdir, f"{name}.onnx")).graph.input[0].name
-        sess = _ort_session(os.path.join(workdir, f"{name}.ort_int8.onnx"))
-        for batch in BATCHES:
-            x = np.random.default_rng(0).standard_normal((batch,) + calib.shape[1:]).astype(np.float32)
-            res.append({"model": name, "batch": batch,
-                        "seconds": timeit(lambda: sess.run(None, {input_name: x}), repeat)})
+        files = [("ort", f"{name}.ort_int8.onnx")] + [(f"qdq {c}", f"{name}.{c}.qdq.onnx") for c in QDQ_CONFIGS]
+        for kind, file in files:
+            sess = _ort_session(os.path.join(workdir, file))
+            input_name = sess.get_inputs()[0].name
+            for batch in BATCHES:
+                x = np.random.default_rng(0).standard_normal((batch,) + calib.shape[1:]).astype(np.float32)
+                res.append({"model": name, "batch": batch, "kind": kind,
+                            "seconds": timeit(lambda: sess.run(None, {input_name: x}), repeat)})
     return res
 
 
@@ -489,15 +494,20 @@ def combine_rounds(rounds, sizes):
                 for rd in rounds]
         int8 = [next(x["seconds"] for x in rd["intq"] if (x["model"], x["batch"], x["bits"]) == (m, b, "INT8"))
                 for rd in rounds]
-        ort = [next(x["seconds"] for x in rd["ort"] if (x["model"], x["batch"]) == (m, b)) for rd in rounds]
+        ort = [next(x["seconds"] for x in rd["ort"] if (x["model"], x["batch"], x["kind"]) == (m, b, "ort"))
+               for rd in rounds]
         e2e.append({"model": m, "batch": b, "bits": bits, "seconds": med(mine), "rounds": mine,
                     "per_int8": med([a / c for a, c in zip(mine, int8)]),
                     "per_ort": med([a / c for a, c in zip(mine, ort)]),
                     "size_mb": sizes[f"{m}.{bits}"]})
     for r in rounds[0]["ort"]:
-        secs = [next(x["seconds"] for x in rd["ort"] if (x["model"], x["batch"]) == (r["model"], r["batch"]))
+        key = (r["model"], r["batch"], r["kind"])
+        secs = [next(x["seconds"] for x in rd["ort"] if (x["model"], x["batch"], x["kind"]) == key)
                 for rd in rounds]
-        ort_e2e.append({"model": r["model"], "batch": r["batch"], "seconds": med(secs), "rounds": secs})
+        own = [next(x["seconds"] for x in rd["ort"] if (x["model"], x["batch"], x["kind"]) == key[:2] + ("ort",))
+               for rd in rounds]
+        ort_e2e.append({"model": r["model"], "batch": r["batch"], "kind": r["kind"], "seconds": med(secs),
+                        "rounds": secs, "per_ort": med([a / c for a, c in zip(secs, own)])})
     return e2e, ort_e2e
 
 
@@ -542,7 +552,8 @@ def tables(result) -> str:
     for m in E2E_MODELS:
         for b in BATCHES:
             e = {r["bits"]: r for r in result["e2e"] if r["model"] == m and r["batch"] == b}
-            o = next((r for r in result["ort_e2e"] if r["model"] == m and r["batch"] == b), None)
+            o = next((r for r in result["ort_e2e"] if r["model"] == m and r["batch"] == b
+                      and r.get("kind", "ort") == "ort"), None)
             if not e or o is None:
                 continue
             per = lambda r: " / ".join(f"{t * 1e3:.1f}" for t in r["rounds"])  # noqa: E731
@@ -550,6 +561,20 @@ def tables(result) -> str:
                          f"{e['INT4']['seconds'] * 1e3:.2f} | {e['mixed']['seconds'] * 1e3:.2f} | "
                          f"{e['INT8']['per_ort']:.2f} | {e['INT4']['per_int8']:.2f} | {e['mixed']['per_int8']:.2f} | "
                          f"{per(e['INT8'])} | {per(o)} |")
+    qdq = [r for r in result["ort_e2e"] if r.get("kind", "ort") != "ort"]
+    if qdq:
+        lines += ["", "intq's QDQ export (`intq export --format qdq`) in onnxruntime, against onnxruntime's own "
+                  "quantize_static file:", "",
+                  "| model | batch | ORT INT8 ms | intq QDQ INT8 ms | intq QDQ INT4 ms | QDQ INT8 / ORT | QDQ INT4 / ORT |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in E2E_MODELS:
+            for b in BATCHES:
+                rows = {r["kind"]: r for r in result["ort_e2e"] if r["model"] == m and r["batch"] == b}
+                if "qdq INT8" not in rows:
+                    continue
+                lines.append(f"| {m} | {b} | {rows['ort']['seconds'] * 1e3:.2f} | {rows['qdq INT8']['seconds'] * 1e3:.2f} | "
+                             f"{rows['qdq INT4']['seconds'] * 1e3:.2f} | {rows['qdq INT8']['per_ort']:.2f} | "
+                             f"{rows['qdq INT4']['per_ort']:.2f} |")
     lines += ["", "| model (64 images) | numba s | reference s | reference / numba |", "|---|---|---|---|"]
     for r in result.get("eval", []):
         lines.append(f"| {r['model']} | {r['numba']:.4f} | {r['reference']:.3f} | "
