@@ -280,20 +280,15 @@ def cmd_export(args) -> int:
 
     import numpy as np
 
-    from .data import load_data
     from .export import check_with_onnxruntime, onnxruntime_available, save_onnx, to_onnx
 
     _check_output(args.output)
     if args.images < 1:
         raise IntqError(f"--images must be at least 1, got {args.images}")
     model = _load_model(args.model)
-    shape = model.integer.values[model.integer.inputs[0]].shape
     x = None
     if args.data:   # read before anything is written, so bad data leaves no file behind
-        x, _ = load_data(args.data, lambda: tuple(shape[1:]), ("x", "x_eval", "x_calib"), what="check data")
-        x = np.asarray(x[:args.images], np.float32)
-        if x.ndim != len(shape) or tuple(x.shape[1:]) != tuple(shape[1:]) or not len(x):
-            raise IntqError(f"{args.data}: images of shape {x.shape}, the model takes (N, {', '.join(map(str, shape[1:]))})")
+        x = np.asarray(_model_images(model, args.data, "check data")[:args.images], np.float32)
     proto = to_onnx(model.integer, args.format)
     save_onnx(proto, args.output)
     kind = "standard ONNX integer ops" if args.format == "integer" else "QDQ ops"
@@ -305,7 +300,7 @@ def cmd_export(args) -> int:
         print(f"{head}; onnxruntime is not installed, so the file was not run")
         return 0
     if x is None:
-        x = np.random.default_rng(0).standard_normal((args.images, *shape[1:])).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((args.images, *model.input_chw)).astype(np.float32)
     report = check_with_onnxruntime(proto, model, x)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -330,21 +325,27 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
+def _model_images(model, source, what: str, preprocess: str = "imagenet"):
+    """The images of DATA `source` for `model`'s input (one line if their shape is not
+    the model's)."""
     from .data import load_data
 
+    chw = model.input_chw
+    x, _ = load_data(source, chw, ("x", "x_eval", "x_calib"), what=what, preprocess=preprocess)
+    if tuple(x.shape[1:]) != tuple(chw):
+        raise IntqError(f"{what} {source}: images have shape {tuple(x.shape[1:])}, the model "
+                        f"expects {tuple(chw)}")
+    return x
+
+
+def cmd_verify(args) -> int:
     if args.plot and not args.naive:
         raise IntqError("--plot draws the --naive measurement; give --naive too")
     _check_plotting("--plot", args.plot)
     if args.images is not None and args.images < 1:
         raise IntqError(f"--images must be at least 1, got {args.images}")
     model = _load_model(args.model)
-    chw = model.input_chw
-    x, _ = load_data(args.inputs, chw, ("x", "x_eval", "x_calib"), what="inputs",
-                     preprocess=args.preprocess)
-    if tuple(x.shape[1:]) != tuple(chw):
-        raise IntqError(f"inputs {args.inputs}: images have shape {tuple(x.shape[1:])}, the model "
-                        f"expects {tuple(chw)}")
+    x = _model_images(model, args.inputs, "inputs", args.preprocess)
     x = x[:args.images] if args.images else x
     try:
         from .twin.verify import drift_plot, format_report, verify

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import IntqError
 from .ir import Graph
 from .ops import get_op
+from .ops.contract import dtype_range
 from .ops.integer import IntSoftmax, per_channel
 from .ops.window import windows
 
@@ -355,7 +356,7 @@ def _int_softmax(b: _Builder, node, x, table):
 
 def _int_resize_linear(b: _Builder, node, x):
     """`IntResizeLinear.run`: four gathered taps, their fixed-point weights, one rounding."""
-    a, g = node.attrs, b.g
+    a = node.attrs
     f = int(a["frac_bits"])
     one = 1 << f
     rows = [np.asarray(a[f"rows{i}"], np.int64) for i in (0, 1)]
@@ -516,15 +517,18 @@ class _QDQ:
 
     def quantize(self, v, t, lo, hi):
         s, z, dt = self.params(t)
-        tlo, thi = _int_range(dt)
+        tlo, thi = dtype_range(dt)
         if lo > tlo or hi < thi:   # intq's clamp (a fused ReLU, ReLU6) as a float Clip
             v = self.b.op("Clip", [v, self.fconst(s * (lo - z)), self.fconst(s * (hi - z))], "clip")
         self.quant[t] = self.b.op("QuantizeLinear", [v, self.fconst(s), self.typed(z, dt)], "q")
 
-
-def _int_range(dtype):
-    bits = int(dtype.lstrip("uint"))
-    return (0, 2**bits - 1) if dtype.startswith("u") else (-2**(bits - 1), 2**(bits - 1) - 1)
+    def on_quantized(self, node, move):
+        """Run move(builder, node, int64 values) on the quantized values of node's input
+        and store its outputs at their own dtypes (ops that only pick or compare values,
+        so every output keeps the input's scale and zero point)."""
+        v64 = self.b.op("Cast", [self.quant[node.inputs[0]]], "i64", to=TensorProto.INT64)
+        for t, moved in zip(node.outputs, move(self.b, node, v64)):
+            self.quant[t] = self.b.op("Cast", [moved], "moved", to=_QDQ_TYPES[self.g.values[t].dtype])
 
 
 def _qdq_weights(e: _QDQ, node, w, x_scale):
@@ -585,14 +589,12 @@ def _qdq_node(e: _QDQ, node):
         # onnxruntime drops the DequantizeLinear/QuantizeLinear pair around a MaxPool of
         # equal scales and then has no 4-bit MaxPool: the max of the quantized values
         # (quantization is monotone, so it is the same) by the integer form's taps
-        v64 = e.b.op("Cast", [e.quant[node.inputs[0]]], "i64", to=TensorProto.INT64)
-        e.quant[node.outputs[0]] = e.b.op("Cast", _max_pool(e.b, node, v64), "pool",
-                                          to=_QDQ_TYPES[g.values[node.outputs[0]].dtype])
+        e.on_quantized(node, _max_pool)
     elif op == "MaxPool":
         v = e.b.op("MaxPool", [e.value(node.inputs[0])], "pool", kernel_shape=list(a["kernel_shape"]),
                    strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a.get("dilations", (1, 1))),
                    ceil_mode=int(a.get("ceil_mode", 0)))
-        lo, hi = _int_range(g.values[node.outputs[0]].dtype)
+        lo, hi = dtype_range(g.values[node.outputs[0]].dtype)
         e.quantize(v, node.outputs[0], lo, hi)
     elif op == "IntGlobalAvgPool":
         v = e.b.op("GlobalAveragePool", [e.value(node.inputs[0])], "pool")
@@ -611,12 +613,7 @@ def _qdq_node(e: _QDQ, node):
     elif op == "IntClamp":
         e.quantize(e.value(node.inputs[0]), node.outputs[0], a["lo"], a["hi"])
     elif _exporter(op) is _movement:
-        # moved as quantized values, so each output keeps its input's scale and zero point
-        src = node.inputs[0]
-        dt = g.values[src].dtype
-        v64 = e.b.op("Cast", [e.quant[src]], "i64", to=TensorProto.INT64)
-        for t, moved in zip(node.outputs, _movement(e.b, node, v64)):
-            e.quant[t] = e.b.op("Cast", [moved], "moved", to=_QDQ_TYPES[dt])
+        e.on_quantized(node, _movement)
     else:
         raise IntqError(f"export --format qdq: op {op} (node {node.name}) has no QDQ form here; "
                         f"--format integer exports it exactly")

@@ -78,7 +78,7 @@ def train_segmenter(train, epochs, log):
     x, _, masks = train
     x, masks = torch.as_tensor(x), torch.as_tensor(masks)
     torch.manual_seed(0)
-    model = zoo.digits_segmenter()
+    model = zoo.DigitsSegmenter()
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=epochs * (len(x) // 64 + 1))
     weight = torch.ones(11)

@@ -1318,11 +1318,7 @@ class DigitsSegmenter(nn.Module):
         return self.head(self.join(torch.cat([f, self.fine(x)], 1)))
 
 
-def digits_segmenter():
-    return DigitsSegmenter()
-
-
-SCENE_MODELS = {"digits_detector": DigitsDetector, "digits_segmenter": digits_segmenter}
+SCENE_MODELS = {"digits_detector": DigitsDetector, "digits_segmenter": DigitsSegmenter}
 
 
 # name -> (constructor taking the input size, native resolution). Seeded weights give

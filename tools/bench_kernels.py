@@ -16,17 +16,17 @@ End to end: ResNet18, ResNet50 and MobileNetV2 at 224x224, batch 1 and 8, intq I
 and a mixed bit file, against the same float model quantized by onnxruntime's
 `quantize_static` (QDQ, per channel, uint8 activations, int8 weights), after onnxruntime's
 recommended `quant_pre_process`; onnxruntime also runs intq's own QDQ export of the INT8
-and INT4 models (`intq export --format qdq`), timed in the same onnxruntime rounds. Models are compiled and quantized once; then `--rounds`
-rounds alternate an intq process and an onnxruntime process. Within an intq round the
-three bit configurations are timed in turn, repeat by repeat, so INT4 / INT8 compares
-runs made moments apart; each ratio is taken within a round and its median reported, with
-every round's milliseconds beside it (the spread says how noisy the machine was).
-Evaluation: the integer executor on 64 images, numba against the reference backend, for
-the bundled digits nets and full-size ResNet18.
+and INT4 models (`intq export --format qdq`), timed in the same onnxruntime rounds. Models
+are compiled and quantized once; then `--rounds` rounds alternate an intq process and an
+onnxruntime process. Within an intq round the three bit configurations are timed in turn,
+repeat by repeat, so INT4 / INT8 compares runs made moments apart; each ratio is taken
+within a round and its median reported, with every round's milliseconds beside it (the
+spread says how noisy the machine was). Evaluation: the integer executor on 64 images,
+numba against the reference backend, for the bundled digits nets and full-size ResNet18.
 
 Each peer runs in its own process (Numba's and onnxruntime's thread pools fight inside
-one), all with 2 threads, one after the other; results are medians over repeats. The
-intq workers run the kernel path `INTQ_KERNELS` picks (printed). Writes JSON (CPU model
+one), all with 2 threads, one after the other; results are medians over repeats. The intq
+workers run the kernel path `INTQ_KERNELS` picks (printed). Writes JSON (CPU model
 included) and prints the README's tables in Markdown.
 """
 from __future__ import annotations
