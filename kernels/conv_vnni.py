@@ -27,7 +27,7 @@ import numpy as np
 
 from .conv import COUT, N_, OH, OW, PL, PT, SH, SW, TAPS, CIN, _task, _task_count, _tile_pixels
 from .epilogue import offset, store_pixel, store_pixel_vec
-from .simd import vbroadcast4, vdpbusd, vload, vmadd_taps, vstore, vzero
+from .simd import vbroadcast4, vdpbusd, vepi_requant_rows, vload, vmadd_taps, vstore, vtaps4, vzero
 
 # Pixels per tile for tiles of 1, 2, 3 or 4 vectors of 16 channels (24 accumulators each).
 TILE_PIXELS = {1: 24, 2: 12, 3: 8, 4: 6}
@@ -520,3 +520,78 @@ def conv_depthwise_vnni(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2,
                                 rvt64, cvt32, cvt64)
             else:
                 store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+
+
+def pack_depthwise_dot4(w: np.ndarray) -> np.ndarray:
+    """(C, 1, KH, KW) depthwise weights -> int8 [channel group][tap quad][64], byte
+    4 ch + j of quad q the weight of tap 4q + j of channel 16 g + ch (`simd.vtaps4`'s
+    order); taps past the last and channels past C are 0."""
+    c, taps = w.shape[0], w.shape[2] * w.shape[3]
+    groups, quads = -(-c // 16), -(-taps // 4)
+    wt = np.zeros((groups * 16, quads * 4), np.int8)
+    wt[:c, :taps] = w.reshape(c, taps)
+    return np.ascontiguousarray(wt.reshape(groups, 16, quads, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+@njit(cache=True, inline="always")
+def _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt32, vt64, zo, lo, hi, nl, narrow):
+    """One output row of channel group g: four taps per vpdpbusd, the rest (1 to 3 taps)
+    in one more, then `vepi_requant_rows` with the group's tables loaded once."""
+    t = 32 * g
+    bias, mul = vload(vt32, t), vload(vt32, t + 16)
+    h0, h1, s0, s1 = vload(vt64, t), vload(vt64, t + 8), vload(vt64, t + 16), vload(vt64, t + 24)
+    quads, r = taps // 4, taps % 4
+    wg = g * (quads + (r > 0)) * 64
+    for ow in range(ow_):
+        a = vzero()
+        xo = xb + ow * xstep + 16 * g
+        for q in range(quads):
+            j = 4 * q
+            a = vdpbusd(a, vtaps4(x, xo + toff[j], xo + toff[j + 1], xo + toff[j + 2], xo + toff[j + 3], 4, nl),
+                        vload(w, wg + 64 * q))
+        j = 4 * quads
+        if r == 1:
+            a = vdpbusd(a, vtaps4(x, xo + toff[j], 0, 0, 0, 1, nl), vload(w, wg + 64 * quads))
+        elif r == 2:
+            a = vdpbusd(a, vtaps4(x, xo + toff[j], xo + toff[j + 1], 0, 0, 2, nl), vload(w, wg + 64 * quads))
+        elif r == 3:
+            a = vdpbusd(a, vtaps4(x, xo + toff[j], xo + toff[j + 1], xo + toff[j + 2], 0, 3, nl),
+                        vload(w, wg + 64 * quads))
+        vepi_requant_rows(a, bias, mul, h0, h1, s0, s1, out, ob + ow * ostep + 16 * g, zo, lo, hi, nl, narrow)
+
+
+@njit(parallel=True, cache=True)
+def conv_depthwise_dot4(x, xg, w, toff, cp, out, og, sc, vt32, vt64):
+    """Depthwise convolution (multiplier 1) of uint8 activations into a Requantize (no
+    residual, no copy): `vpdpbusd` sums four taps of 16 channels at once (`simd.vtaps4`),
+    a third of the multiplies of `conv_depthwise_vnni`'s int32 products, and the epilogue
+    keeps each channel group's tables in registers along an output row. Tasks are (row,
+    channel group) pairs. w from `pack_depthwise_dot4`; vt32, vt64 from
+    `epilogue.vector_tables`; other arguments as `conv.conv_depthwise`."""
+    n_, oh_, ow_ = cp[N_], cp[OH], cp[OW]
+    c, taps = cp[COUT], cp[TAPS]
+    full, rest = c // 16, c % 16
+    groups = full + (rest > 0)
+    zo, lo, hi = sc[1], sc[2], sc[3]
+    xstep, ostep = xg[2] * cp[SW], og[2]
+    for task in prange(n_ * oh_ * groups):
+        row = task // groups
+        g = task - row * groups
+        n = row // oh_
+        oh = row - n * oh_
+        xb = offset(xg, n, oh * cp[SH] - cp[PT], -cp[PL])
+        ob = offset(og, n, oh, 0)
+        # literal lane counts and narrow flags: each call compiles its own masks and DN form
+        if g < full:
+            if sc[10]:
+                _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt32, vt64, zo, lo, hi,
+                                    16, True)
+            else:
+                _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt32, vt64, zo, lo, hi,
+                                    16, False)
+        elif sc[10]:
+            _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt32, vt64, zo, lo, hi,
+                                rest, True)
+        else:
+            _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt32, vt64, zo, lo, hi,
+                                rest, False)

@@ -308,7 +308,11 @@ class ConvStep(Step):
                 self.w_low = self.w[:0]
         elif self.kind == "depthwise":
             self.dw_vnni = path in ("vnni", "amx")
-            self.w = (conv_vnni.pack_depthwise(w) if self.dw_vnni else
+            # four taps per vpdpbusd: uint8 activations into a plain Requantize
+            self.dw_dot4 = (self.dw_vnni and x.dtype == np.uint8 and epilogue.mode == REQUANT
+                            and epilogue.copy is None)
+            self.w = (conv_vnni.pack_depthwise_dot4(w) if self.dw_dot4 else
+                      conv_vnni.pack_depthwise(w) if self.dw_vnni else
                       np.ascontiguousarray(w.reshape(m, kh * kw).T, dtype=np.int32))
             self.cin = 1
         else:
@@ -398,6 +402,9 @@ class ConvStep(Step):
                 (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)
+        if self.kind == "depthwise" and self.dw_dot4:
+            vt32, vt64 = self.vector_tables()[:2]
+            return lambda: conv_vnni.conv_depthwise_dot4(xb, xg, w, toff, cp, out, og, sc, vt32, vt64)
         if self.kind == "depthwise" and self.dw_vnni:
             vt = self.vector_tables()
             return lambda: conv_vnni.conv_depthwise_vnni(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq,

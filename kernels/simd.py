@@ -253,25 +253,32 @@ def _widen16(context, builder, aryty, ary, index, mask):
 
 
 def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti, narrow=False):
-    """DN of v + bias, 16 lanes: (even, odd) int64 halves; narrow: one int32 vector (see
-    `_NARROW`)."""
+    """DN of v + bias, 16 lanes, the table rows read from group ti of (t32, t64): (even,
+    odd) int64 halves; narrow: one int32 vector (see `NARROW_MIN_SHIFT`)."""
     p32 = _element_pointer(context, builder, t32ty, t32, ti)
     bias = _vec_load(builder, p32, _V32)
     mul = _vec_load(builder, builder.gep(p32, [ir.Constant(_I64, 16)]), _V32)
+    p64 = _element_pointer(context, builder, t64ty, t64, ti)
+    rows = [_vec_load(builder, builder.gep(p64, [ir.Constant(_I64, 8 * i)]), _V64) for i in range(4)]
+    return _dn_rows(builder, v, bias, mul, rows, narrow)
+
+
+def _dn_rows(builder, v, bias, mul, rows, narrow):
+    """DN of v + bias given the table rows as values: bias and multiplier (16 x int32),
+    rows = [2^(c-1) even, odd][c even, odd] (8 x int64 each; narrow: rows[2] the 16 int32
+    shifts c - 32). The one definition of the vector DN: every vector epilogue calls it."""
     x = builder.bitcast(builder.add(v, bias), _V64)
     m = builder.bitcast(mul, _V64)
     k32 = _splat(builder, ir.Constant(_I64, 32), _V64)
     even = builder.mul(builder.ashr(builder.shl(x, k32), k32), builder.ashr(builder.shl(m, k32), k32))
     odd = builder.mul(builder.ashr(x, k32), builder.ashr(m, k32))
-    p64 = _element_pointer(context, builder, t64ty, t64, ti)
-    row = [_vec_load(builder, builder.gep(p64, [ir.Constant(_I64, 8 * i)]), _V64) for i in range(4)]
-    even, odd = builder.add(even, row[0]), builder.add(odd, row[1])
+    even, odd = builder.add(even, rows[0]), builder.add(odd, rows[1])
     if not narrow:
-        return builder.ashr(even, row[2]), builder.ashr(odd, row[3])
+        return builder.ashr(even, rows[2]), builder.ashr(odd, rows[3])
     # the high words of both products, in lane order, then the rest of the shift in int32
     high = builder.shuffle_vector(builder.bitcast(even, _V32), builder.bitcast(odd, _V32),
                                   ir.Constant(_V32, [k for i in range(8) for k in (2 * i + 1, 16 + 2 * i + 1)]))
-    return builder.ashr(high, builder.bitcast(row[2], _V32))
+    return builder.ashr(high, builder.bitcast(rows[2], _V32))
 
 
 # The narrow form, for layers whose every shift c is at least 33 (the usual case: a
@@ -383,6 +390,27 @@ def vepi_raw(typingctx, acc, ai, t32, ti, out, oi, nl):
     return types.void(acc, types.intp, t32, types.intp, out, types.intp, nl), codegen
 
 
+@intrinsic
+def vepi_requant_rows(typingctx, a, bias, mul, h0, h1, s0, s1, out, oi, zo, lo, hi, nl, narrow):
+    """`vepi_requant` of the accumulator vector a, with the six table rows of its group
+    already loaded (`vload`: bias, multiplier, then the four int64 rows as 16-lane
+    values): a kernel that runs many pixels through one group loads them once, not per
+    pixel."""
+    is_narrow = _is_narrow(narrow)
+
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[12], args[12])
+        rows = [builder.bitcast(r, _V64) for r in args[3:7]]
+        dn = _dn_rows(builder, args[0], args[1], args[2], rows, is_narrow)
+        if is_narrow:
+            _store16_narrow(context, builder, dn, args[9], args[10], args[11], sig.args[7], args[7], args[8], mask)
+        else:
+            _store16(context, builder, *dn, args[9], args[10], args[11], sig.args[7], args[7], args[8], mask)
+        return context.get_dummy_value()
+    return types.void(i32x16, i32x16, i32x16, i32x16, i32x16, i32x16, i32x16, out, types.intp, types.int64,
+                      types.int64, types.int64, nl, narrow), codegen
+
+
 # -- Depthwise: 16 channels of one tap -------------------------------------------------
 
 @intrinsic
@@ -397,3 +425,34 @@ def vmadd_taps(typingctx, acc, x, xi, w, wi, nl):
         wv = _vec_load(builder, _element_pointer(context, builder, sig.args[3], args[3], args[4]), _V32)
         return builder.add(args[0], builder.mul(a, wv))
     return i32x16(i32x16, x, types.intp, w, types.intp, nl), codegen
+
+
+# -- Depthwise: four taps of 16 channels per vpdpbusd ------------------------------------
+# Lane ch of the vpdpbusd operand holds the bytes of taps 4q..4q+3 of channel ch, so one
+# instruction sums four taps of 16 channels (the weights packed to match,
+# `conv_vnni.pack_depthwise_dot4`). The four 16-byte loads sit side by side in one zmm
+# and one byte shuffle (vpermb where the CPU has VBMI) transposes them.
+
+_V8x16, _V8x64 = ir.VectorType(_I8, 16), ir.VectorType(_I8, 64)
+# result byte 4 ch + j <- byte 16 j + ch of the four loads side by side
+_TAPS_TRANSPOSE = [16 * j + ch for ch in range(16) for j in range(4)]
+
+
+@intrinsic
+def vtaps4(typingctx, x, i0, i1, i2, i3, k, nl):
+    """The bytes x[i_j + ch] of taps j < k (a literal 1 to 4; taps from k on are 0, their
+    indices ignored) for channels ch < nl (the literal 16: all; lanes past nl are 0 and
+    not read), as 16 lanes of 4 bytes: lane ch holds taps 0..3 of channel ch."""
+    count = _tile_number(k)
+
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[6], args[6])
+        parts = [_masked_load(builder, _element_pointer(context, builder, sig.args[0], args[0], args[1 + j]),
+                              _V8x16, mask) if j < count else ir.Constant(_V8x16, None) for j in range(4)]
+        pairs = ir.Constant(ir.VectorType(_I32, 32), list(range(32)))
+        lo, hi = builder.shuffle_vector(parts[0], parts[1], pairs), builder.shuffle_vector(parts[2], parts[3], pairs)
+        side = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 64), list(range(64))))
+        taps = builder.shuffle_vector(side, ir.Constant(_V8x64, None),
+                                      ir.Constant(ir.VectorType(_I32, 64), _TAPS_TRANSPOSE))
+        return builder.bitcast(taps, _V32)
+    return i32x16(x, types.intp, types.intp, types.intp, types.intp, k, nl), codegen

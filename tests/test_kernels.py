@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from intq.ir import Graph
 from intq.kernels import cpu
-from intq.kernels.simd import vepi_raw, vepi_requant, vepi_residual
+from intq.kernels.simd import vepi_raw, vepi_requant, vepi_requant_rows, vepi_residual, vload
 from intq.kernels.plan import Plan
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
@@ -142,6 +142,17 @@ def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl, narrow
 
 
 @njit
+def _vector_requant_rows(acc, t32, t64, out, zo, lo, hi, nl, narrow):
+    a = vload(acc, 0)
+    bias, mul = vload(t32, 0), vload(t32, 16)
+    h0, h1, s0, s1 = vload(t64, 0), vload(t64, 8), vload(t64, 16), vload(t64, 24)
+    if narrow:
+        vepi_requant_rows(a, bias, mul, h0, h1, s0, s1, out, 0, zo, lo, hi, nl, True)
+    else:
+        vepi_requant_rows(a, bias, mul, h0, h1, s0, s1, out, 0, zo, lo, hi, nl, False)
+
+
+@njit
 def _vector_raw(acc, t32, out, nl):
     vepi_raw(acc, 0, t32, 0, out, 0, nl)
 
@@ -152,7 +163,8 @@ def _vector_raw(acc, t32, out, nl):
        st.sampled_from(["random", "ties", "c0", "c62", "bmax", "narrow", "narrow-edge"]),
        st.sampled_from(["uint8", "int16", "int32"]))
 def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
-    """The zmm epilogue (`simd.vepi_requant`, `vepi_residual`) against `dyadic.requantize`,
+    """The zmm epilogue (`simd.vepi_requant`, `vepi_requant_rows`, `vepi_residual`) against
+    `dyadic.requantize`,
     the rule's definition: 16 channels with their own multipliers, accumulators and biases
     at the ends of INT32 (their sum fits, as the validator guarantees), ties (b = 1,
     c = 1 on odd values, negative ones included), c = 0 and c = 62, b = 2^31 - 1,
@@ -189,6 +201,10 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     want = requantize(acc + bias, b, c, lo, hi, zo)
     assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
     assert np.array_equal(out[nl:], sentinel[nl:])
+    out = sentinel.copy()  # the same with the table rows passed in registers
+    _vector_requant_rows(acc.astype(np.int32), *tables(b, c, bias), out, zo, lo, hi, nl, narrow)
+    assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
+    assert np.array_equal(out[nl:], sentinel[nl:])
     if out_dtype == "int32":
         raw = sentinel.copy()
         _vector_raw(acc.astype(np.int32), vector_tables(dn_table(b, c, 16, 16, bias))[0], raw, nl)
@@ -207,6 +223,64 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     total = requantize(acc + bias, b, c, -2**62, 2**62) + requantize(r - zr, rb, rc, -2**62, 2**62)
     assert np.array_equal(out[:nl].astype(np.int64), np.clip(total + zo, lo, hi)[:nl])
     assert np.array_equal(out[nl:], sentinel[nl:])
+
+
+depthwise_cases = st.fixed_dictionaries({
+    "n": st.integers(1, 2), "c": st.integers(2, 40), "h": st.integers(1, 9), "w": st.integers(1, 9),
+    "kh": st.integers(1, 5), "kw": st.integers(1, 5), "stride": st.integers(1, 2), "dil": st.integers(1, 2),
+    "pads": st.tuples(*[st.integers(0, 2)] * 4), "bits": st.sampled_from([4, 8]),
+    "mult": st.sampled_from(["fit", "fit", "random", "ties", "narrow", "narrow-edge"]), "per_tensor": st.booleans(),
+    "out": st.sampled_from(["uint8", "int8", "int16", "uint16"]), "seed": st.integers(0, 2**16),
+})
+
+
+@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 VNNI here")
+@settings(SETTINGS, max_examples=80)  # cheap cases, one compiled kernel: more of them
+@given(depthwise_cases)
+def test_depthwise_dot4_equals_reference(case):
+    """The four-taps-per-vpdpbusd depthwise kernel (`conv_vnni.conv_depthwise_dot4`) equals
+    the reference: every remainder of taps over 4 (kernels 1x1 to 5x5, rectangular),
+    channel counts that leave a ragged last group, strides, dilations, asymmetric pads,
+    weights at -128 and 127 and inputs at 0 and 255, both DN forms (narrow: shifts of 33
+    and more; "narrow-edge": c = 33 with b = 2^31 - 1), ties, and every output width it
+    takes. The plan must pick that kernel here, or the test would check another."""
+    rng = np.random.default_rng(case["seed"])
+    n, c, h, w, kh, kw = case["n"], case["c"], case["h"], case["w"], case["kh"], case["kw"]
+    s, d = case["stride"], case["dil"]
+    pt, pl, pb, pr = case["pads"]
+    assume(h + pt + pb - (kh - 1) * d - 1 >= 0 and w + pl + pr - (kw - 1) * d - 1 >= 0)
+    bits = case["bits"]
+    xlo, xhi = dtype_range(f"uint{bits}")
+    wlo, whi = (-7, 7) if bits == 4 else (-128, 127)
+    g = Graph("depthwise")
+    xq = quantized_input(g, (n, c, h, w), f"uint{bits}")
+    wq = extreme_ints(rng, (c, 1, kh, kw), wlo, whi)
+    bound = int(np.abs(wq).reshape(c, -1).sum(1).max()) * xhi
+    fit = case["mult"] == "fit"  # a small bias and a scale that maps the sums onto the output range:
+    span = bound if fit else INT32_MAX - bound  # few outputs clamp, so a wrong tap shows
+    bias = rng.integers(-span, span + 1, c)
+    wn = g.add_constant("w", wq.astype(np.int8))
+    g.values[wn].dtype = f"int{bits}"
+    bn = g.add_constant("bias", bias.astype(np.int32))
+    g.add_node("IntConv", [xq, wn, bn], ["acc"], {
+        "x_zero_point": zero_point(rng, xlo, xhi), "strides": [s, s], "pads": [pt, pl, pb, pr],
+        "dilations": [d, d], "groups": c}, name="conv")
+    count = 1 if case["per_tensor"] else c
+    lo, hi = dtype_range(case["out"])
+    b, cc = multipliers(rng, count, case["mult"] == "ties")
+    if fit:
+        cc = rng.integers(33, 45, count)
+        b = np.clip(np.round((hi - lo) / (4 * max(bound, 1)) * 2.0 ** cc), 1, 2**31 - 1).astype(np.int64)
+    elif case["mult"] == "narrow":
+        cc = rng.integers(33, 63, count)
+    elif case["mult"] == "narrow-edge":
+        b, cc = np.full(count, 2**31 - 1), np.full(count, 33)
+    add_requantize(g, "acc", "y", b, cc, 0, case["out"], zero_point(rng, lo, hi))
+    g.outputs = ["y"]
+    infer_shapes(g)
+    plan = Plan(g, "vnni")
+    assert [st_.dw_dot4 for st_ in plan.steps if getattr(st_, "kind", None) == "depthwise"] == [True]
+    check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32), ["vnni"])
 
 
 amx_cases = st.fixed_dictionaries({
