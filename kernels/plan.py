@@ -753,6 +753,7 @@ class Plan:
         self.steps: list[Step] = []
         self._bound: dict[int, tuple] = {}
         self._chunk: int | None = None
+        self._split: int | None = None
         self._build()
 
     # -- analysis -----------------------------------------------------------------
@@ -851,6 +852,27 @@ class Plan:
             self._chunk = 1 if per_image > budget else 1 << 30
         return self._chunk
 
+    def split(self) -> int:
+        """Where a network that runs image by image (`chunk` = 1) goes over to the whole
+        batch: `run` takes steps [0, k) per image and the rest on the batch. Per image, a
+        step keeps its activations in cache but reads its weights again for every image;
+        on the batch it reads its weights once but streams its activations. k minimises
+        sum_{i<k} weights_i + sum_{i>=k} activations_i (bytes per image). ResNet50 on a
+        Zen 4, batch 8: the late layers (1-2 MB of weights, 14x14 and 7x7 maps) then run
+        on the batch, 4-8% less time in two same-process comparisons. 0 (nothing per image
+        before the batch) where `chunk` > 1: forcing the split on ResNet18 and MobileNetV2
+        gave -15% to +4%, inside this machine's noise, so they keep the whole batch."""
+        if self._split is None:
+            self._split = 0
+            if self.chunk() == 1:
+                acts = [sum(self.layouts[t].nbytes(1) for t in set(s.reads + s.writes) if t in self.layouts)
+                        for s in self.steps]
+                weights = [sum(a.nbytes for a in (getattr(s, "w", None), getattr(s, "w_low", None))
+                               if isinstance(a, np.ndarray)) for s in self.steps]
+                costs = [sum(weights[:k]) + sum(acts[k:]) for k in range(len(self.steps) + 1)]
+                self._split = int(np.argmin(costs))
+        return self._split
+
     def bind(self, n: int):
         """Buffers for batch n (allocated once, reused across layers) and one callable per
         step (its output halos filled first)."""
@@ -889,6 +911,29 @@ class Plan:
         self._bound[n] = (env, calls)
         return self._bound[n]
 
+    def _run_split(self, feeds, n):
+        """`run` for batch n in two parts (`split`): the first k steps image by image, each
+        image's tensors that later steps read copied into the whole-batch buffers, then the
+        remaining steps on the whole batch."""
+        k = self.split()
+        env1, calls1 = self.bind(1)
+        envn, callsn = self.bind(n)
+        written = {t for s in self.steps[:k] for t in s.writes}
+        later = {t for s in self.steps[k:] for t in s.reads} | {self.alias.get(o, o) for o in self.graph.outputs}
+        crossing = sorted(written & later)
+        for i in range(n):
+            env1["__feeds__"].update({name: v[i:i + 1] for name, v in feeds.items()})
+            for call in calls1[:k]:
+                call()
+            for t in crossing:
+                size = self.layouts[t].nbytes(1) // env1[t].itemsize
+                envn[t][i * size:(i + 1) * size] = env1[t][:size]
+        envn["__feeds__"].update(feeds)
+        for call in callsn[k:]:
+            call()
+        return [self.layouts[self.alias.get(o, o)].to_reference(envn[self.alias.get(o, o)], n)
+                for o in self.graph.outputs]
+
     def run(self, x, trace=False):
         """Integer outputs (int64, reference layout) for float NCHW input x. trace=True: a
         dict of every tensor the plan stores, copied out right after the step that writes
@@ -900,6 +945,8 @@ class Plan:
         else:
             feeds = {self.graph.inputs[0]: np.ascontiguousarray(x, dtype=np.float32)}
         n = next(iter(feeds.values())).shape[0]
+        if not trace and n > 1 and 0 < self.split() < len(self.steps):
+            return self._run_split(feeds, n)
         if not trace:
             # A batch runs as sub-batches of `chunk` images (the last one shorter): each
             # image's activations then stay in cache from layer to layer.

@@ -54,9 +54,25 @@ def test_batch_run_in_sub_batches_equals_reference(calib, images):
     want = run_integer(ig, images[:7])
     for chunk in (1, 3):
         plan = Plan(ig, PATHS[-1])
-        plan._chunk = chunk
+        plan._chunk, plan._split = chunk, 0
         assert_same(plan.run(images[:7]), want)
         assert sorted(plan._bound) == sorted({chunk, 7 % chunk} - {0})
+
+
+@pytest.mark.parametrize("name", ["resnet", "inception", "mobilenetv3"])
+def test_batch_split_between_image_and_batch_equals_reference(name, calib, images):
+    """`Plan.split`: the first k steps image by image, the rest on the whole batch, for
+    every k, on residual adds, concats and squeeze-excite products (a tensor crossing
+    the split is copied image by image; a concat may be written on both sides of it)."""
+    ig, _, _ = compile_model(MODELS / f"{name}.onnx", calib[:64], QuantConfig(default_bits=8))
+    want = run_integer(ig, images[:5])
+    plan = Plan(ig, PATHS[-1])
+    plan._chunk = 1
+    assert 0 < plan.split() <= len(plan.steps)  # the cost model's own choice
+    for k in range(1, len(plan.steps)):
+        plan._split = k
+        assert_same(plan.run(images[:5]), want)
+    assert sorted(plan._bound) == [1, 5]
 
 
 @pytest.mark.parametrize("bits", ["8", "4", "mixed"])
