@@ -477,7 +477,9 @@ def save_onnx(model: onnx.ModelProto, path) -> None:
 # scale and zero point, with intq's clamp as a float Clip. This is what onnxruntime's
 # quantizer writes and NPU importers read, so it is not bit-exact: onnxruntime rescales in
 # float and rounds half to even where intq uses the dyadic multiplier and rounds half up,
-# and the scales are float32. `intq export --format qdq` measures how far it lands.
+# and the scales are float32. `intq export --format qdq` measures how far it lands. Ops
+# with no float op to stand for them (a lookup table, the integer bilinear Resize) run
+# their exact integer form on the quantized values (`_QDQ.on_integers`).
 
 _QDQ_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "uint16": TensorProto.UINT16,
               "int16": TensorProto.INT16, "uint4": TensorProto.UINT4, "int4": TensorProto.INT4,
@@ -521,6 +523,20 @@ class _QDQ:
         if lo > tlo or hi < thi:   # intq's clamp (a fused ReLU, ReLU6) as a float Clip
             v = self.b.op("Clip", [v, self.fconst(s * (lo - z)), self.fconst(s * (hi - z))], "clip")
         self.quant[t] = self.b.op("QuantizeLinear", [v, self.fconst(s), self.typed(z, dt)], "q")
+
+    def on_integers(self, node, exporter):
+        """The integer exporter of node's op on the quantized values of its tensor inputs
+        (int64), its outputs stored at their own dtypes: exact, as in `integer_onnx`."""
+        ins = []
+        for t in node.inputs:
+            if t in self.g.constants:
+                ins.append(None)
+            elif t not in self.quant:
+                raise IntqError(f"export --format qdq: {node.op} {node.name} reads {t}, which has no quantized form")
+            else:
+                ins.append(self.b.op("Cast", [self.quant[t]], "i64", to=TensorProto.INT64))
+        for t, o in zip(node.outputs, exporter(self.b, node, *ins)):
+            self.quant[t] = self.b.op("Cast", [o], "q", to=_QDQ_TYPES[self.g.values[t].dtype])
 
     def on_quantized(self, node, move):
         """Run move(builder, node, int64 values) on the quantized values of node's input
@@ -614,6 +630,17 @@ def _qdq_node(e: _QDQ, node):
         e.quantize(e.value(node.inputs[0]), node.outputs[0], a["lo"], a["hi"])
     elif _exporter(op) is _movement:
         e.on_quantized(node, _movement)
+    elif op == "IntMul" and not a.get("b_constant"):   # onnxruntime's QDQ Mul (QLinearMul)
+        v = e.b.op("Mul", [e.value(node.inputs[0]), e.value(node.inputs[1])], "mul")
+        e.quantize(v, node.outputs[0], a["lo"], a["hi"])
+    elif op == "IntSoftmax" and len(a["axes"]) == 1:
+        e.quantize(e.b.op("Softmax", [e.value(node.inputs[0])], "softmax", axis=int(a["axes"][0])),
+                   node.outputs[0], a["lo"], a["hi"])
+    elif _exporter(op) is not None:
+        # No float op to stand between DequantizeLinear and QuantizeLinear (a lookup table
+        # knows its function only as the table; the integer bilinear Resize has its own
+        # rounding): the op's exact integer form (`integer_onnx`'s) on the quantized values.
+        e.on_integers(node, _exporter(op))
     else:
         raise IntqError(f"export --format qdq: op {op} (node {node.name}) has no QDQ form here; "
                         f"--format integer exports it exactly")

@@ -223,23 +223,28 @@ def test_an_op_without_an_exact_form_is_refused_by_name(resnet_artifact):
 
 # -- the QDQ form ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["resnet.onnx", "resnet.dynamo.onnx", "inception.onnx", "mobilenet.onnx"])
+@pytest.mark.parametrize("name", ["resnet.onnx", "resnet.dynamo.onnx", "inception.onnx", "mobilenet.onnx",
+                                  "mobilenetv3.onnx"])
 def test_qdq_export_runs_in_onnxruntime_and_keeps_intq_top1(name):
     """Not bit-exact (onnxruntime rescales in float, rounding half to even), but it carries
     intq's weights (INT4 tensors where intq has 4 bits), scales and zero points: on the
-    held-out digits its top-1 agrees with intq's integers."""
+    held-out digits its top-1 agrees with intq's integers. MobileNetV3's squeeze-excite
+    products are float Muls between DequantizeLinear and QuantizeLinear, its hard-swish
+    tables Gathers on the quantized values."""
     import onnxruntime as ort
 
     from intq.export import qdq_onnx
 
     calib = np.load(MODELS / "digits_calib.npz")["x"][:64]
     x = np.load(MODELS / "digits_test.npz")["x"]
-    for bits, floor in ((8, 0.99), (4, 0.95)):
+    for bits, floor in ((8, 0.99), (4, 0.9)):   # measured: 100% at INT8, 95.0-100% at INT4
         model = intq.compile(MODELS / name, calib, bits=bits)
         proto = qdq_onnx(model.integer)
         onnx.checker.check_model(proto, full_check=True)
         ops = {n.op_type for n in proto.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and not ops & {"ConvInteger", "BitShift"}
+        lookups = [n for n in model.integer.nodes if n.op == "IntLookup"]
+        assert ("Gather" in ops) == bool(lookups) and bool(lookups) == (name == "mobilenetv3.onnx")
         int4 = [t for t in proto.graph.initializer if t.data_type == TensorProto.INT4]
         assert bool(int4) == (bits == 4)
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -250,14 +255,44 @@ def test_qdq_export_runs_in_onnxruntime_and_keeps_intq_top1(name):
         assert agree >= floor, (bits, agree)
 
 
-def test_qdq_refuses_an_op_it_has_no_form_for_in_one_line(tmp_path):
-    calib = np.load(MODELS / "digits_calib.npz")["x"][:32]
-    path = tmp_path / "v3.intq"
-    intq.compile(MODELS / "mobilenetv3.onnx", calib, bits=8).save(path)
-    _assert_user_error(run_cli("export", path, "-o", tmp_path / "v3.onnx", "--format", "qdq"), "IntLookup",
-                       "--format integer")
-    assert not (tmp_path / "v3.onnx").exists()
-    assert run_cli("export", path, "-o", tmp_path / "v3.onnx").returncode == 0
+def test_qdq_runs_ops_without_a_float_pattern_exactly_on_the_quantized_values():
+    """Lookup tables and the bilinear Resize have no float op to put between
+    DequantizeLinear and QuantizeLinear: the QDQ file runs their exact integer form on the
+    quantized values. A model of such ops after the input's QuantizeLinear (the one float
+    step, which rounds alike off ties) has that tensor as an output beside a convolution's
+    (compiling needs one): the QDQ file gives exactly intq's integers for it."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    from intq.export import qdq_onnx
+
+    class Lookups(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = torch.nn.functional.hardswish(x)
+            y = torch.nn.functional.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+            y = torch.sigmoid(y)
+            return y, self.conv(y)
+
+    buf = io.BytesIO()
+    torch.onnx.export(Lookups().eval(), torch.zeros(1, 3, 6, 6), buf, input_names=["x"], dynamo=False,
+                      dynamic_axes={"x": {0: "N"}})
+    r = np.random.default_rng(3)
+    model = intq.compile(onnx.load_from_string(buf.getvalue()), r.standard_normal((8, 3, 6, 6)).astype(np.float32),
+                         bits=8)
+    assert {n.op for n in model.integer.nodes} >= {"QuantizeInput", "IntLookup", "IntResizeLinear", "IntConv"}
+    proto = qdq_onnx(model.integer)
+    onnx.checker.check_model(proto, full_check=True)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = r.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    got = sess.run(None, {"x": x})[0].astype(np.int64)
+    want = model.run_all(x, integer=True)[0]
+    assert got.shape == want.shape and np.array_equal(got, want)
 
 
 def test_qdq_export_of_a_4_bit_max_pool_loads_in_onnxruntime():
@@ -276,3 +311,24 @@ def test_qdq_export_of_a_4_bit_max_pool_loads_in_onnxruntime():
     sess = ort.InferenceSession(qdq_onnx(model.integer).SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert got.shape == model.run(x, integer=True).shape
+
+
+@pytest.mark.parametrize("name", ["digits_detector", "digits_segmenter"])
+def test_qdq_export_of_the_scene_models_runs_in_onnxruntime(name):
+    """The detector (nearest upsampling, concats, a sigmoid table) and the segmenter
+    (bilinear Resize) in QDQ form: onnxruntime runs them, and per cell and pixel the
+    arg-max over channels agrees with intq's on held-out scenes (measured 99.1-99.98%)."""
+    import onnxruntime as ort
+
+    from intq.export import qdq_onnx
+    from models import scenes
+    from models.digits import load_split
+
+    x_tr, y_tr, x_te, y_te = load_split()
+    calib = scenes.make_scenes(x_tr, y_tr, 16, seed=0)[0]
+    x = scenes.make_scenes(x_te, y_te, 16, seed=1)[0]
+    model = intq.compile(MODELS / "scenes" / f"{name}.onnx", calib=calib, bits=8)
+    sess = ort.InferenceSession(qdq_onnx(model.integer).SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, want in zip(sess.run(None, {sess.get_inputs()[0].name: x}), model.run_all(x, integer=True)):
+        assert got.shape == want.shape
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.97
