@@ -859,9 +859,9 @@ class Plan:
         on the batch it reads its weights once but streams its activations. k minimises
         sum_{i<k} weights_i + sum_{i>=k} activations_i (bytes per image). ResNet50 on a
         Zen 4, batch 8: the late layers (1-2 MB of weights, 14x14 and 7x7 maps) then run
-        on the batch, 4-8% less time in two same-process comparisons. 0 (nothing per image
+        on the batch, 3-7% less time in four same-process comparisons. 0 (nothing per image
         before the batch) where `chunk` > 1: forcing the split on ResNet18 and MobileNetV2
-        gave -15% to +4%, inside this machine's noise, so they keep the whole batch."""
+        was 1-8% slower in a quiet spell (faster in noisier ones), so they keep the batch."""
         if self._split is None:
             self._split = 0
             if self.chunk() == 1:

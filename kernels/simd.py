@@ -431,7 +431,7 @@ def vmadd_taps(typingctx, acc, x, xi, w, wi, nl):
 # Lane ch of the vpdpbusd operand holds the bytes of taps 4q..4q+3 of channel ch, so one
 # instruction sums four taps of 16 channels (the weights packed to match,
 # `conv_vnni.pack_depthwise_dot4`). The four 16-byte loads sit side by side in one zmm
-# and one byte shuffle (vpermb where the CPU has VBMI) transposes them.
+# and one byte shuffle transposes them (LLVM: vinserti32x4, then vpermt2b on a CPU with VBMI).
 
 _V8x16, _V8x64 = ir.VectorType(_I8, 16), ir.VectorType(_I8, 64)
 # result byte 4 ch + j <- byte 16 j + ch of the four loads side by side
