@@ -526,7 +526,9 @@ class _QDQ:
 
     def on_integers(self, node, exporter):
         """The integer exporter of node's op on the quantized values of its tensor inputs
-        (int64), its outputs stored at their own dtypes: exact, as in `integer_onnx`."""
+        (int64), its outputs stored at their own dtypes: exact, as in `integer_onnx`. Also
+        the path of ops that only pick or compare values (movement, a 4-bit MaxPool), whose
+        outputs keep the input's scale and zero point."""
         ins = []
         for t in node.inputs:
             if t in self.g.constants:
@@ -537,14 +539,6 @@ class _QDQ:
                 ins.append(self.b.op("Cast", [self.quant[t]], "i64", to=TensorProto.INT64))
         for t, o in zip(node.outputs, exporter(self.b, node, *ins)):
             self.quant[t] = self.b.op("Cast", [o], "q", to=_QDQ_TYPES[self.g.values[t].dtype])
-
-    def on_quantized(self, node, move):
-        """Run move(builder, node, int64 values) on the quantized values of node's input
-        and store its outputs at their own dtypes (ops that only pick or compare values,
-        so every output keeps the input's scale and zero point)."""
-        v64 = self.b.op("Cast", [self.quant[node.inputs[0]]], "i64", to=TensorProto.INT64)
-        for t, moved in zip(node.outputs, move(self.b, node, v64)):
-            self.quant[t] = self.b.op("Cast", [moved], "moved", to=_QDQ_TYPES[self.g.values[t].dtype])
 
 
 def _qdq_weights(e: _QDQ, node, w, x_scale):
@@ -605,7 +599,7 @@ def _qdq_node(e: _QDQ, node):
         # onnxruntime drops the DequantizeLinear/QuantizeLinear pair around a MaxPool of
         # equal scales and then has no 4-bit MaxPool: the max of the quantized values
         # (quantization is monotone, so it is the same) by the integer form's taps
-        e.on_quantized(node, _max_pool)
+        e.on_integers(node, _max_pool)
     elif op == "MaxPool":
         v = e.b.op("MaxPool", [e.value(node.inputs[0])], "pool", kernel_shape=list(a["kernel_shape"]),
                    strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a.get("dilations", (1, 1))),
@@ -629,7 +623,7 @@ def _qdq_node(e: _QDQ, node):
     elif op == "IntClamp":
         e.quantize(e.value(node.inputs[0]), node.outputs[0], a["lo"], a["hi"])
     elif _exporter(op) is _movement:
-        e.on_quantized(node, _movement)
+        e.on_integers(node, _movement)
     elif op == "IntMul" and not a.get("b_constant"):   # onnxruntime's QDQ Mul (QLinearMul)
         v = e.b.op("Mul", [e.value(node.inputs[0]), e.value(node.inputs[1])], "mul")
         e.quantize(v, node.outputs[0], a["lo"], a["hi"])

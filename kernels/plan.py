@@ -754,6 +754,7 @@ class Plan:
         self._bound: dict[int, tuple] = {}
         self._chunk: int | None = None
         self._split: int | None = None
+        self._crossing: dict[int, list] = {}
         self._build()
 
     # -- analysis -----------------------------------------------------------------
@@ -918,9 +919,11 @@ class Plan:
         k = self.split()
         env1, calls1 = self.bind(1)
         envn, callsn = self.bind(n)
-        written = {t for s in self.steps[:k] for t in s.writes}
-        later = {t for s in self.steps[k:] for t in s.reads} | {self.alias.get(o, o) for o in self.graph.outputs}
-        crossing = sorted(written & later)
+        if k not in self._crossing:   # the tensors written before the split and read after it
+            written = {t for s in self.steps[:k] for t in s.writes}
+            later = {t for s in self.steps[k:] for t in s.reads} | {self.alias.get(o, o) for o in self.graph.outputs}
+            self._crossing[k] = sorted(written & later)
+        crossing = self._crossing[k]
         for i in range(n):
             env1["__feeds__"].update({name: v[i:i + 1] for name, v in feeds.items()})
             for call in calls1[:k]:

@@ -74,6 +74,18 @@ def add_requantize(g, src, dst, b, c, zin, dtype, zo=0, lo=None, hi=None):
         "hi": dhi if hi is None else hi, "dtype": dtype}, name=f"{dst}.requant")
 
 
+def add_conv(g, rng, xq, wq, bias, bits, stride, pads, dil, groups):
+    """IntConv 'acc' of xq by the `bits`-bit weights wq and INT32 bias, with an input zero
+    point at or between the ends of the activation range."""
+    xlo, xhi = dtype_range(f"uint{bits}")
+    wn = g.add_constant("w", wq.astype(np.int8))
+    g.values[wn].dtype = f"int{bits}"
+    bn = g.add_constant("bias", bias.astype(np.int32))
+    g.add_node("IntConv", [xq, wn, bn], ["acc"], {
+        "x_zero_point": zero_point(rng, xlo, xhi), "strides": [stride, stride], "pads": list(pads),
+        "dilations": [dil, dil], "groups": groups}, name="conv")
+
+
 conv_cases = st.fixed_dictionaries({
     "n": st.integers(1, 3), "c": st.integers(1, 20), "h": st.integers(1, 11), "w": st.integers(1, 11),
     "m": st.integers(1, 80), "k": st.sampled_from([1, 2, 3, 5]), "stride": st.integers(1, 3),
@@ -108,12 +120,7 @@ def test_conv_equals_reference(case):
     wq = extreme_ints(rng, (m, c // groups, k, k), wlo, whi)
     bound = int(np.abs(wq).reshape(m, -1).sum(1).max()) * xhi
     bias = rng.integers(-(INT32_MAX - bound), INT32_MAX - bound + 1, m)
-    wn = g.add_constant("w", wq.astype(np.int8))
-    g.values[wn].dtype = f"int{bits}"
-    bn = g.add_constant("bias", bias.astype(np.int32))
-    g.add_node("IntConv", [xq, wn, bn], ["acc"], {
-        "x_zero_point": zero_point(rng, xlo, xhi), "strides": [s, s], "pads": [pt, pl, pb, pr],
-        "dilations": [d, d], "groups": groups}, name="conv")
+    add_conv(g, rng, xq, wq, bias, bits, s, (pt, pl, pb, pr), d, groups)
     if case["out"] == "raw":
         g.outputs = ["acc"]
     else:
@@ -259,12 +266,7 @@ def test_depthwise_dot4_equals_reference(case):
     fit = case["mult"] == "fit"  # a small bias and a scale that maps the sums onto the output range:
     span = bound if fit else INT32_MAX - bound  # few outputs clamp, so a wrong tap shows
     bias = rng.integers(-span, span + 1, c)
-    wn = g.add_constant("w", wq.astype(np.int8))
-    g.values[wn].dtype = f"int{bits}"
-    bn = g.add_constant("bias", bias.astype(np.int32))
-    g.add_node("IntConv", [xq, wn, bn], ["acc"], {
-        "x_zero_point": zero_point(rng, xlo, xhi), "strides": [s, s], "pads": [pt, pl, pb, pr],
-        "dilations": [d, d], "groups": c}, name="conv")
+    add_conv(g, rng, xq, wq, bias, bits, s, (pt, pl, pb, pr), d, c)
     count = 1 if case["per_tensor"] else c
     lo, hi = dtype_range(case["out"])
     b, cc = multipliers(rng, count, case["mult"] == "ties")
