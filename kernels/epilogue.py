@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import vepi_raw, vepi_requant, vepi_residual
+from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw, vepi_requant, vepi_requant_split, vepi_residual,
+                   vepi_residual_split)
 
 REQUANT, RESIDUAL, RAW = 0, 1, 2
 # Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
@@ -161,9 +162,43 @@ def vector_tables(rq: np.ndarray, bias=None, narrow: bool = False) -> tuple[np.n
     return t32.astype(np.int32).reshape(-1), t64.astype(np.int64).reshape(-1)
 
 
+def split_ok(rq: np.ndarray, count: int, dtype, zero_point: int) -> bool:
+    """Whether DN by the first `count` channels of `rq` of an operand of `dtype` with
+    `zero_point` can take the split form (`simd.SPLIT_MIN_SHIFT`): an unsigned operand of
+    at most 16 bits, zero point 0, multipliers b >= 0 and shifts c >= 17."""
+    dtype = np.dtype(dtype)
+    c = rq[SHIFT1, :count] + rq[SHIFT2, :count]
+    return (dtype.kind == "u" and dtype.itemsize <= 2 and zero_point == 0
+            and bool(np.all(rq[MUL, :count] >= 0)) and bool(np.all(c >= SPLIT_MIN_SHIFT)))
+
+
+def split_table(rq: np.ndarray) -> np.ndarray:
+    """`rq` (a `dn_table`, every shift at least 17) as the split form's int32 table, per
+    group of 16 channels [b mod 2^16][b >> 16][2^(c-17)][c - 16] (`simd._dn_split`);
+    channels with c > 47 (DN = 0 for every 16-bit operand) and block padding get zero
+    rows, which compute 0."""
+    channels = rq.shape[1]
+    b, c = rq[MUL], rq[SHIFT1] + rq[SHIFT2]
+    live = (c >= SPLIT_MIN_SHIFT) & (c <= SPLIT_MAX_SHIFT) & (b > 0)
+    rows = np.zeros((4, channels), np.int64)
+    rows[0] = np.where(live, b & 0xFFFF, 0)
+    rows[1] = np.where(live, b >> 16, 0)
+    rows[2] = np.where(live, np.left_shift(np.int64(1), np.clip(c - SPLIT_MIN_SHIFT, 0, 62)), 0)
+    rows[3] = np.where(live, c - 16, 0)
+    return rows.reshape(4, channels // 16, 16).transpose(1, 0, 2).astype(np.int32).reshape(-1)
+
+
+def split_bound(rq: np.ndarray, count: int, dtype) -> int:
+    """The largest DN by the first `count` channels of `rq` of a value of `dtype`
+    (unsigned): its largest value times each multiplier, rounded as DN rounds."""
+    top = np.int64(np.iinfo(np.dtype(dtype)).max)
+    c = rq[SHIFT1, :count] + rq[SHIFT2, :count]
+    return int(np.max(((top * rq[MUL, :count]) + np.left_shift(np.int64(1), c - 1)) >> c, initial=0))
+
+
 @njit(cache=True, inline="always")
 def _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-               cvt64, narrow):
+               cvt64, narrow, rsplit, csplit):
     o = offset(og, n, h, w) + c0
     g0 = c0 // 16
     full, rest = nc // 16, nc % 16  # whole groups with plain loads and stores, then one masked
@@ -180,6 +215,14 @@ def _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, v
         if rest:
             vepi_requant(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, out, o + 16 * full, sc[1], sc[2],
                          sc[3], rest, narrow)
+    elif rsplit:
+        ro = offset(rg, n, h, w) + c0
+        for g in range(full):
+            vepi_residual_split(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, (g0 + g) * 64,
+                                out, o + 16 * g, sc[1], sc[2], sc[3], sc[12], 16)
+        if rest:
+            vepi_residual_split(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, res, ro + 16 * full, rvt32,
+                                (g0 + full) * 64, out, o + 16 * full, sc[1], sc[2], sc[3], sc[12], rest)
     else:
         ro = offset(rg, n, h, w) + c0
         for g in range(full):
@@ -188,7 +231,14 @@ def _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, v
         if rest:
             vepi_residual(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, res, ro + 16 * full, rvt32, rvt64,
                           out, o + 16 * full, sc[1], sc[2], sc[3], rest, narrow)
-    if sc[5]:
+    if sc[5] and csplit:
+        o2 = offset(og2, n, h, w) + c0
+        for g in range(full):
+            vepi_requant_split(out, o + 16 * g, cvt32, (g0 + g) * 64, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16)
+        if rest:
+            vepi_requant_split(out, o + 16 * full, cvt32, (g0 + full) * 64, out2, o2 + 16 * full, sc[7], sc[8],
+                               sc[9], rest)
+    elif sc[5]:
         o2 = offset(og2, n, h, w) + c0
         for g in range(full):
             vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16, narrow)
@@ -208,10 +258,25 @@ def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt
     int32: a residual operand and a copied output at most 16 bits wide (or an
     accumulator, z = 0). The tables come as separate arrays, not a tuple: unpacking a
     tuple of arrays per pixel costs reference counting that outweighed the arithmetic.
-    sc[10] = 1: every table is narrow (`vector_tables(narrow=True)`, `simd.NARROW_MIN_SHIFT`)."""
+    sc[10] = 1: every table is narrow (`vector_tables(narrow=True)`, `simd.NARROW_MIN_SHIFT`).
+    Otherwise sc[11] says which DNs of a 16-bit unsigned operand take the split form
+    (`simd.SPLIT_MIN_SHIFT`; their table then comes from `split_table` in place of the
+    int32 one): 1 the residual operand's (rvt32; sc[12] bounds its DN), 2 the copy's
+    (cvt32), 3 both."""
     if sc[10]:
         _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                   cvt64, True)
-    else:
+                   cvt64, True, False, False)
+    else:  # the split flags as run-time values: one copy of the code, not one per combination
         _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                   cvt64, False)
+                   cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)
+
+@njit(cache=True)
+def store_tile_vec(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                   cvt64):
+    """`store_pixel_vec` for the first `rows` pixels of a tile (pixel p's tn accumulators at
+    tile[p * tn], its (n, h, w) at pix[p]). Called, not inlined: the kernels that use it
+    compile the epilogue once per signature here instead of inside each parallel loop
+    body, and one call per tile costs nothing beside the tile's work."""
+    for p in range(rows):
+        store_pixel_vec(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc, res, rg, out2, og2,
+                        vt32, vt64, rvt32, rvt64, cvt32, cvt64)

@@ -33,7 +33,7 @@ from intq.ops import ops_where
 from dataclasses import dataclass
 
 from . import conv, conv_amx, conv_avx2, conv_vnni, cpu, elementwise, pool, softmax
-from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, narrow_ok, vector_tables
+from .epilogue import RAW, REQUANT, RESIDUAL, dn_table, narrow_ok, split_bound, split_ok, split_table, vector_tables
 from .fuse import fuse
 
 CONTAINERS = {"uint4": np.uint8, "uint8": np.uint8, "int4": np.int8, "int8": np.int8,
@@ -321,8 +321,9 @@ class ConvStep(Step):
             self.cin = cg
         if cp is not None:
             self.rq2 = dn_table(cp.b, cp.c, m, padded)
-        # sc[10]: the vector epilogue's int32 form (the portable epilogue ignores it)
-        self.sc = np.append(epilogue.scalars(), np.int64(self.narrow))
+        # sc[10]: the vector epilogue's int32 form; sc[11], sc[12]: which DNs take the
+        # split form, and the bound of the residual's (the portable epilogue ignores them)
+        self.sc = np.append(epilogue.scalars(), np.array([self.narrow, *self.split_form()], np.int64))
 
     def vector_tables(self):
         """The tables of the vector epilogue (`epilogue.store_pixel_vec`), or six empty
@@ -336,13 +337,42 @@ class ConvStep(Step):
         if wide:
             e32, e64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
             return (e32, e64) * 3
-        nar = self.narrow
+        nar, split = self.narrow, int(self.sc[11])
         tables = vector_tables(self.rq, narrow=nar)
-        tables += (vector_tables(self.rrq, -ep.residual.zero_point, narrow=nar) if ep.mode == RESIDUAL
-                   else tables)
-        tables += (vector_tables(self.rq2, -ep.copy.in_zero_point, narrow=nar) if ep.copy is not None
-                   else tables[:2])
+        if split & 1:   # the split form's table in place of the int32 one (`store_pixel_vec`)
+            tables += (split_table(self.rrq), tables[1])
+        elif ep.mode == RESIDUAL:
+            tables += vector_tables(self.rrq, -ep.residual.zero_point, narrow=nar)
+        else:
+            tables += tables
+        if split & 2:
+            tables += (split_table(self.rq2), tables[1])
+        elif ep.copy is not None:
+            tables += vector_tables(self.rq2, -ep.copy.in_zero_point, narrow=nar)
+        else:
+            tables += tables[:2]
         return tables
+
+    def split_form(self) -> tuple[int, int]:
+        """(flags, bound) of the vector epilogue's split form (`simd.SPLIT_MIN_SHIFT`),
+        used only outside the int32 form: flag 1 where the residual operand is unsigned,
+        at most 16 bits, zero point 0 (with the bound of its DN, and lo - bound and hi +
+        bound inside int32), flag 2 where the copy reads such an output."""
+        ep, flags, bound = self.epilogue, 0, 0
+        if self.narrow:
+            return 0, 0
+        sc = [int(v) for v in ep.scalars()]
+        if ep.mode == RESIDUAL and split_ok(self.rrq, self.cout, ep.residual.operand.dtype, ep.residual.zero_point):
+            m = split_bound(self.rrq, self.cout, ep.residual.operand.dtype)
+            _, zo, lo, hi = sc[:4]
+            # the clamped accumulator branch, the sum and the sum plus zo all inside int32
+            if min(lo - zo - m, lo - m) >= -2**31 and max(hi - zo + m, hi + m) < 2**31:
+                flags, bound = 1, m
+        # the copy's DN is below 2^30 + 1, so adding its zero point stays inside int32
+        if (ep.copy is not None and abs(sc[7]) < 2**30
+                and split_ok(self.rq2, self.cout, self.out.dtype, ep.copy.in_zero_point)):
+            flags |= 2
+        return flags, bound
 
     @property
     def narrow(self) -> bool:

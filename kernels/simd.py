@@ -313,19 +313,24 @@ def _is_narrow(ty) -> bool:
     return ty.literal_value
 
 
-def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi, mask):
-    """clamp(v + zo, lo, hi) for the `mask` lanes of (even, odd), stored at the output's
-    width."""
-    lo_v = _splat(builder, builder.sub(lo, zo), _V64)
-    hi_v = _splat(builder, builder.sub(hi, zo), _V64)
+def _clamp_halves(builder, even, odd, lo, hi):
+    """The int64 (even, odd) halves clamped to [lo, hi] (int64 scalars inside int32) and
+    put back in lane order as 16 int32 lanes."""
+    lo_v, hi_v = _splat(builder, lo, _V64), _splat(builder, hi, _V64)
 
     def clamp(v):
         v = builder.select(builder.icmp_signed("<", v, lo_v), lo_v, v)
         return builder.select(builder.icmp_signed(">", v, hi_v), hi_v, v)
     low = _splat(builder, ir.Constant(_I64, 0xFFFFFFFF), _V64)
     k32 = _splat(builder, ir.Constant(_I64, 32), _V64)
-    both = builder.or_(builder.and_(clamp(even), low), builder.shl(clamp(odd), k32))
-    y = builder.add(builder.bitcast(both, _V32), _splat(builder, builder.trunc(zo, _I32), _V32))
+    return builder.bitcast(builder.or_(builder.and_(clamp(even), low), builder.shl(clamp(odd), k32)), _V32)
+
+
+def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi, mask):
+    """clamp(v + zo, lo, hi) for the `mask` lanes of (even, odd), stored at the output's
+    width."""
+    both = _clamp_halves(builder, even, odd, builder.sub(lo, zo), builder.sub(hi, zo))
+    y = builder.add(both, _splat(builder, builder.trunc(zo, _I32), _V32))
     bits = outty.dtype.bitwidth
     if bits < 32:
         y = builder.trunc(y, ir.VectorType(ir.IntType(bits), 16))
@@ -409,6 +414,70 @@ def vepi_requant_rows(typingctx, a, bias, mul, h0, h1, s0, s1, out, oi, zo, lo, 
         return context.get_dummy_value()
     return types.void(i32x16, i32x16, i32x16, i32x16, i32x16, i32x16, i32x16, out, types.intp, types.int64,
                       types.int64, types.int64, nl, narrow), codegen
+
+
+# -- The split form: DN of a 16-bit unsigned operand in 16 int32 lanes ----------------
+# For 0 <= x < 2^16 (an unsigned operand of at most 16 bits with zero point 0: ResNet's
+# residual stream, and the 8-bit copy made from it), 0 <= b < 2^31 and c >= 17, write
+# b = bh 2^16 + bl (bl < 2^16, bh < 2^15) and 2^(c-1) = 2^(c-17) 2^16. Since
+# floor(X / 2^c) = floor(floor(X / 2^16) / 2^(c-16)),
+#     DN(x) = floor((x b + 2^(c-1)) / 2^c) = (x bh + 2^(c-17) + (x bl >> 16)) >> (c - 16),
+# every step in unsigned 32-bit lanes: x bl < 2^32 is exact as the low half of the
+# product, x bh < 2^31, and for c <= 47 the sum stays below 2^31 + 2^16 + 2^30 < 2^32. For
+# c >= 48, x b < 2^47 <= 2^(c-1), so DN(x) = 0: the table gives such channels (and block
+# padding) zero rows, which compute 0. 16 lanes per multiply instead of the int64 form's
+# 8, and no even/odd halves to recombine. The result is below 2^30 + 1.
+SPLIT_MIN_SHIFT, SPLIT_MAX_SHIFT = 17, 47
+
+
+def _split_rows(context, builder, tty, t, ti):
+    """The four int32 rows [bl][bh][2^(c-17)][c-16] of the split table `t` at group ti."""
+    p = _element_pointer(context, builder, tty, t, ti)
+    return [_vec_load(builder, builder.gep(p, [ir.Constant(_I64, 16 * i)]), _V32) for i in range(4)]
+
+
+def _dn_split(builder, x, rows):
+    """DN of the int32 lanes x (0 <= x < 2^16) by the split table rows (see above)."""
+    t = builder.lshr(builder.mul(x, rows[0]), _splat(builder, ir.Constant(_I32, 16), _V32))
+    return builder.lshr(builder.add(builder.add(builder.mul(x, rows[1]), t), rows[2]), rows[3])
+
+
+@intrinsic
+def vepi_requant_split(typingctx, x, xi, st, ti, out, oi, zo, lo, hi, nl):
+    """out[oi:oi+nl] = clamp(DN(x[xi:xi+nl]) + zo, lo, hi) for an unsigned x of at most 16
+    bits with zero point 0, in the split form; st the split table (`epilogue.split_table`),
+    its group at ti (64 int32 per group)."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[9], args[9])
+        v = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
+        d = _dn_split(builder, v, _split_rows(context, builder, sig.args[2], args[2], args[3]))
+        _store16_narrow(context, builder, d, args[6], args[7], args[8], sig.args[4], args[4], args[5], mask)
+        return context.get_dummy_value()
+    return types.void(x, types.intp, st, types.intp, out, types.intp, types.int64, types.int64, types.int64,
+                      nl), codegen
+
+
+@intrinsic
+def vepi_residual_split(typingctx, acc, ai, t32, t64, ti, res, ri, st, si, out, oi, zo, lo, hi, m, nl):
+    """`vepi_residual` (int64 form) with the residual operand's DN in the split form: res
+    unsigned, at most 16 bits, zero point 0; st its split table, group at si. d2 = DN_2(res)
+    lies in [0, m]. The accumulator's DN d1 is clamped in int64 to [lo - zo - m, hi - zo]
+    and narrowed to int32; d1 + d2 + zo then clamps to [lo, hi] in int32 lanes. That gives
+    the same result as clamping the exact sum: above hi - zo, d1 + d2 stays above it
+    (d2 >= 0); below lo - zo - m, d1 + d2 stays below lo - zo. The plan checks that
+    lo - m and hi + m fit int32 (`epilogue.split_bound`)."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[15], args[15])
+        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
+        even, odd = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
+        d2 = _dn_split(builder, r, _split_rows(context, builder, sig.args[7], args[7], args[8]))
+        zo, lo, hi, m = args[11], args[12], args[13], args[14]
+        d1 = _clamp_halves(builder, even, odd, builder.sub(builder.sub(lo, zo), m), builder.sub(hi, zo))
+        _store16_narrow(context, builder, builder.add(d1, d2), zo, lo, hi, sig.args[9], args[9], args[10], mask)
+        return context.get_dummy_value()
+    return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, st, types.intp, out, types.intp,
+                      types.int64, types.int64, types.int64, types.int64, nl), codegen
 
 
 # -- Depthwise: 16 channels of one tap -------------------------------------------------

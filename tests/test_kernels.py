@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from intq.ir import Graph
 from intq.kernels import cpu
-from intq.kernels.simd import vepi_raw, vepi_requant, vepi_requant_rows, vepi_residual, vload
+from intq.kernels.simd import (vepi_raw, vepi_requant, vepi_requant_rows, vepi_requant_split, vepi_residual,
+                               vepi_residual_split, vload)
 from intq.kernels.plan import Plan
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
@@ -232,6 +233,69 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     assert np.array_equal(out[nl:], sentinel[nl:])
 
 
+@njit
+def _vector_requant_split(x, st_, out, zo, lo, hi, nl):
+    vepi_requant_split(x, 0, st_, 0, out, 0, zo, lo, hi, nl)
+
+
+@njit
+def _vector_residual_split(acc, t32, t64, res, st_, out, zo, lo, hi, m, nl):
+    vepi_residual_split(acc, 0, t32, t64, 0, res, 0, st_, 0, out, 0, zo, lo, hi, m, nl)
+
+
+@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
+@SETTINGS
+@given(st.integers(0, 2**16), st.sampled_from(["uint8", "uint16"]),
+       st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
+       st.sampled_from(["random", "edges", "ties", "bmax"]))
+def test_split_epilogue_equals_dn(seed, x_dtype, out_dtype, kind):
+    """The split form (`simd.vepi_requant_split`, `vepi_residual_split`: DN of an unsigned
+    16-bit operand with b split at bit 16, in int32 lanes) against `dyadic.requantize`:
+    operands at 0 and at their largest value, b = 2^31 - 1, shifts at the form's ends
+    (17, the smallest it takes; 47, the largest it computes; 48 and 62, where DN is 0),
+    ties (b = 2^k, c = k + 17: x = 2^15 lands on a half), the last group masked."""
+    from intq.dyadic import requantize
+    from intq.kernels.epilogue import dn_table, split_bound, split_table, vector_tables
+
+    rng = np.random.default_rng(seed)
+    nl = int(rng.integers(1, 17))
+    xlo, xhi = dtype_range(x_dtype)
+    x = extreme_ints(rng, 16, xlo, xhi)
+    b, c = rng.integers(0, 2**31, 16), rng.integers(17, 63, 16)
+    if kind == "edges":
+        c = rng.choice([17, 18, 47, 48, 62], 16)
+    elif kind == "ties":
+        k = rng.integers(0, 15, 16)
+        b, c = 2 ** k, k + 17
+        x[::2] = 2**15 if x_dtype == "uint16" else 2**7
+    elif kind == "bmax":
+        b[:] = 2**31 - 1
+    lo, hi = dtype_range(out_dtype)
+    zo = zero_point(rng, lo, hi) if out_dtype != "int32" else 0
+    table = dn_table(b, c, 16, 16)
+    sentinel = rng.integers(lo, hi, 16, endpoint=True).astype(out_dtype)
+    out = sentinel.copy()
+    _vector_requant_split(x.astype(x_dtype), split_table(table), out, zo, lo, hi, nl)
+    want = requantize(x, b, c, lo, hi, zo)
+    assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
+    assert np.array_equal(out[nl:], sentinel[nl:])
+
+    # the residual add: an INT32 accumulator (int64 form) plus the split operand
+    acc = extreme_ints(rng, 16, -2**31, 2**31 - 1)
+    bias = np.clip(extreme_ints(rng, 16, -2**31, 2**31 - 1), -2**31 - acc, 2**31 - 1 - acc)
+    ab, ac = multipliers(rng, 16)
+    m = split_bound(table, 16, x_dtype)
+    if out_dtype == "int32":  # the plan takes the form only where lo - m and hi + m fit int32
+        lo, hi = lo + m, hi - m
+    out = sentinel.copy()
+    _vector_residual_split(acc.astype(np.int32), *vector_tables(dn_table(ab, ac, 16, 16, bias)),
+                           x.astype(x_dtype), split_table(table), out, zo, lo, hi, m, nl)
+    total = requantize(acc + bias, ab, ac, -2**62, 2**62) + requantize(x, b, c, -2**62, 2**62)
+    assert np.all(requantize(x, b, c, -2**62, 2**62) <= m)
+    assert np.array_equal(out[:nl].astype(np.int64), np.clip(total + zo, lo, hi)[:nl])
+    assert np.array_equal(out[nl:], sentinel[nl:])
+
+
 depthwise_cases = st.fixed_dictionaries({
     "n": st.integers(1, 2), "c": st.integers(2, 40), "h": st.integers(1, 9), "w": st.integers(1, 9),
     "kh": st.integers(1, 5), "kw": st.integers(1, 5), "stride": st.integers(1, 2), "dil": st.integers(1, 2),
@@ -376,6 +440,43 @@ def test_residual_add_fused_into_conv(n, c, hw, other, out_dtype, ties, seed):
     want = run_integer(g, x)[0]
     for path in PATHS:  # the same add unfused: accumulators stored, then the elementwise add
         assert np.array_equal(Plan(g, path, fuse_residual=False).run(x)[0], want)
+
+
+def _fit_shift(b, top, bits):
+    """Shifts c with b * top / 2^c about 2^bits: DN then spans its output range."""
+    return np.maximum(np.ceil(np.log2(np.asarray(b, np.float64) * top)).astype(np.int64) - bits, 0)
+
+
+@settings(SETTINGS, max_examples=12)
+@given(st.integers(1, 2), st.integers(1, 70), st.integers(1, 9), st.booleans(), st.integers(0, 2**16))
+def test_residual_stream_split_form(n, c, hw, ties, seed):
+    """ResNet's residual stream: a conv accumulator plus a uint16 operand with zero point 0,
+    into a uint16 output with zero point 0, and the output's 8-bit copy. The VNNI epilogue
+    rescales the operand and the copy in the split form (asserted). The multipliers fit
+    each DN to its output range, so sums cross 0 and 65535 instead of saturating, and a
+    clamp bound or rounding step off by one shows; ties=True puts the operand's and the
+    copy's multipliers on halves (b = 2, c = 17 at 2^15)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("stream")
+    xq = quantized_input(g, (n, c, hw, hw))
+    wq = extreme_ints(rng, (c, c, 3, 3), -128, 127)
+    add_conv(g, rng, xq, wq, rng.integers(-10**6, 10**6, c), 8, 1, (1, 1, 1, 1), 1, 1)
+    add_requantize(g, xq, "skip", 2**30, 22, 0, "uint16", 0)  # the stream: x * 256
+    b1 = rng.integers(2**30, 2**31, c)
+    c1 = _fit_shift(b1, 9 * c * 255 * 128 + 10**6, 16)
+    b2 = rng.integers(2**30, 2**31, 1)
+    b2, c2 = (np.array([2]), np.array([17])) if ties else (b2, _fit_shift(b2, 65535, 15))
+    ins = ["acc", "skip"] + [g.add_constant(f"add.{k}", v) for k, v in (("b0", b1), ("b1", b2), ("c0", c1), ("c1", c2))]
+    g.add_node("IntAdd", ins, ["y"], {"n": 2, "zero_points": [0, 0], "out_zero_point": 0, "lo": 0, "hi": 65535,
+                                      "dtype": "uint16"}, name="add")
+    b3 = rng.integers(2**30, 2**31, 1)
+    b3, c3 = (np.array([2]), np.array([17])) if ties else (b3, _fit_shift(b3, 65535, 7))
+    add_requantize(g, "y", "y8", b3, c3, 0, "uint8", zero_point(rng, 0, 255))
+    g.outputs = ["y", "y8"]
+    x = extreme_ints(rng, (n, c, hw, hw), 0, 255).astype(np.float32)
+    check(g, x)
+    if cpu.has_vnni():
+        assert [int(s.sc[11]) for s in Plan(g, "vnni").steps if getattr(s, "copy", None) is not None] == [3]
 
 
 @SETTINGS
