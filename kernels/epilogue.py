@@ -133,11 +133,17 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
                 y2[j] = min(max(v + z2, lo2), hi2)
 
 
+def shifts(rq: np.ndarray, count: int | None = None) -> np.ndarray:
+    """The shifts c of a `dn_table`'s first `count` channels (all without a count): the
+    table stores them as SHIFT1 + SHIFT2."""
+    return rq[SHIFT1, :count] + rq[SHIFT2, :count]
+
+
 def narrow_ok(rq: np.ndarray, count: int) -> bool:
     """Whether the first `count` channels of `rq` allow the narrow vector epilogue: every
     shift c at least `simd.NARROW_MIN_SHIFT`."""
     from .simd import NARROW_MIN_SHIFT
-    return bool(np.all(rq[SHIFT1, :count] + rq[SHIFT2, :count] >= NARROW_MIN_SHIFT))
+    return bool(np.all(shifts(rq, count) >= NARROW_MIN_SHIFT))
 
 
 def vector_tables(rq: np.ndarray, bias=None, narrow: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +156,7 @@ def vector_tables(rq: np.ndarray, bias=None, narrow: bool = False) -> tuple[np.n
     channels = rq.shape[1]
     groups = channels // 16
     b = rq[BIAS] if bias is None else np.broadcast_to(np.asarray(bias, np.int64), (channels,))
-    c = rq[SHIFT1] + rq[SHIFT2]
+    c = shifts(rq)
     half = np.where(c > 0, np.left_shift(np.int64(1), np.maximum(c - 1, 0)), 0)
     t32 = np.stack([b.reshape(groups, 16), rq[MUL].reshape(groups, 16)], axis=1)
     pairs = lambda v: v.reshape(groups, 8, 2)  # noqa: E731  (lane 2i even, 2i + 1 odd)
@@ -167,7 +173,7 @@ def split_ok(rq: np.ndarray, count: int, dtype, zero_point: int) -> bool:
     `zero_point` can take the split form (`simd.SPLIT_MIN_SHIFT`): an unsigned operand of
     at most 16 bits, zero point 0, multipliers b >= 0 and shifts c >= 17."""
     dtype = np.dtype(dtype)
-    c = rq[SHIFT1, :count] + rq[SHIFT2, :count]
+    c = shifts(rq, count)
     return (dtype.kind == "u" and dtype.itemsize <= 2 and zero_point == 0
             and bool(np.all(rq[MUL, :count] >= 0)) and bool(np.all(c >= SPLIT_MIN_SHIFT)))
 
@@ -178,7 +184,7 @@ def split_table(rq: np.ndarray) -> np.ndarray:
     channels with c > 47 (DN = 0 for every 16-bit operand) and block padding get zero
     rows, which compute 0."""
     channels = rq.shape[1]
-    b, c = rq[MUL], rq[SHIFT1] + rq[SHIFT2]
+    b, c = rq[MUL], shifts(rq)
     live = (c >= SPLIT_MIN_SHIFT) & (c <= SPLIT_MAX_SHIFT) & (b > 0)
     rows = np.zeros((4, channels), np.int64)
     rows[0] = np.where(live, b & 0xFFFF, 0)
@@ -192,7 +198,7 @@ def split_bound(rq: np.ndarray, count: int, dtype) -> int:
     """The largest DN by the first `count` channels of `rq` of a value of `dtype`
     (unsigned): its largest value times each multiplier, rounded as DN rounds."""
     top = np.int64(np.iinfo(np.dtype(dtype)).max)
-    c = rq[SHIFT1, :count] + rq[SHIFT2, :count]
+    c = shifts(rq, count)
     return int(np.max(((top * rq[MUL, :count]) + np.left_shift(np.int64(1), c - 1)) >> c, initial=0))
 
 
@@ -270,13 +276,15 @@ def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt
         _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
                    cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)
 
+
 @njit(cache=True)
 def store_tile_vec(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
                    cvt64):
     """`store_pixel_vec` for the first `rows` pixels of a tile (pixel p's tn accumulators at
-    tile[p * tn], its (n, h, w) at pix[p]). Called, not inlined: the kernels that use it
-    compile the epilogue once per signature here instead of inside each parallel loop
-    body, and one call per tile costs nothing beside the tile's work."""
+    tile[p * tn], its (n, h, w) at pix[p]), for the dense VNNI kernel. Called, not
+    inlined: the epilogue then compiles once per signature here, outside the kernel's
+    parallel loop body (ResNet18's cold compile: 93 s, against 200 s with every split
+    combination inlined), and one call per tile is small beside the tile's work."""
     for p in range(rows):
         store_pixel_vec(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc, res, rg, out2, og2,
                         vt32, vt64, rvt32, rvt64, cvt32, cvt64)

@@ -339,7 +339,8 @@ class ConvStep(Step):
             return (e32, e64) * 3
         nar, split = self.narrow, int(self.sc[11])
         tables = vector_tables(self.rq, narrow=nar)
-        if split & 1:   # the split form's table in place of the int32 one (`store_pixel_vec`)
+        # the split form's table in place of the int32 one, the int64 slot unread (`store_pixel_vec`)
+        if split & 1:
             tables += (split_table(self.rrq), tables[1])
         elif ep.mode == RESIDUAL:
             tables += vector_tables(self.rrq, -ep.residual.zero_point, narrow=nar)

@@ -464,8 +464,9 @@ def vepi_residual_split(typingctx, acc, ai, t32, t64, ti, res, ri, st, si, out, 
     lies in [0, m]. The accumulator's DN d1 is clamped in int64 to [lo - zo - m, hi - zo]
     and narrowed to int32; d1 + d2 + zo then clamps to [lo, hi] in int32 lanes. That gives
     the same result as clamping the exact sum: above hi - zo, d1 + d2 stays above it
-    (d2 >= 0); below lo - zo - m, d1 + d2 stays below lo - zo. The plan checks that
-    lo - m and hi + m fit int32 (`epilogue.split_bound`)."""
+    (d2 >= 0); below lo - zo - m, d1 + d2 stays below lo - zo. The plan takes this form
+    only where lo - zo - m, lo - m, hi - zo + m and hi + m fit int32 (`ConvStep.split_form`,
+    m from `epilogue.split_bound`)."""
     def codegen(context, builder, sig, args):
         mask = _lane_mask(builder, sig.args[15], args[15])
         a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
