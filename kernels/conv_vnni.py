@@ -26,7 +26,7 @@ from numba import njit, prange
 import numpy as np
 
 from .conv import COUT, N_, OH, OW, PL, PT, SH, SW, TAPS, CIN, _task, _task_count, _tile_pixels
-from .epilogue import offset, store_pixel, store_pixel_vec, store_tile_vec
+from .epilogue import offset, store_pixel, store_pixel_vec
 from .simd import vbroadcast4, vdpbusd, vepi_requant_rows, vload, vmadd_taps, vstore, vtaps4, vzero
 
 # Pixels per tile for tiles of 1, 2, 3 or 4 vectors of 16 channels (24 accumulators each).
@@ -469,8 +469,9 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
             rows_here = _tile_pixels(i * tm, cp, xg, pix, bases, tm)
             _tile(nv, x, wp, wbase, toff, taps, c4n, bases, tile)
             if vec:
-                store_tile_vec(tile, tn, rows_here, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
-                               rvt64, cvt32, cvt64)
+                for p in range(rows_here):
+                    store_pixel_vec(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc, res, rg,
+                                    out2, og2, vt32, vt64, rvt32, rvt64, cvt32, cvt64)
             else:  # a residual operand or copy the vector epilogue cannot take (see `store_pixel_vec`)
                 for p in range(rows_here):
                     store_pixel(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res, rg,

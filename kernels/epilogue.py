@@ -275,16 +275,3 @@ def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt
     else:  # the split flags as run-time values: one copy of the code, not one per combination
         _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
                    cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)
-
-
-@njit(cache=True)
-def store_tile_vec(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                   cvt64):
-    """`store_pixel_vec` for the first `rows` pixels of a tile (pixel p's tn accumulators at
-    tile[p * tn], its (n, h, w) at pix[p]), for the dense VNNI kernel. Called, not
-    inlined: the epilogue then compiles once per signature here, outside the kernel's
-    parallel loop body (ResNet18's cold compile: 93 s, against 200 s with every split
-    combination inlined), and one call per tile is small beside the tile's work."""
-    for p in range(rows):
-        store_pixel_vec(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc, res, rg, out2, og2,
-                        vt32, vt64, rvt32, rvt64, cvt32, cvt64)
