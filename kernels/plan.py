@@ -135,6 +135,9 @@ def _scalars(*values):
     return np.array(values, np.int64)
 
 
+_ABSENT = np.zeros(0, np.uint8)   # the operand a kernel is passed for a tensor it does not have
+
+
 @dataclass
 class Residual:
     """The other branch of a residual add fused into a layer's epilogue."""
@@ -415,15 +418,20 @@ class ConvStep(Step):
                           len(toff), self.cin, self.cout, self.nblk, -(-tiles // chunks), nv, tm)
         xb, xg = env[x.name], x.geometry()
         out, og = env[self.out.name], self.out.geometry(self.coff)
+        # A residual operand or copy the layer does not have is one shared empty uint8
+        # array, never read: the kernels are compiled once per operand types, and this
+        # way a layer without a copy shares its compiled kernel with the same layer with
+        # a uint8 copy (and one without a residual with a uint8 residual), whatever its
+        # output type, instead of passing its output in their place.
         if self.residual:
             rl = self.residual.operand
             res, rg = env[rl.name], rl.geometry()
         else:
-            res, rg = out, og
+            res, rg = _ABSENT, og
         if self.copy is not None:
             out2, og2, rq2 = env[self.copy.name], self.copy.geometry(), self.rq2
         else:
-            out2, og2, rq2 = out, og, self.rq
+            out2, og2, rq2 = _ABSENT, og, self.rq
         w, rq, sc, rrq = self.w, self.rq, self.sc, self.rrq
         if self.kind == "dense":
             # The AMX kernel also takes its tile configuration; AMX and VNNI kernels take
