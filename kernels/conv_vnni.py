@@ -26,8 +26,8 @@ from numba import njit, prange
 import numpy as np
 
 from .conv import COUT, N_, OH, OW, PL, PT, SH, SW, TAPS, CIN, _task, _task_count, _tile_pixels
-from .epilogue import offset, store_pixel, store_pixel_vec
-from .simd import vbroadcast4, vdpbusd, vepi_requant_rows, vload, vmadd_taps, vstore, vtaps4, vzero
+from .epilogue import offset, store_pixel, store_pixel_vec, store_tile_vec
+from .simd import vbroadcast4, vdpbusd, vepi_requant_rows, vload, vmadd_taps, vrows, vstore, vtaps4, vzero
 
 # Pixels per tile for tiles of 1, 2, 3 or 4 vectors of 16 channels (24 accumulators each).
 TILE_PIXELS = {1: 24, 2: 12, 3: 8, 4: 6}
@@ -469,9 +469,8 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
             rows_here = _tile_pixels(i * tm, cp, xg, pix, bases, tm)
             _tile(nv, x, wp, wbase, toff, taps, c4n, bases, tile)
             if vec:
-                for p in range(rows_here):
-                    store_pixel_vec(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], out, og, sc, res, rg,
-                                    out2, og2, vt32, vt64, rvt32, rvt64, cvt32, cvt64)
+                store_tile_vec(tile, tn, rows_here, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
+                               rvt64, cvt32, cvt64)
             else:  # a residual operand or copy the vector epilogue cannot take (see `store_pixel_vec`)
                 for p in range(rows_here):
                     store_pixel(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res, rg,
@@ -538,8 +537,7 @@ def _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt3
     """One output row of channel group g: four taps per vpdpbusd, the rest (1 to 3 taps)
     in one more, then `vepi_requant_rows` with the group's tables loaded once."""
     t = 32 * g
-    bias, mul = vload(vt32, t), vload(vt32, t + 16)
-    h0, h1, s0, s1 = vload(vt64, t), vload(vt64, t + 8), vload(vt64, t + 16), vload(vt64, t + 24)
+    rows = vrows(vt32, vt64, t)
     quads, r = taps // 4, taps % 4
     wg = g * (quads + (r > 0)) * 64
     for ow in range(ow_):
@@ -557,7 +555,7 @@ def _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt3
         elif r == 3:
             a = vdpbusd(a, vtaps4(x, xo + toff[j], xo + toff[j + 1], xo + toff[j + 2], 0, 3, nl),
                         vload(w, wg + 64 * quads))
-        vepi_requant_rows(a, bias, mul, h0, h1, s0, s1, out, ob + ow * ostep + 16 * g, zo, lo, hi, nl, narrow)
+        vepi_requant_rows(a, rows, out, ob + ow * ostep + 16 * g, zo, lo, hi, nl, narrow)
 
 
 @njit(parallel=True, cache=True)

@@ -1,7 +1,8 @@
 """What happens to an INT32 accumulator after the dot products: the fused epilogue.
 
-Every Conv/Linear kernel ends here, one output pixel at a time, so the accumulator never
-goes to memory. `mode` picks what the layer's consumer was in the integer graph:
+Every Conv/Linear kernel ends here, one output pixel at a time (the VNNI kernel one group
+of 16 channels at a time across its tile's pixels, `store_tile_vec`), so the accumulator
+never goes to memory. `mode` picks what the layer's consumer was in the integer graph:
 
 * REQUANT (0): `Requantize` — y = clamp(DN(acc + bias) + z_out, lo, hi) per channel.
 * RESIDUAL (1): `IntAdd` of this accumulator and one other tensor r (HAWQ-V3 eq. 7) —
@@ -27,8 +28,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw, vepi_requant, vepi_requant_split, vepi_residual,
-                   vepi_residual_split)
+from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw, vepi_raw_rows, vepi_requant, vepi_requant_rows, vepi_requant_split,
+                   vepi_requant_split_rows, vepi_residual, vepi_residual_rows, vepi_residual_split,
+                   vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden, vzero_rows)
 
 REQUANT, RESIDUAL, RAW = 0, 1, 2
 # Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
@@ -275,3 +277,83 @@ def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt
     else:  # the split flags as run-time values: one copy of the code, not one per combination
         _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
                    cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)
+
+
+@njit(cache=True, inline="always")
+def _tile_group(tile, tn, rows, pix, c0, j, nl, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                cvt64, narrow, rsplit, csplit):
+    """Tile channels j..j+nl (j a multiple of 16, nl <= 16), output channels c0 + j..., of
+    the tile's first `rows` pixels: the group's table rows loaded once, then one loop over
+    the pixels. One loop with the mode's branches inside it (they do not change along it)
+    rather than a loop per mode: in a parallel kernel's body each loop costs compile time."""
+    k = c0 + j
+    t = k // 16 * 32  # the group's offset in the int32 and int64 tables (32 elements each)
+    st = 2 * t  # and in a split table (64 int32 each)
+    mode, copy = sc[0], sc[5]
+    zo, lo, hi = sc[1], sc[2], sc[3]
+    rows6 = vrows(vt32, vt64, t)
+    # The operand's and the copy's rows, in the form they take, zero where this mode does
+    # not read them (their tables may then be empty).
+    rrows, crows = vzero_rows(), vzero_rows()
+    if mode == RESIDUAL and rsplit:
+        rrows = vsplit_rows(rvt32, st)
+    elif mode == RESIDUAL:
+        rrows = vrows(rvt32, rvt64, t)
+    if copy and csplit:
+        crows = vsplit_rows(cvt32, st)
+    elif copy:
+        crows = vrows(cvt32, cvt64, t)
+    for p in range(rows):
+        n, h, w = pix[p, 0], pix[p, 1], pix[p, 2]
+        o = offset(og, n, h, w) + k
+        a = vload(tile, p * tn + j)
+        if mode == RAW:
+            vepi_raw_rows(a, rows6, out, o, nl)
+        elif mode == REQUANT:
+            vepi_requant_rows(a, rows6, out, o, zo, lo, hi, nl, narrow)
+        elif rsplit:
+            vepi_residual_split_rows(a, rows6, vwiden(res, offset(rg, n, h, w) + k, nl), rrows, out, o, zo, lo, hi,
+                                     sc[12], nl)
+        else:
+            vepi_residual_rows(a, rows6, vwiden(res, offset(rg, n, h, w) + k, nl), rrows, out, o, zo, lo, hi, nl,
+                               narrow)
+    if not copy:
+        return
+    # The copy in a loop of its own: read back right after its store, it waits on the
+    # whole chain before it.
+    for p in range(rows):
+        n, h, w = pix[p, 0], pix[p, 1], pix[p, 2]
+        y = vwiden(out, offset(og, n, h, w) + k, nl)
+        o2 = offset(og2, n, h, w) + k
+        if csplit:
+            vepi_requant_split_rows(y, crows, out2, o2, sc[7], sc[8], sc[9], nl)
+        else:
+            vepi_requant_rows(y, crows, out2, o2, sc[7], sc[8], sc[9], nl, narrow)
+
+
+@njit(cache=True, inline="always")
+def _store_tile(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                cvt64, narrow, rsplit, csplit):
+    full, rest = nc // 16, nc % 16  # whole groups with plain loads and stores, then one masked
+    for g in range(full):
+        _tile_group(tile, tn, rows, pix, c0, 16 * g, 16, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
+                    rvt64, cvt32, cvt64, narrow, rsplit, csplit)
+    if rest:
+        _tile_group(tile, tn, rows, pix, c0, 16 * full, rest, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
+                    rvt64, cvt32, cvt64, narrow, rsplit, csplit)
+
+
+@njit(cache=True, inline="always")
+def store_tile_vec(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64,
+                   cvt32, cvt64):
+    """`store_pixel_vec` for the first `rows` pixels of a tile of tn channels (c0 and tn
+    multiples of 16): pixel p's accumulators at tile[p * tn:], its position (n, h, w) at
+    pix[p]. Channel group by group, each group's table rows loaded once for all the
+    tile's pixels (`simd.vepi_*_rows`) rather than once per pixel; the arithmetic, and so
+    every result, is `store_pixel_vec`'s."""
+    if sc[10]:
+        _store_tile(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                    cvt64, True, False, False)
+    else:
+        _store_tile(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
+                    cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)

@@ -252,17 +252,6 @@ def _widen16(context, builder, aryty, ary, index, mask):
     return builder.sext(v, _V32) if aryty.dtype.signed else builder.zext(v, _V32)
 
 
-def _dn16(context, builder, v, t32ty, t32, t64ty, t64, ti, narrow=False):
-    """DN of v + bias, 16 lanes, the table rows read from group ti of (t32, t64): (even,
-    odd) int64 halves; narrow: one int32 vector (see `NARROW_MIN_SHIFT`)."""
-    p32 = _element_pointer(context, builder, t32ty, t32, ti)
-    bias = _vec_load(builder, p32, _V32)
-    mul = _vec_load(builder, builder.gep(p32, [ir.Constant(_I64, 16)]), _V32)
-    p64 = _element_pointer(context, builder, t64ty, t64, ti)
-    rows = [_vec_load(builder, builder.gep(p64, [ir.Constant(_I64, 8 * i)]), _V64) for i in range(4)]
-    return _dn_rows(builder, v, bias, mul, rows, narrow)
-
-
 def _dn_rows(builder, v, bias, mul, rows, narrow):
     """DN of v + bias given the table rows as values: bias and multiplier (16 x int32),
     rows = [2^(c-1) even, odd][c even, odd] (8 x int64 each; narrow: rows[2] the 16 int32
@@ -337,6 +326,36 @@ def _store16(context, builder, even, odd, zo, lo, hi, outty, out, oi, mask):
     _masked_store(builder, y, _element_pointer(context, builder, outty, out, oi), mask)
 
 
+def _table_rows(context, builder, t32ty, t32, t64ty, t64, ti):
+    """Group ti's six rows of (t32, t64): bias and multiplier (16 x int32), then the four
+    int64 rows (8 lanes each)."""
+    p32 = _element_pointer(context, builder, t32ty, t32, ti)
+    p64 = _element_pointer(context, builder, t64ty, t64, ti)
+    return ([_vec_load(builder, p32, _V32), _vec_load(builder, builder.gep(p32, [ir.Constant(_I64, 16)]), _V32)]
+            + [_vec_load(builder, builder.gep(p64, [ir.Constant(_I64, 8 * i)]), _V64) for i in range(4)])
+
+
+def _requant(context, builder, a, rows, zo, lo, hi, outty, out, oi, mask, narrow):
+    """clamp(DN(a + bias) + zo, lo, hi) stored at out[oi]: `vepi_requant`'s arithmetic,
+    rows as from `_table_rows`."""
+    dn = _dn_rows(builder, a, rows[0], rows[1], rows[2:], narrow)
+    if narrow:
+        _store16_narrow(context, builder, dn, zo, lo, hi, outty, out, oi, mask)
+    else:
+        _store16(context, builder, *dn, zo, lo, hi, outty, out, oi, mask)
+
+
+def _residual(context, builder, a, rows, r, rrows, zo, lo, hi, outty, out, oi, mask, narrow):
+    """`vepi_residual`'s arithmetic on the values a and r, rows as from `_table_rows`."""
+    d1 = _dn_rows(builder, a, rows[0], rows[1], rows[2:], narrow)
+    d2 = _dn_rows(builder, r, rrows[0], rrows[1], rrows[2:], narrow)
+    if narrow:
+        _store16_narrow(context, builder, builder.add(d1, d2), zo, lo, hi, outty, out, oi, mask)
+    else:
+        _store16(context, builder, builder.add(d1[0], d2[0]), builder.add(d1[1], d2[1]), zo, lo, hi, outty, out,
+                 oi, mask)
+
+
 @intrinsic
 def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi, nl, narrow):
     """out[oi:oi+nl] = clamp(DN(acc[ai:ai+nl] + bias) + zo, lo, hi), channels of table
@@ -347,11 +366,9 @@ def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi, nl, narr
     def codegen(context, builder, sig, args):
         mask = _lane_mask(builder, sig.args[10], args[10])
         a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        dn = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4], is_narrow)
-        if is_narrow:
-            _store16_narrow(context, builder, dn, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask)
-        else:
-            _store16(context, builder, *dn, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask)
+        rows = _table_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        _requant(context, builder, a, rows, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask,
+                 is_narrow)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, out, types.intp, types.int64, types.int64,
                       types.int64, nl, narrow), codegen
@@ -368,15 +385,11 @@ def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi
     def codegen(context, builder, sig, args):
         mask = _lane_mask(builder, sig.args[14], args[14])
         a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        d1 = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4], is_narrow)
         r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
-        d2 = _dn16(context, builder, r, sig.args[7], args[7], sig.args[8], args[8], args[4], is_narrow)
-        if is_narrow:
-            _store16_narrow(context, builder, builder.add(d1, d2), args[11], args[12], args[13], sig.args[9],
-                            args[9], args[10], mask)
-        else:
-            _store16(context, builder, builder.add(d1[0], d2[0]), builder.add(d1[1], d2[1]), args[11], args[12],
-                     args[13], sig.args[9], args[9], args[10], mask)
+        rows = _table_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        rrows = _table_rows(context, builder, sig.args[7], args[7], sig.args[8], args[8], args[4])
+        _residual(context, builder, a, rows, r, rrows, args[11], args[12], args[13], sig.args[9], args[9], args[10],
+                  mask, is_narrow)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, rt32, rt64, out, types.intp,
                       types.int64, types.int64, types.int64, nl, narrow), codegen
@@ -395,25 +408,104 @@ def vepi_raw(typingctx, acc, ai, t32, ti, out, oi, nl):
     return types.void(acc, types.intp, t32, types.intp, out, types.intp, nl), codegen
 
 
+# -- The same epilogues with the tables already in registers ---------------------------
+# A kernel that runs many pixels through one group of 16 channels loads the group's table
+# rows once and passes them as values, instead of reloading them per pixel: per pixel and
+# group, a residual layer with its copy otherwise loads 14 table vectors against 16
+# `vpdpbusd` of a 64-channel reduction. The rows travel as one tuple (`vrows`,
+# `vsplit_rows`): six separate values per table made the kernels' Numba IR, and the
+# compile time of every parallel kernel that inlines them, much larger.
+
+rows6 = types.UniTuple(i32x16, 6)
+
+
+def _tuple_rows(builder, tup, count):
+    return [builder.extract_value(tup, i) for i in range(count)]
+
+
 @intrinsic
-def vepi_requant_rows(typingctx, a, bias, mul, h0, h1, s0, s1, out, oi, zo, lo, hi, nl, narrow):
-    """`vepi_requant` of the accumulator vector a, with the six table rows of its group
-    already loaded (`vload`: bias, multiplier, then the four int64 rows as 16-lane
-    values): a kernel that runs many pixels through one group loads them once, not per
-    pixel."""
+def vrows(typingctx, t32, t64, ti):
+    """Group ti's six rows of a `vector_tables` pair: bias and multiplier, then the four
+    int64 rows (as 16-lane values); ti = 32 per group."""
+    def codegen(context, builder, sig, args):
+        rows = _table_rows(context, builder, sig.args[0], args[0], sig.args[1], args[1], args[2])
+        return context.make_tuple(builder, rows6, rows[:2] + [builder.bitcast(r, _V32) for r in rows[2:]])
+    return rows6(t32, t64, types.intp), codegen
+
+
+@intrinsic
+def vsplit_rows(typingctx, st, ti):
+    """Group ti's four rows of a split table (`epilogue.split_table`; ti = 64 per group),
+    then two zero rows: the type of `vrows`, so that one variable holds an operand's rows
+    in either form and a loop keeps only the rows it reads in registers."""
+    def codegen(context, builder, sig, args):
+        rows = _split_rows(context, builder, sig.args[0], args[0], args[1])
+        return context.make_tuple(builder, rows6, rows + [ir.Constant(_V32, None)] * 2)
+    return rows6(st, types.intp), codegen
+
+
+@intrinsic
+def vzero_rows(typingctx):
+    """Six rows of zeros: the rows of a table a mode never reads."""
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, rows6, [ir.Constant(_V32, None)] * 6)
+    return rows6(), codegen
+
+
+def _row_values(builder, tup):
+    """A `vrows` tuple in `_table_rows`' form."""
+    rows = _tuple_rows(builder, tup, 6)
+    return rows[:2] + [builder.bitcast(r, _V64) for r in rows[2:]]
+
+
+@intrinsic
+def vwiden(typingctx, ary, index, nl):
+    """16 elements of an integer array (8, 16 or 32 bits) from `index` as int32 lanes,
+    the lanes from nl on 0 and not read (nl the literal 16: all)."""
+    def codegen(context, builder, sig, args):
+        return _widen16(context, builder, sig.args[0], args[0], args[1], _lane_mask(builder, sig.args[2], args[2]))
+    return i32x16(ary, types.intp, nl), codegen
+
+
+@intrinsic
+def vepi_raw_rows(typingctx, a, rows, out, oi, nl):
+    """`vepi_raw` of the accumulator vector a, its group's rows (`vrows`) already loaded."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[4], args[4])
+        bias = builder.extract_value(args[1], 0)
+        _masked_store(builder, builder.add(args[0], bias), _element_pointer(context, builder, sig.args[2], args[2],
+                                                                             args[3]), mask)
+        return context.get_dummy_value()
+    return types.void(i32x16, rows6, out, types.intp, nl), codegen
+
+
+@intrinsic
+def vepi_requant_rows(typingctx, a, rows, out, oi, zo, lo, hi, nl, narrow):
+    """`vepi_requant` of the accumulator vector a, its group's rows (`vrows`) already
+    loaded."""
     is_narrow = _is_narrow(narrow)
 
     def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[12], args[12])
-        rows = [builder.bitcast(r, _V64) for r in args[3:7]]
-        dn = _dn_rows(builder, args[0], args[1], args[2], rows, is_narrow)
-        if is_narrow:
-            _store16_narrow(context, builder, dn, args[9], args[10], args[11], sig.args[7], args[7], args[8], mask)
-        else:
-            _store16(context, builder, *dn, args[9], args[10], args[11], sig.args[7], args[7], args[8], mask)
+        mask = _lane_mask(builder, sig.args[7], args[7])
+        _requant(context, builder, args[0], _row_values(builder, args[1]), args[4], args[5], args[6], sig.args[2],
+                 args[2], args[3], mask, is_narrow)
         return context.get_dummy_value()
-    return types.void(i32x16, i32x16, i32x16, i32x16, i32x16, i32x16, i32x16, out, types.intp, types.int64,
-                      types.int64, types.int64, nl, narrow), codegen
+    return types.void(i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl, narrow), codegen
+
+
+@intrinsic
+def vepi_residual_rows(typingctx, a, rows, r, rrows, out, oi, zo, lo, hi, nl, narrow):
+    """`vepi_residual` of the vectors a (accumulator) and r (residual operand, `vwiden`),
+    both groups' rows (`vrows`) already loaded."""
+    is_narrow = _is_narrow(narrow)
+
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[9], args[9])
+        _residual(context, builder, args[0], _row_values(builder, args[1]), args[2], _row_values(builder, args[3]),
+                  args[6], args[7], args[8], sig.args[4], args[4], args[5], mask, is_narrow)
+        return context.get_dummy_value()
+    return types.void(i32x16, rows6, i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl,
+                      narrow), codegen
 
 
 # -- The split form: DN of a 16-bit unsigned operand in 16 int32 lanes ----------------
@@ -440,6 +532,15 @@ def _dn_split(builder, x, rows):
     """DN of the int32 lanes x (0 <= x < 2^16) by the split table rows (see above)."""
     t = builder.lshr(builder.mul(x, rows[0]), _splat(builder, ir.Constant(_I32, 16), _V32))
     return builder.lshr(builder.add(builder.add(builder.mul(x, rows[1]), t), rows[2]), rows[3])
+
+
+def _residual_split(context, builder, a, rows, r, srows, zo, lo, hi, m, outty, out, oi, mask):
+    """`vepi_residual_split`'s arithmetic on the values a and r: rows as from
+    `_table_rows`, srows the split table's four rows."""
+    even, odd = _dn_rows(builder, a, rows[0], rows[1], rows[2:], False)
+    d2 = _dn_split(builder, r, srows)
+    d1 = _clamp_halves(builder, even, odd, builder.sub(builder.sub(lo, zo), m), builder.sub(hi, zo))
+    _store16_narrow(context, builder, builder.add(d1, d2), zo, lo, hi, outty, out, oi, mask)
 
 
 @intrinsic
@@ -470,15 +571,41 @@ def vepi_residual_split(typingctx, acc, ai, t32, t64, ti, res, ri, st, si, out, 
     def codegen(context, builder, sig, args):
         mask = _lane_mask(builder, sig.args[15], args[15])
         a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        even, odd = _dn16(context, builder, a, sig.args[2], args[2], sig.args[3], args[3], args[4])
         r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
-        d2 = _dn_split(builder, r, _split_rows(context, builder, sig.args[7], args[7], args[8]))
-        zo, lo, hi, m = args[11], args[12], args[13], args[14]
-        d1 = _clamp_halves(builder, even, odd, builder.sub(builder.sub(lo, zo), m), builder.sub(hi, zo))
-        _store16_narrow(context, builder, builder.add(d1, d2), zo, lo, hi, sig.args[9], args[9], args[10], mask)
+        rows = _table_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], args[4])
+        srows = _split_rows(context, builder, sig.args[7], args[7], args[8])
+        _residual_split(context, builder, a, rows, r, srows, args[11], args[12], args[13], args[14], sig.args[9],
+                        args[9], args[10], mask)
         return context.get_dummy_value()
     return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, st, types.intp, out, types.intp,
                       types.int64, types.int64, types.int64, types.int64, nl), codegen
+
+
+@intrinsic
+def vepi_requant_split_rows(typingctx, x, srows, out, oi, zo, lo, hi, nl):
+    """`vepi_requant_split` of the vector x (`vwiden`), its group's split rows
+    (`vsplit_rows`) already loaded."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[7], args[7])
+        d = _dn_split(builder, args[0], _tuple_rows(builder, args[1], 4))
+        _store16_narrow(context, builder, d, args[4], args[5], args[6], sig.args[2], args[2], args[3], mask)
+        return context.get_dummy_value()
+    return types.void(i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl), codegen
+
+
+@intrinsic
+def vepi_residual_split_rows(typingctx, a, rows, r, srows, out, oi, zo, lo, hi, m, nl):
+    """`vepi_residual_split` of the vectors a (accumulator) and r (the 16-bit operand,
+    `vwiden`), the layer's rows (`vrows`) and the operand's split rows (`vsplit_rows`)
+    already loaded."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(builder, sig.args[10], args[10])
+        _residual_split(context, builder, args[0], _row_values(builder, args[1]), args[2],
+                        _tuple_rows(builder, args[3], 4), args[6], args[7], args[8], args[9], sig.args[4], args[4],
+                        args[5], mask)
+        return context.get_dummy_value()
+    return types.void(i32x16, rows6, i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64,
+                      types.int64, nl), codegen
 
 
 # -- Depthwise: 16 channels of one tap -------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from intq.ir import Graph
 from intq.kernels import cpu
 from intq.kernels.simd import (vepi_raw, vepi_requant, vepi_requant_rows, vepi_requant_split, vepi_residual,
-                               vepi_residual_split, vload)
+                               vepi_residual_split, vload, vrows)
 from intq.kernels.plan import Plan
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
@@ -152,12 +152,11 @@ def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl, narrow
 @njit
 def _vector_requant_rows(acc, t32, t64, out, zo, lo, hi, nl, narrow):
     a = vload(acc, 0)
-    bias, mul = vload(t32, 0), vload(t32, 16)
-    h0, h1, s0, s1 = vload(t64, 0), vload(t64, 8), vload(t64, 16), vload(t64, 24)
+    rows = vrows(t32, t64, 0)
     if narrow:
-        vepi_requant_rows(a, bias, mul, h0, h1, s0, s1, out, 0, zo, lo, hi, nl, True)
+        vepi_requant_rows(a, rows, out, 0, zo, lo, hi, nl, True)
     else:
-        vepi_requant_rows(a, bias, mul, h0, h1, s0, s1, out, 0, zo, lo, hi, nl, False)
+        vepi_requant_rows(a, rows, out, 0, zo, lo, hi, nl, False)
 
 
 @njit
