@@ -28,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw, vepi_raw_rows, vepi_requant, vepi_requant_rows, vepi_requant_split,
-                   vepi_requant_split_rows, vepi_residual, vepi_residual_rows, vepi_residual_split,
-                   vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden, vzero_rows)
+from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw, vepi_raw_rows, vepi_requant, vepi_requant_rows,
+                   vepi_requant_split, vepi_requant_split_rows, vepi_residual, vepi_residual_rows,
+                   vepi_residual_split, vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden, vzero_rows)
 
 REQUANT, RESIDUAL, RAW = 0, 1, 2
 # Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
@@ -319,8 +319,8 @@ def _tile_group(tile, tn, rows, pix, c0, j, nl, out, og, sc, res, rg, out2, og2,
                                narrow)
     if not copy:
         return
-    # The copy in a loop of its own: read back right after its store, it waits on the
-    # whole chain before it.
+    # The copy reads back what the loop above stored, in a loop of its own (so that only
+    # its rows are live there).
     for p in range(rows):
         n, h, w = pix[p, 0], pix[p, 1], pix[p, 2]
         y = vwiden(out, offset(og, n, h, w) + k, nl)
@@ -332,28 +332,18 @@ def _tile_group(tile, tn, rows, pix, c0, j, nl, out, og, sc, res, rg, out2, og2,
 
 
 @njit(cache=True, inline="always")
-def _store_tile(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                cvt64, narrow, rsplit, csplit):
-    full, rest = nc // 16, nc % 16  # whole groups with plain loads and stores, then one masked
-    for g in range(full):
-        _tile_group(tile, tn, rows, pix, c0, 16 * g, 16, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
-                    rvt64, cvt32, cvt64, narrow, rsplit, csplit)
-    if rest:
-        _tile_group(tile, tn, rows, pix, c0, 16 * full, rest, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
-                    rvt64, cvt32, cvt64, narrow, rsplit, csplit)
-
-
-@njit(cache=True, inline="always")
 def store_tile_vec(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64,
                    cvt32, cvt64):
     """`store_pixel_vec` for the first `rows` pixels of a tile of tn channels (c0 and tn
     multiples of 16): pixel p's accumulators at tile[p * tn:], its position (n, h, w) at
     pix[p]. Channel group by group, each group's table rows loaded once for all the
     tile's pixels (`simd.vepi_*_rows`) rather than once per pixel; the arithmetic, and so
-    every result, is `store_pixel_vec`'s."""
-    if sc[10]:
-        _store_tile(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                    cvt64, True, False, False)
-    else:
-        _store_tile(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                    cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)
+    every result, is `store_pixel_vec`'s. The lane count (16, or the rest in the last
+    group) and the forms are run-time values, so that the group's code is inlined once
+    (see `simd._for_lanes`)."""
+    narrow = sc[10] != 0
+    rsplit = not narrow and sc[11] & 1 != 0
+    csplit = not narrow and sc[11] & 2 != 0
+    for g in range(-(-nc // 16)):
+        _tile_group(tile, tn, rows, pix, c0, 16 * g, min(16, nc - 16 * g), out, og, sc, res, rg, out2, og2, vt32,
+                    vt64, rvt32, rvt64, cvt32, cvt64, narrow, rsplit, csplit)

@@ -458,12 +458,65 @@ def _row_values(builder, tup):
     return rows[:2] + [builder.bitcast(r, _V64) for r in rows[2:]]
 
 
+# Lane counts and forms known only at run time: a kernel that passes the literal 16 for
+# whole groups and the remainder for the last one, or True and False for the int32 form,
+# inlines its epilogue once per combination, and in a parallel kernel every copy costs
+# Numba seconds of compile. These intrinsics take either; given run-time values they
+# branch in the LLVM code they emit (whole group or masked, int32 or int64 form), which
+# LLVM compiles in a fraction of that and hoists out of the pixel loop.
+
+def _for_lanes(builder, nlty, nl, emit):
+    """emit(mask) for the lanes below nl: unmasked (mask None) where nl is the literal 16,
+    masked for another literal, and both, chosen by nl == 16, for a run-time nl."""
+    if isinstance(nlty, types.IntegerLiteral):
+        emit(_lane_mask(builder, nlty, nl))
+        return
+    with builder.if_else(builder.icmp_signed("==", nl, ir.Constant(nl.type, 16))) as (whole, ragged):
+        with whole:
+            emit(None)
+        with ragged:
+            emit(_lane_mask(builder, nlty, nl))
+
+
+def _for_form(builder, narrowty, narrow, emit):
+    """emit(is_narrow) for a literal flag, or both forms chosen by a run-time one."""
+    if isinstance(narrowty, types.BooleanLiteral):
+        emit(narrowty.literal_value)
+        return
+    with builder.if_else(builder.icmp_unsigned("!=", narrow, ir.Constant(narrow.type, 0))) as (narrow32, wide):
+        with narrow32:
+            emit(True)
+        with wide:
+            emit(False)
+
+
+def _flag_type(narrow):
+    if not isinstance(narrow, (types.BooleanLiteral, types.Boolean)):
+        from numba.core.errors import TypingError
+        raise TypingError("the epilogue's narrow flag must be a boolean")
+    return narrow
+
+
 @intrinsic
 def vwiden(typingctx, ary, index, nl):
     """16 elements of an integer array (8, 16 or 32 bits) from `index` as int32 lanes,
-    the lanes from nl on 0 and not read (nl the literal 16: all)."""
+    the lanes from nl on 0 and not read (nl the literal 16, or 16 at run time: all)."""
     def codegen(context, builder, sig, args):
-        return _widen16(context, builder, sig.args[0], args[0], args[1], _lane_mask(builder, sig.args[2], args[2]))
+        if isinstance(sig.args[2], types.IntegerLiteral):
+            return _widen16(context, builder, sig.args[0], args[0], args[1], _lane_mask(builder, sig.args[2], args[2]))
+        whole_b = ragged_b = None
+        with builder.if_else(builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 16))) as (whole, ragged):
+            with whole:
+                v_whole = _widen16(context, builder, sig.args[0], args[0], args[1], None)
+                whole_b = builder.block
+            with ragged:
+                v_ragged = _widen16(context, builder, sig.args[0], args[0], args[1],
+                                    _lane_mask(builder, sig.args[2], args[2]))
+                ragged_b = builder.block
+        v = builder.phi(_V32)
+        v.add_incoming(v_whole, whole_b)
+        v.add_incoming(v_ragged, ragged_b)
+        return v
     return i32x16(ary, types.intp, nl), codegen
 
 
@@ -471,10 +524,10 @@ def vwiden(typingctx, ary, index, nl):
 def vepi_raw_rows(typingctx, a, rows, out, oi, nl):
     """`vepi_raw` of the accumulator vector a, its group's rows (`vrows`) already loaded."""
     def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[4], args[4])
         bias = builder.extract_value(args[1], 0)
-        _masked_store(builder, builder.add(args[0], bias), _element_pointer(context, builder, sig.args[2], args[2],
-                                                                             args[3]), mask)
+        ptr = _element_pointer(context, builder, sig.args[2], args[2], args[3])
+        _for_lanes(builder, sig.args[4], args[4], lambda mask: _masked_store(builder, builder.add(args[0], bias), ptr,
+                                                                             mask))
         return context.get_dummy_value()
     return types.void(i32x16, rows6, out, types.intp, nl), codegen
 
@@ -482,30 +535,29 @@ def vepi_raw_rows(typingctx, a, rows, out, oi, nl):
 @intrinsic
 def vepi_requant_rows(typingctx, a, rows, out, oi, zo, lo, hi, nl, narrow):
     """`vepi_requant` of the accumulator vector a, its group's rows (`vrows`) already
-    loaded."""
-    is_narrow = _is_narrow(narrow)
-
+    loaded; nl and narrow literals or run-time values (see above)."""
     def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[7], args[7])
-        _requant(context, builder, args[0], _row_values(builder, args[1]), args[4], args[5], args[6], sig.args[2],
-                 args[2], args[3], mask, is_narrow)
+        rows = _row_values(builder, args[1])
+        _for_lanes(builder, sig.args[7], args[7], lambda mask: _for_form(builder, sig.args[8], args[8], lambda nar: (
+            _requant(context, builder, args[0], rows, args[4], args[5], args[6], sig.args[2], args[2], args[3], mask,
+                     nar))))
         return context.get_dummy_value()
-    return types.void(i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl, narrow), codegen
+    return types.void(i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl,
+                      _flag_type(narrow)), codegen
 
 
 @intrinsic
 def vepi_residual_rows(typingctx, a, rows, r, rrows, out, oi, zo, lo, hi, nl, narrow):
     """`vepi_residual` of the vectors a (accumulator) and r (residual operand, `vwiden`),
-    both groups' rows (`vrows`) already loaded."""
-    is_narrow = _is_narrow(narrow)
-
+    both groups' rows (`vrows`) already loaded; nl and narrow as `vepi_requant_rows`."""
     def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[9], args[9])
-        _residual(context, builder, args[0], _row_values(builder, args[1]), args[2], _row_values(builder, args[3]),
-                  args[6], args[7], args[8], sig.args[4], args[4], args[5], mask, is_narrow)
+        rows, rrows = _row_values(builder, args[1]), _row_values(builder, args[3])
+        _for_lanes(builder, sig.args[9], args[9], lambda mask: _for_form(builder, sig.args[10], args[10], lambda nar: (
+            _residual(context, builder, args[0], rows, args[2], rrows, args[6], args[7], args[8], sig.args[4], args[4],
+                      args[5], mask, nar))))
         return context.get_dummy_value()
     return types.void(i32x16, rows6, i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl,
-                      narrow), codegen
+                      _flag_type(narrow)), codegen
 
 
 # -- The split form: DN of a 16-bit unsigned operand in 16 int32 lanes ----------------
@@ -584,11 +636,11 @@ def vepi_residual_split(typingctx, acc, ai, t32, t64, ti, res, ri, st, si, out, 
 @intrinsic
 def vepi_requant_split_rows(typingctx, x, srows, out, oi, zo, lo, hi, nl):
     """`vepi_requant_split` of the vector x (`vwiden`), its group's split rows
-    (`vsplit_rows`) already loaded."""
+    (`vsplit_rows`) already loaded; nl as `vepi_requant_rows`."""
     def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[7], args[7])
         d = _dn_split(builder, args[0], _tuple_rows(builder, args[1], 4))
-        _store16_narrow(context, builder, d, args[4], args[5], args[6], sig.args[2], args[2], args[3], mask)
+        _for_lanes(builder, sig.args[7], args[7], lambda mask: _store16_narrow(
+            context, builder, d, args[4], args[5], args[6], sig.args[2], args[2], args[3], mask))
         return context.get_dummy_value()
     return types.void(i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64, nl), codegen
 
@@ -597,12 +649,12 @@ def vepi_requant_split_rows(typingctx, x, srows, out, oi, zo, lo, hi, nl):
 def vepi_residual_split_rows(typingctx, a, rows, r, srows, out, oi, zo, lo, hi, m, nl):
     """`vepi_residual_split` of the vectors a (accumulator) and r (the 16-bit operand,
     `vwiden`), the layer's rows (`vrows`) and the operand's split rows (`vsplit_rows`)
-    already loaded."""
+    already loaded; nl as `vepi_requant_rows`."""
     def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[10], args[10])
-        _residual_split(context, builder, args[0], _row_values(builder, args[1]), args[2],
-                        _tuple_rows(builder, args[3], 4), args[6], args[7], args[8], args[9], sig.args[4], args[4],
-                        args[5], mask)
+        rows, srows = _row_values(builder, args[1]), _tuple_rows(builder, args[3], 4)
+        _for_lanes(builder, sig.args[10], args[10], lambda mask: _residual_split(
+            context, builder, args[0], rows, args[2], srows, args[6], args[7], args[8], args[9], sig.args[4], args[4],
+            args[5], mask))
         return context.get_dummy_value()
     return types.void(i32x16, rows6, i32x16, rows6, out, types.intp, types.int64, types.int64, types.int64,
                       types.int64, nl), codegen
