@@ -454,7 +454,7 @@ def _tile(nv, x, wp, wbase, toff, taps, c4n, bases, tile):
 def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt):
     """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp packed by
     `conv.pack_vnni` in blocks of 16 * cp[VECTORS] channels; vt the vector epilogue's tables
-    (`epilogue.store_pixel_vec`, empty where it does not apply); other arguments as
+    (`epilogue.store_tile_vec`, empty where it does not apply); other arguments as
     `conv.conv_portable`."""
     taps, c4n = cp[TAPS], cp[CIN] // 4
     nv, tm = cp[VECTORS], cp[PIXELS]

@@ -291,7 +291,7 @@ def _tile_group(tile, tn, rows, pix, c0, j, nl, out, og, sc, res, rg, out2, og2,
     st = 2 * t  # and in a split table (64 int32 each)
     mode, copy = sc[0], sc[5]
     zo, lo, hi = sc[1], sc[2], sc[3]
-    rows6 = vrows(vt32, vt64, t)
+    layer_rows = vrows(vt32, vt64, t)
     # The operand's and the copy's rows, in the form they take, zero where this mode does
     # not read them (their tables may then be empty).
     rrows, crows = vzero_rows(), vzero_rows()
@@ -308,15 +308,15 @@ def _tile_group(tile, tn, rows, pix, c0, j, nl, out, og, sc, res, rg, out2, og2,
         o = offset(og, n, h, w) + k
         a = vload(tile, p * tn + j)
         if mode == RAW:
-            vepi_raw_rows(a, rows6, out, o, nl)
+            vepi_raw_rows(a, layer_rows, out, o, nl)
         elif mode == REQUANT:
-            vepi_requant_rows(a, rows6, out, o, zo, lo, hi, nl, narrow)
+            vepi_requant_rows(a, layer_rows, out, o, zo, lo, hi, nl, narrow)
         elif rsplit:
-            vepi_residual_split_rows(a, rows6, vwiden(res, offset(rg, n, h, w) + k, nl), rrows, out, o, zo, lo, hi,
-                                     sc[12], nl)
+            r = vwiden(res, offset(rg, n, h, w) + k, nl)
+            vepi_residual_split_rows(a, layer_rows, r, rrows, out, o, zo, lo, hi, sc[12], nl)
         else:
-            vepi_residual_rows(a, rows6, vwiden(res, offset(rg, n, h, w) + k, nl), rrows, out, o, zo, lo, hi, nl,
-                               narrow)
+            r = vwiden(res, offset(rg, n, h, w) + k, nl)
+            vepi_residual_rows(a, layer_rows, r, rrows, out, o, zo, lo, hi, nl, narrow)
     if not copy:
         return
     # The copy reads back what the loop above stored, in a loop of its own (so that only

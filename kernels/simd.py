@@ -467,15 +467,21 @@ def _row_values(builder, tup):
 
 def _for_lanes(builder, nlty, nl, emit):
     """emit(mask) for the lanes below nl: unmasked (mask None) where nl is the literal 16,
-    masked for another literal, and both, chosen by nl == 16, for a run-time nl."""
+    masked for another literal, and both, chosen by nl == 16, for a run-time nl. Returns
+    what emit returns (for a run-time nl, the value of the branch taken, or None)."""
     if isinstance(nlty, types.IntegerLiteral):
-        emit(_lane_mask(builder, nlty, nl))
-        return
+        return emit(_lane_mask(builder, nlty, nl))
     with builder.if_else(builder.icmp_signed("==", nl, ir.Constant(nl.type, 16))) as (whole, ragged):
         with whole:
-            emit(None)
+            v_whole, b_whole = emit(None), builder.block
         with ragged:
-            emit(_lane_mask(builder, nlty, nl))
+            v_ragged, b_ragged = emit(_lane_mask(builder, nlty, nl)), builder.block
+    if v_whole is None:
+        return None
+    v = builder.phi(v_whole.type)
+    v.add_incoming(v_whole, b_whole)
+    v.add_incoming(v_ragged, b_ragged)
+    return v
 
 
 def _for_form(builder, narrowty, narrow, emit):
@@ -502,21 +508,8 @@ def vwiden(typingctx, ary, index, nl):
     """16 elements of an integer array (8, 16 or 32 bits) from `index` as int32 lanes,
     the lanes from nl on 0 and not read (nl the literal 16, or 16 at run time: all)."""
     def codegen(context, builder, sig, args):
-        if isinstance(sig.args[2], types.IntegerLiteral):
-            return _widen16(context, builder, sig.args[0], args[0], args[1], _lane_mask(builder, sig.args[2], args[2]))
-        whole_b = ragged_b = None
-        with builder.if_else(builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 16))) as (whole, ragged):
-            with whole:
-                v_whole = _widen16(context, builder, sig.args[0], args[0], args[1], None)
-                whole_b = builder.block
-            with ragged:
-                v_ragged = _widen16(context, builder, sig.args[0], args[0], args[1],
-                                    _lane_mask(builder, sig.args[2], args[2]))
-                ragged_b = builder.block
-        v = builder.phi(_V32)
-        v.add_incoming(v_whole, whole_b)
-        v.add_incoming(v_ragged, ragged_b)
-        return v
+        return _for_lanes(builder, sig.args[2], args[2],
+                          lambda mask: _widen16(context, builder, sig.args[0], args[0], args[1], mask))
     return i32x16(ary, types.intp, nl), codegen
 
 
