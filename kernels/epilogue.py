@@ -28,9 +28,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw, vepi_raw_rows, vepi_requant, vepi_requant_rows,
-                   vepi_requant_split, vepi_requant_split_rows, vepi_residual, vepi_residual_rows,
-                   vepi_residual_split, vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden, vzero_rows)
+from .simd import (SPLIT_MAX_SHIFT, SPLIT_MIN_SHIFT, vepi_raw_rows, vepi_requant_rows, vepi_requant_split_rows,
+                   vepi_residual_rows, vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden, vzero_rows)
 
 REQUANT, RESIDUAL, RAW = 0, 1, 2
 # Rows of the per-channel parameter table `rq` (int64, shape (5, channels)).
@@ -149,7 +148,7 @@ def narrow_ok(rq: np.ndarray, count: int) -> bool:
 
 
 def vector_tables(rq: np.ndarray, bias=None, narrow: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """`rq` (a `dn_table`) as the two tables of `simd.vepi_requant`/`vepi_residual`, per
+    """`rq` (a `dn_table`) as the two tables of `simd.vrows`, per
     group of 16 channels: int32 [bias x 16][multiplier x 16] and int64 [2^(c-1) of the
     even channels, of the odd ones][c of the even channels, of the odd ones]. `bias`
     replaces the bias row (-z for a residual operand or a copy's input). narrow: the
@@ -205,78 +204,89 @@ def split_bound(rq: np.ndarray, count: int, dtype) -> int:
 
 
 @njit(cache=True, inline="always")
-def _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-               cvt64, narrow, rsplit, csplit):
-    o = offset(og, n, h, w) + c0
-    g0 = c0 // 16
-    full, rest = nc // 16, nc % 16  # whole groups with plain loads and stores, then one masked
+def _forms(sc):
+    """The layer's forms from its scalars (see `store_pixel_vec`): narrow, and whether the
+    residual operand's and the copy's DNs take the split form."""
+    narrow = sc[10] != 0
+    return narrow, not narrow and sc[11] & 1 != 0, not narrow and sc[11] & 2 != 0
+
+
+@njit(cache=True, inline="always")
+def _group_rows(k, sc, vt32, vt64, rvt32, rvt64, cvt32, cvt64, rsplit, csplit):
+    """The table rows of the group of 16 channels from channel k (a multiple of 16): the
+    layer's, then the residual operand's and the copy's in the form they take, zero where
+    this mode does not read them (their tables may then be empty)."""
+    t = k // 16 * 32  # the group's offset in the int32 and int64 tables (32 elements each)
+    st = 2 * t  # and in a split table (64 int32 each)
+    rrows, crows = vzero_rows(), vzero_rows()
+    if sc[0] == RESIDUAL and rsplit:
+        rrows = vsplit_rows(rvt32, st)
+    elif sc[0] == RESIDUAL:
+        rrows = vrows(rvt32, rvt64, t)
+    if sc[5] and csplit:
+        crows = vsplit_rows(cvt32, st)
+    elif sc[5]:
+        crows = vrows(cvt32, cvt64, t)
+    return vrows(vt32, vt64, t), rrows, crows
+
+
+@njit(cache=True, inline="always")
+def _group_pixel(a, layer_rows, rrows, n, h, w, k, nl, out, og, sc, res, rg, narrow, rsplit):
+    """The epilogue of pixel (n, h, w) for the nl <= 16 channels from k: a the accumulator
+    vector, the rows from `_group_rows`. The mode's branches do not change along a loop of
+    pixels, and LLVM takes them out of it."""
+    o = offset(og, n, h, w) + k
     mode = sc[0]
     if mode == RAW:
-        for g in range(full):
-            vepi_raw(acc, t + 16 * g, vt32, (g0 + g) * 32, out, o + 16 * g, 16)
-        if rest:
-            vepi_raw(acc, t + 16 * full, vt32, (g0 + full) * 32, out, o + 16 * full, rest)
-        return
-    if mode == REQUANT:
-        for g in range(full):
-            vepi_requant(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, out, o + 16 * g, sc[1], sc[2], sc[3], 16, narrow)
-        if rest:
-            vepi_requant(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, out, o + 16 * full, sc[1], sc[2],
-                         sc[3], rest, narrow)
+        vepi_raw_rows(a, layer_rows, out, o, nl)
+    elif mode == REQUANT:
+        vepi_requant_rows(a, layer_rows, out, o, sc[1], sc[2], sc[3], nl, narrow)
     elif rsplit:
-        ro = offset(rg, n, h, w) + c0
-        for g in range(full):
-            vepi_residual_split(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, (g0 + g) * 64,
-                                out, o + 16 * g, sc[1], sc[2], sc[3], sc[12], 16)
-        if rest:
-            vepi_residual_split(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, res, ro + 16 * full, rvt32,
-                                (g0 + full) * 64, out, o + 16 * full, sc[1], sc[2], sc[3], sc[12], rest)
+        r = vwiden(res, offset(rg, n, h, w) + k, nl)
+        vepi_residual_split_rows(a, layer_rows, r, rrows, out, o, sc[1], sc[2], sc[3], sc[12], nl)
     else:
-        ro = offset(rg, n, h, w) + c0
-        for g in range(full):
-            vepi_residual(acc, t + 16 * g, vt32, vt64, (g0 + g) * 32, res, ro + 16 * g, rvt32, rvt64,
-                          out, o + 16 * g, sc[1], sc[2], sc[3], 16, narrow)
-        if rest:
-            vepi_residual(acc, t + 16 * full, vt32, vt64, (g0 + full) * 32, res, ro + 16 * full, rvt32, rvt64,
-                          out, o + 16 * full, sc[1], sc[2], sc[3], rest, narrow)
-    if sc[5] and csplit:
-        o2 = offset(og2, n, h, w) + c0
-        for g in range(full):
-            vepi_requant_split(out, o + 16 * g, cvt32, (g0 + g) * 64, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16)
-        if rest:
-            vepi_requant_split(out, o + 16 * full, cvt32, (g0 + full) * 64, out2, o2 + 16 * full, sc[7], sc[8],
-                               sc[9], rest)
-    elif sc[5]:
-        o2 = offset(og2, n, h, w) + c0
-        for g in range(full):
-            vepi_requant(out, o + 16 * g, cvt32, cvt64, (g0 + g) * 32, out2, o2 + 16 * g, sc[7], sc[8], sc[9], 16, narrow)
-        if rest:
-            vepi_requant(out, o + 16 * full, cvt32, cvt64, (g0 + full) * 32, out2, o2 + 16 * full, sc[7], sc[8],
-                         sc[9], rest, narrow)
+        r = vwiden(res, offset(rg, n, h, w) + k, nl)
+        vepi_residual_rows(a, layer_rows, r, rrows, out, o, sc[1], sc[2], sc[3], nl, narrow)
 
+
+@njit(cache=True, inline="always")
+def _group_copy(crows, n, h, w, k, nl, out, og, sc, out2, og2, narrow, csplit):
+    """The copy of pixel (n, h, w)'s nl channels from k: what `_group_pixel` stored, read
+    back and requantized into out2."""
+    y = vwiden(out, offset(og, n, h, w) + k, nl)
+    o2 = offset(og2, n, h, w) + k
+    if csplit:
+        vepi_requant_split_rows(y, crows, out2, o2, sc[7], sc[8], sc[9], nl)
+    else:
+        vepi_requant_rows(y, crows, out2, o2, sc[7], sc[8], sc[9], nl, narrow)
 
 
 @njit(cache=True, inline="always")
 def store_pixel_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64,
                     cvt32, cvt64):
-    """`store_pixel` for channels c0..c0+nc (c0 a multiple of 16) in zmm registers
-    (`simd.vepi_*`), 16 at a time, the last group masked; (vt32, vt64), (rvt32, rvt64) and
-    (cvt32, cvt64) the tables of the layer, the residual operand and the copy from
-    `vector_tables`. Every mode, with or without the copy, where r - z_r and y - z_y fit
-    int32: a residual operand and a copied output at most 16 bits wide (or an
-    accumulator, z = 0). The tables come as separate arrays, not a tuple: unpacking a
-    tuple of arrays per pixel costs reference counting that outweighed the arithmetic.
+    """`store_pixel` for channels c0..c0+nc (c0 a multiple of 16) of the accumulators at
+    acc[t:] (padded to whole groups of 16) in zmm registers (`simd.vepi_*_rows`), 16 at a
+    time, the last group masked; (vt32, vt64), (rvt32, rvt64) and (cvt32, cvt64) the tables
+    of the layer, the residual operand and the copy from `vector_tables`. Every mode, with
+    or without the copy, where r - z_r and y - z_y fit int32: a residual operand and a
+    copied output at most 16 bits wide (or an accumulator, z = 0). The tables come as
+    separate arrays, not a tuple: unpacking a tuple of arrays per pixel costs reference
+    counting that outweighed the arithmetic.
     sc[10] = 1: every table is narrow (`vector_tables(narrow=True)`, `simd.NARROW_MIN_SHIFT`).
     Otherwise sc[11] says which DNs of a 16-bit unsigned operand take the split form
     (`simd.SPLIT_MIN_SHIFT`; their table then comes from `split_table` in place of the
     int32 one): 1 the residual operand's (rvt32; sc[12] bounds its DN), 2 the copy's
-    (cvt32), 3 both."""
-    if sc[10]:
-        _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                   cvt64, True, False, False)
-    else:  # the split flags as run-time values: one copy of the code, not one per combination
-        _store_vec(acc, t, c0, nc, n, h, w, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32, rvt64, cvt32,
-                   cvt64, False, sc[11] & 1 != 0, sc[11] & 2 != 0)
+    (cvt32), 3 both. The lane count (16, or the rest in the last group) and the forms are
+    run-time values, so that the group's code is inlined once (see `simd._for_lanes`)."""
+    narrow, rsplit, csplit = _forms(sc)
+    for g in range(-(-nc // 16)):
+        k = c0 + 16 * g
+        nl = min(16, nc - 16 * g)
+        layer_rows, rrows, crows = _group_rows(k, sc, vt32, vt64, rvt32, rvt64, cvt32, cvt64, rsplit, csplit)
+        _group_pixel(vload(acc, t + 16 * g), layer_rows, rrows, n, h, w, k, nl, out, og, sc, res, rg, narrow,
+                     rsplit)
+        if sc[5]:
+            _group_copy(crows, n, h, w, k, nl, out, og, sc, out2, og2, narrow, csplit)
 
 
 @njit(cache=True, inline="always")
@@ -287,48 +297,16 @@ def _tile_group(tile, tn, rows, pix, c0, j, nl, out, og, sc, res, rg, out2, og2,
     the pixels. One loop with the mode's branches inside it (they do not change along it)
     rather than a loop per mode: in a parallel kernel's body each loop costs compile time."""
     k = c0 + j
-    t = k // 16 * 32  # the group's offset in the int32 and int64 tables (32 elements each)
-    st = 2 * t  # and in a split table (64 int32 each)
-    mode, copy = sc[0], sc[5]
-    zo, lo, hi = sc[1], sc[2], sc[3]
-    layer_rows = vrows(vt32, vt64, t)
-    # The operand's and the copy's rows, in the form they take, zero where this mode does
-    # not read them (their tables may then be empty).
-    rrows, crows = vzero_rows(), vzero_rows()
-    if mode == RESIDUAL and rsplit:
-        rrows = vsplit_rows(rvt32, st)
-    elif mode == RESIDUAL:
-        rrows = vrows(rvt32, rvt64, t)
-    if copy and csplit:
-        crows = vsplit_rows(cvt32, st)
-    elif copy:
-        crows = vrows(cvt32, cvt64, t)
+    layer_rows, rrows, crows = _group_rows(k, sc, vt32, vt64, rvt32, rvt64, cvt32, cvt64, rsplit, csplit)
     for p in range(rows):
-        n, h, w = pix[p, 0], pix[p, 1], pix[p, 2]
-        o = offset(og, n, h, w) + k
-        a = vload(tile, p * tn + j)
-        if mode == RAW:
-            vepi_raw_rows(a, layer_rows, out, o, nl)
-        elif mode == REQUANT:
-            vepi_requant_rows(a, layer_rows, out, o, zo, lo, hi, nl, narrow)
-        elif rsplit:
-            r = vwiden(res, offset(rg, n, h, w) + k, nl)
-            vepi_residual_split_rows(a, layer_rows, r, rrows, out, o, zo, lo, hi, sc[12], nl)
-        else:
-            r = vwiden(res, offset(rg, n, h, w) + k, nl)
-            vepi_residual_rows(a, layer_rows, r, rrows, out, o, zo, lo, hi, nl, narrow)
-    if not copy:
+        _group_pixel(vload(tile, p * tn + j), layer_rows, rrows, pix[p, 0], pix[p, 1], pix[p, 2], k, nl, out, og,
+                     sc, res, rg, narrow, rsplit)
+    if not sc[5]:
         return
     # The copy reads back what the loop above stored, in a loop of its own (so that only
     # its rows are live there).
     for p in range(rows):
-        n, h, w = pix[p, 0], pix[p, 1], pix[p, 2]
-        y = vwiden(out, offset(og, n, h, w) + k, nl)
-        o2 = offset(og2, n, h, w) + k
-        if csplit:
-            vepi_requant_split_rows(y, crows, out2, o2, sc[7], sc[8], sc[9], nl)
-        else:
-            vepi_requant_rows(y, crows, out2, o2, sc[7], sc[8], sc[9], nl, narrow)
+        _group_copy(crows, pix[p, 0], pix[p, 1], pix[p, 2], k, nl, out, og, sc, out2, og2, narrow, csplit)
 
 
 @njit(cache=True, inline="always")
@@ -341,9 +319,7 @@ def store_tile_vec(tile, tn, rows, pix, c0, nc, out, og, sc, res, rg, out2, og2,
     every result, is `store_pixel_vec`'s. The lane count (16, or the rest in the last
     group) and the forms are run-time values, so that the group's code is inlined once
     (see `simd._for_lanes`)."""
-    narrow = sc[10] != 0
-    rsplit = not narrow and sc[11] & 1 != 0
-    csplit = not narrow and sc[11] & 2 != 0
+    narrow, rsplit, csplit = _forms(sc)
     for g in range(-(-nc // 16)):
         _tile_group(tile, tn, rows, pix, c0, 16 * g, min(16, nc - 16 * g), out, og, sc, res, rg, out2, og2, vt32,
                     vt64, rvt32, rvt64, cvt32, cvt64, narrow, rsplit, csplit)

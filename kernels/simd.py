@@ -294,14 +294,6 @@ def _store16_narrow(context, builder, y, zo, lo, hi, outty, out, oi, mask):
     _masked_store(builder, y, _element_pointer(context, builder, outty, out, oi), mask)
 
 
-def _is_narrow(ty) -> bool:
-    from numba.core.errors import RequireLiteralValue
-
-    if not isinstance(ty, types.BooleanLiteral):
-        raise RequireLiteralValue("the epilogue's narrow flag must be a literal")
-    return ty.literal_value
-
-
 def _clamp_halves(builder, even, odd, lo, hi):
     """The int64 (even, odd) halves clamped to [lo, hi] (int64 scalars inside int32) and
     put back in lane order as 16 int32 lanes."""
@@ -336,8 +328,8 @@ def _table_rows(context, builder, t32ty, t32, t64ty, t64, ti):
 
 
 def _requant(context, builder, a, rows, zo, lo, hi, outty, out, oi, mask, narrow):
-    """clamp(DN(a + bias) + zo, lo, hi) stored at out[oi]: `vepi_requant`'s arithmetic,
-    rows as from `_table_rows`."""
+    """clamp(DN(a + bias) + zo, lo, hi) stored at out[oi] (`vepi_requant_rows`), rows as
+    from `_table_rows`."""
     dn = _dn_rows(builder, a, rows[0], rows[1], rows[2:], narrow)
     if narrow:
         _store16_narrow(context, builder, dn, zo, lo, hi, outty, out, oi, mask)
@@ -346,7 +338,7 @@ def _requant(context, builder, a, rows, zo, lo, hi, outty, out, oi, mask, narrow
 
 
 def _residual(context, builder, a, rows, r, rrows, zo, lo, hi, outty, out, oi, mask, narrow):
-    """`vepi_residual`'s arithmetic on the values a and r, rows as from `_table_rows`."""
+    """`vepi_residual_rows`' arithmetic on the values a and r, rows as from `_table_rows`."""
     d1 = _dn_rows(builder, a, rows[0], rows[1], rows[2:], narrow)
     d2 = _dn_rows(builder, r, rrows[0], rrows[1], rrows[2:], narrow)
     if narrow:
@@ -356,59 +348,7 @@ def _residual(context, builder, a, rows, r, rrows, zo, lo, hi, outty, out, oi, m
                  oi, mask)
 
 
-@intrinsic
-def vepi_requant(typingctx, acc, ai, t32, t64, ti, out, oi, zo, lo, hi, nl, narrow):
-    """out[oi:oi+nl] = clamp(DN(acc[ai:ai+nl] + bias) + zo, lo, hi), channels of table
-    group ti (see above), nl <= 16 lanes; acc at most 32 bits wide; narrow (a literal):
-    the int32 form (`NARROW_MIN_SHIFT`)."""
-    is_narrow = _is_narrow(narrow)
-
-    def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[10], args[10])
-        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        rows = _table_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], args[4])
-        _requant(context, builder, a, rows, args[7], args[8], args[9], sig.args[5], args[5], args[6], mask,
-                 is_narrow)
-        return context.get_dummy_value()
-    return types.void(acc, types.intp, t32, t64, types.intp, out, types.intp, types.int64, types.int64,
-                      types.int64, nl, narrow), codegen
-
-
-@intrinsic
-def vepi_residual(typingctx, acc, ai, t32, t64, ti, res, ri, rt32, rt64, out, oi, zo, lo, hi, nl, narrow):
-    """The fused residual add for nl <= 16 channels: clamp(DN_1(acc + bias) + DN_2(res - z_r)
-    + zo, lo, hi); the second table's bias row holds -z_r. res at most 16 bits wide, or
-    32 with z_r = 0 (an accumulator), so that res - z_r fits int32; narrow as
-    `vepi_requant` (both tables then narrow)."""
-    is_narrow = _is_narrow(narrow)
-
-    def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[14], args[14])
-        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
-        rows = _table_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], args[4])
-        rrows = _table_rows(context, builder, sig.args[7], args[7], sig.args[8], args[8], args[4])
-        _residual(context, builder, a, rows, r, rrows, args[11], args[12], args[13], sig.args[9], args[9], args[10],
-                  mask, is_narrow)
-        return context.get_dummy_value()
-    return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, rt32, rt64, out, types.intp,
-                      types.int64, types.int64, types.int64, nl, narrow), codegen
-
-
-@intrinsic
-def vepi_raw(typingctx, acc, ai, t32, ti, out, oi, nl):
-    """out[oi:oi+nl] = acc[ai:ai+nl] + bias (int32: a layer whose accumulator is stored)."""
-    def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[6], args[6])
-        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        bias = _vec_load(builder, _element_pointer(context, builder, sig.args[2], args[2], args[3]), _V32)
-        _masked_store(builder, builder.add(a, bias), _element_pointer(context, builder, sig.args[4], args[4],
-                                                                       args[5]), mask)
-        return context.get_dummy_value()
-    return types.void(acc, types.intp, t32, types.intp, out, types.intp, nl), codegen
-
-
-# -- The same epilogues with the tables already in registers ---------------------------
+# -- The tables in registers ------------------------------------------------------------
 # A kernel that runs many pixels through one group of 16 channels loads the group's table
 # rows once and passes them as values, instead of reloading them per pixel: per pixel and
 # group, a residual layer with its copy otherwise loads 14 table vectors against 16
@@ -515,7 +455,8 @@ def vwiden(typingctx, ary, index, nl):
 
 @intrinsic
 def vepi_raw_rows(typingctx, a, rows, out, oi, nl):
-    """`vepi_raw` of the accumulator vector a, its group's rows (`vrows`) already loaded."""
+    """out[oi:oi+nl] = a + bias (int32: a layer whose accumulator is stored), a the
+    accumulator vector, bias from its group's rows (`vrows`)."""
     def codegen(context, builder, sig, args):
         bias = builder.extract_value(args[1], 0)
         ptr = _element_pointer(context, builder, sig.args[2], args[2], args[3])
@@ -527,8 +468,9 @@ def vepi_raw_rows(typingctx, a, rows, out, oi, nl):
 
 @intrinsic
 def vepi_requant_rows(typingctx, a, rows, out, oi, zo, lo, hi, nl, narrow):
-    """`vepi_requant` of the accumulator vector a, its group's rows (`vrows`) already
-    loaded; nl and narrow literals or run-time values (see above)."""
+    """out[oi:oi+nl] = clamp(DN(a + bias) + zo, lo, hi) for the accumulator vector a (its
+    first nl <= 16 lanes), its group's rows (`vrows`) already loaded; narrow: the int32
+    form (`NARROW_MIN_SHIFT`). nl and narrow literals or run-time values (see above)."""
     def codegen(context, builder, sig, args):
         rows = _row_values(builder, args[1])
         _for_lanes(builder, sig.args[7], args[7], lambda mask: _for_form(builder, sig.args[8], args[8], lambda nar: (
@@ -541,8 +483,11 @@ def vepi_requant_rows(typingctx, a, rows, out, oi, zo, lo, hi, nl, narrow):
 
 @intrinsic
 def vepi_residual_rows(typingctx, a, rows, r, rrows, out, oi, zo, lo, hi, nl, narrow):
-    """`vepi_residual` of the vectors a (accumulator) and r (residual operand, `vwiden`),
-    both groups' rows (`vrows`) already loaded; nl and narrow as `vepi_requant_rows`."""
+    """The fused residual add for nl <= 16 channels: clamp(DN_1(a + bias) + DN_2(r - z_r)
+    + zo, lo, hi) of the vectors a (accumulator) and r (residual operand, `vwiden`), both
+    groups' rows (`vrows`) already loaded; the operand's bias row holds -z_r. The operand
+    at most 16 bits wide, or 32 with z_r = 0 (an accumulator), so that r - z_r fits int32;
+    nl and narrow as `vepi_requant_rows` (both tables then narrow)."""
     def codegen(context, builder, sig, args):
         rows, rrows = _row_values(builder, args[1]), _row_values(builder, args[3])
         _for_lanes(builder, sig.args[9], args[9], lambda mask: _for_form(builder, sig.args[10], args[10], lambda nar: (
@@ -580,7 +525,7 @@ def _dn_split(builder, x, rows):
 
 
 def _residual_split(context, builder, a, rows, r, srows, zo, lo, hi, m, outty, out, oi, mask):
-    """`vepi_residual_split`'s arithmetic on the values a and r: rows as from
+    """`vepi_residual_split_rows`' arithmetic on the values a and r: rows as from
     `_table_rows`, srows the split table's four rows."""
     even, odd = _dn_rows(builder, a, rows[0], rows[1], rows[2:], False)
     d2 = _dn_split(builder, r, srows)
@@ -589,47 +534,11 @@ def _residual_split(context, builder, a, rows, r, srows, zo, lo, hi, m, outty, o
 
 
 @intrinsic
-def vepi_requant_split(typingctx, x, xi, st, ti, out, oi, zo, lo, hi, nl):
-    """out[oi:oi+nl] = clamp(DN(x[xi:xi+nl]) + zo, lo, hi) for an unsigned x of at most 16
-    bits with zero point 0, in the split form; st the split table (`epilogue.split_table`),
-    its group at ti (64 int32 per group)."""
-    def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[9], args[9])
-        v = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        d = _dn_split(builder, v, _split_rows(context, builder, sig.args[2], args[2], args[3]))
-        _store16_narrow(context, builder, d, args[6], args[7], args[8], sig.args[4], args[4], args[5], mask)
-        return context.get_dummy_value()
-    return types.void(x, types.intp, st, types.intp, out, types.intp, types.int64, types.int64, types.int64,
-                      nl), codegen
-
-
-@intrinsic
-def vepi_residual_split(typingctx, acc, ai, t32, t64, ti, res, ri, st, si, out, oi, zo, lo, hi, m, nl):
-    """`vepi_residual` (int64 form) with the residual operand's DN in the split form: res
-    unsigned, at most 16 bits, zero point 0; st its split table, group at si. d2 = DN_2(res)
-    lies in [0, m]. The accumulator's DN d1 is clamped in int64 to [lo - zo - m, hi - zo]
-    and narrowed to int32; d1 + d2 + zo then clamps to [lo, hi] in int32 lanes. That gives
-    the same result as clamping the exact sum: above hi - zo, d1 + d2 stays above it
-    (d2 >= 0); below lo - zo - m, d1 + d2 stays below lo - zo. The plan takes this form
-    only where lo - zo - m, lo - m, hi - zo + m and hi + m fit int32 (`ConvStep.split_form`,
-    m from `epilogue.split_bound`)."""
-    def codegen(context, builder, sig, args):
-        mask = _lane_mask(builder, sig.args[15], args[15])
-        a = _widen16(context, builder, sig.args[0], args[0], args[1], mask)
-        r = _widen16(context, builder, sig.args[5], args[5], args[6], mask)
-        rows = _table_rows(context, builder, sig.args[2], args[2], sig.args[3], args[3], args[4])
-        srows = _split_rows(context, builder, sig.args[7], args[7], args[8])
-        _residual_split(context, builder, a, rows, r, srows, args[11], args[12], args[13], args[14], sig.args[9],
-                        args[9], args[10], mask)
-        return context.get_dummy_value()
-    return types.void(acc, types.intp, t32, t64, types.intp, res, types.intp, st, types.intp, out, types.intp,
-                      types.int64, types.int64, types.int64, types.int64, nl), codegen
-
-
-@intrinsic
 def vepi_requant_split_rows(typingctx, x, srows, out, oi, zo, lo, hi, nl):
-    """`vepi_requant_split` of the vector x (`vwiden`), its group's split rows
-    (`vsplit_rows`) already loaded; nl as `vepi_requant_rows`."""
+    """out[oi:oi+nl] = clamp(DN(x) + zo, lo, hi) for the vector x (`vwiden`) of an unsigned
+    operand of at most 16 bits with zero point 0, in the split form; its group's split
+    rows (`vsplit_rows` of an `epilogue.split_table`) already loaded; nl as
+    `vepi_requant_rows`."""
     def codegen(context, builder, sig, args):
         d = _dn_split(builder, args[0], _tuple_rows(builder, args[1], 4))
         _for_lanes(builder, sig.args[7], args[7], lambda mask: _store16_narrow(
@@ -640,9 +549,16 @@ def vepi_requant_split_rows(typingctx, x, srows, out, oi, zo, lo, hi, nl):
 
 @intrinsic
 def vepi_residual_split_rows(typingctx, a, rows, r, srows, out, oi, zo, lo, hi, m, nl):
-    """`vepi_residual_split` of the vectors a (accumulator) and r (the 16-bit operand,
-    `vwiden`), the layer's rows (`vrows`) and the operand's split rows (`vsplit_rows`)
-    already loaded; nl as `vepi_requant_rows`."""
+    """`vepi_residual_rows` (int64 form) of the vectors a (accumulator) and r, with the
+    operand's DN in the split form: r unsigned, at most 16 bits, zero point 0 (`vwiden`);
+    the layer's rows (`vrows`) and the operand's split rows (`vsplit_rows`) already
+    loaded; nl as `vepi_requant_rows`. d2 = DN_2(r) lies in [0, m]. The accumulator's DN
+    d1 is clamped in int64 to [lo - zo - m, hi - zo] and narrowed to int32; d1 + d2 + zo
+    then clamps to [lo, hi] in int32 lanes. That gives the same result as clamping the
+    exact sum: above hi - zo, d1 + d2 stays above it (d2 >= 0); below lo - zo - m, d1 + d2
+    stays below lo - zo. The plan takes this form only where lo - zo - m, lo - m,
+    hi - zo + m and hi + m fit int32 (`ConvStep.split_form`, m from
+    `epilogue.split_bound`)."""
     def codegen(context, builder, sig, args):
         rows, srows = _row_values(builder, args[1]), _tuple_rows(builder, args[3], 4)
         _for_lanes(builder, sig.args[10], args[10], lambda mask: _residual_split(

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from intq.ir import Graph
 from intq.kernels import cpu
-from intq.kernels.simd import (vepi_raw, vepi_requant, vepi_requant_rows, vepi_requant_split, vepi_residual,
-                               vepi_residual_split, vload, vrows)
+from intq.kernels.simd import (vepi_raw_rows, vepi_requant_rows, vepi_requant_split_rows, vepi_residual_rows,
+                               vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden)
 from intq.kernels.plan import Plan
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
@@ -133,35 +133,33 @@ def test_conv_equals_reference(case):
     check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32))
 
 
+# Each epilogue intrinsic with its form flag as a literal (True, False) and as a run-time
+# value: a kernel passes either, and the intrinsic emits one form or branches between both.
 @njit  # not cached: a cache here would not see edits to kernels/simd.py
-def _vector_requant(acc, t32, t64, out, zo, lo, hi, nl, narrow):
-    if narrow:
-        vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi, nl, True)
-    else:
-        vepi_requant(acc, 0, t32, t64, 0, out, 0, zo, lo, hi, nl, False)
-
-
-@njit
-def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl, narrow):
-    if narrow:
-        vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi, nl, True)
-    else:
-        vepi_residual(acc, 0, t32, t64, 0, res, 0, rt32, rt64, out, 0, zo, lo, hi, nl, False)
-
-
-@njit
-def _vector_requant_rows(acc, t32, t64, out, zo, lo, hi, nl, narrow):
-    a = vload(acc, 0)
-    rows = vrows(t32, t64, 0)
-    if narrow:
+def _vector_requant(acc, t32, t64, out, zo, lo, hi, nl, narrow, literal):
+    a, rows = vload(acc, 0), vrows(t32, t64, 0)
+    if not literal:
+        vepi_requant_rows(a, rows, out, 0, zo, lo, hi, nl, narrow)
+    elif narrow:
         vepi_requant_rows(a, rows, out, 0, zo, lo, hi, nl, True)
     else:
         vepi_requant_rows(a, rows, out, 0, zo, lo, hi, nl, False)
 
 
 @njit
-def _vector_raw(acc, t32, out, nl):
-    vepi_raw(acc, 0, t32, 0, out, 0, nl)
+def _vector_residual(acc, t32, t64, res, rt32, rt64, out, zo, lo, hi, nl, narrow, literal):
+    a, rows, r, rrows = vload(acc, 0), vrows(t32, t64, 0), vwiden(res, 0, nl), vrows(rt32, rt64, 0)
+    if not literal:
+        vepi_residual_rows(a, rows, r, rrows, out, 0, zo, lo, hi, nl, narrow)
+    elif narrow:
+        vepi_residual_rows(a, rows, r, rrows, out, 0, zo, lo, hi, nl, True)
+    else:
+        vepi_residual_rows(a, rows, r, rrows, out, 0, zo, lo, hi, nl, False)
+
+
+@njit
+def _vector_raw(acc, t32, t64, out, nl):
+    vepi_raw_rows(vload(acc, 0), vrows(t32, t64, 0), out, 0, nl)
 
 
 @pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
@@ -170,7 +168,7 @@ def _vector_raw(acc, t32, out, nl):
        st.sampled_from(["random", "ties", "c0", "c62", "bmax", "narrow", "narrow-edge"]),
        st.sampled_from(["uint8", "int16", "int32"]))
 def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
-    """The zmm epilogue (`simd.vepi_requant`, `vepi_requant_rows`, `vepi_residual`) against
+    """The zmm epilogue (`simd.vepi_requant_rows`, `vepi_residual_rows`, `vepi_raw_rows`) against
     `dyadic.requantize`,
     the rule's definition: 16 channels with their own multipliers, accumulators and biases
     at the ends of INT32 (their sum fits, as the validator guarantees), ties (b = 1,
@@ -203,18 +201,15 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     lo, hi = dtype_range(out_dtype)
     zo = zero_point(rng, lo, hi) if out_dtype != "int32" else 0
     sentinel = rng.integers(lo, hi, 16, endpoint=True).astype(out_dtype)
-    out = sentinel.copy()
-    _vector_requant(acc.astype(np.int32), *tables(b, c, bias), out, zo, lo, hi, nl, narrow)
     want = requantize(acc + bias, b, c, lo, hi, zo)
-    assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
-    assert np.array_equal(out[nl:], sentinel[nl:])
-    out = sentinel.copy()  # the same with the table rows passed in registers
-    _vector_requant_rows(acc.astype(np.int32), *tables(b, c, bias), out, zo, lo, hi, nl, narrow)
-    assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (out, want)
-    assert np.array_equal(out[nl:], sentinel[nl:])
+    for literal in (True, False):
+        out = sentinel.copy()
+        _vector_requant(acc.astype(np.int32), *tables(b, c, bias), out, zo, lo, hi, nl, narrow, literal)
+        assert np.array_equal(out[:nl].astype(np.int64), want[:nl]), (literal, out, want)
+        assert np.array_equal(out[nl:], sentinel[nl:])
     if out_dtype == "int32":
         raw = sentinel.copy()
-        _vector_raw(acc.astype(np.int32), vector_tables(dn_table(b, c, 16, 16, bias))[0], raw, nl)
+        _vector_raw(acc.astype(np.int32), *vector_tables(dn_table(b, c, 16, 16, bias)), raw, nl)
         assert np.array_equal(raw[:nl].astype(np.int64), (acc + bias)[:nl])
         assert np.array_equal(raw[nl:], sentinel[nl:])
 
@@ -224,22 +219,24 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     rb, rc = multipliers(rng, 16, ties=kind == "ties")
     if narrow:
         rb, rc = (b, c) if kind == "narrow-edge" else (rb, rng.integers(33, 63, 16))
-    out = sentinel.copy()
-    _vector_residual(acc.astype(np.int32), *tables(b, c, bias), r.astype(res_dtype), *tables(rb, rc, z=zr),
-                     out, zo, lo, hi, nl, narrow)
     total = requantize(acc + bias, b, c, -2**62, 2**62) + requantize(r - zr, rb, rc, -2**62, 2**62)
-    assert np.array_equal(out[:nl].astype(np.int64), np.clip(total + zo, lo, hi)[:nl])
-    assert np.array_equal(out[nl:], sentinel[nl:])
+    for literal in (True, False):
+        out = sentinel.copy()
+        _vector_residual(acc.astype(np.int32), *tables(b, c, bias), r.astype(res_dtype), *tables(rb, rc, z=zr),
+                         out, zo, lo, hi, nl, narrow, literal)
+        assert np.array_equal(out[:nl].astype(np.int64), np.clip(total + zo, lo, hi)[:nl]), literal
+        assert np.array_equal(out[nl:], sentinel[nl:])
 
 
 @njit
 def _vector_requant_split(x, st_, out, zo, lo, hi, nl):
-    vepi_requant_split(x, 0, st_, 0, out, 0, zo, lo, hi, nl)
+    vepi_requant_split_rows(vwiden(x, 0, nl), vsplit_rows(st_, 0), out, 0, zo, lo, hi, nl)
 
 
 @njit
 def _vector_residual_split(acc, t32, t64, res, st_, out, zo, lo, hi, m, nl):
-    vepi_residual_split(acc, 0, t32, t64, 0, res, 0, st_, 0, out, 0, zo, lo, hi, m, nl)
+    vepi_residual_split_rows(vload(acc, 0), vrows(t32, t64, 0), vwiden(res, 0, nl), vsplit_rows(st_, 0), out, 0,
+                             zo, lo, hi, m, nl)
 
 
 @pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
@@ -248,7 +245,7 @@ def _vector_residual_split(acc, t32, t64, res, st_, out, zo, lo, hi, m, nl):
        st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
        st.sampled_from(["random", "edges", "ties", "bmax"]))
 def test_split_epilogue_equals_dn(seed, x_dtype, out_dtype, kind):
-    """The split form (`simd.vepi_requant_split`, `vepi_residual_split`: DN of an unsigned
+    """The split form (`simd.vepi_requant_split_rows`, `vepi_residual_split_rows`: DN of an unsigned
     16-bit operand with b split at bit 16, in int32 lanes) against `dyadic.requantize`:
     operands at 0 and at their largest value, b = 2^31 - 1, shifts at the form's ends
     (17, the smallest it takes; 47, the largest it computes; 48 and 62, where DN is 0),
