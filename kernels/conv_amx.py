@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from .conv import COUT, N_, NBLK, OW, PER_TASK, PL, PT, TAPS
-from .epilogue import offset, store_pixel, store_pixel_vec
+from .epilogue import offset, store_pixel_called, store_pixel_vec
 from .simd import tile_config, tile_dpbusd, tile_load, tile_release, tile_store, tile_zero
 
 ROWS, COLS = 32, 32          # virtual pixels x output channels per block
@@ -150,8 +150,8 @@ def conv_amx(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2,
                         store_pixel_vec(scratch, r * COLS, c0, nc, n, oh, ow, out, og, sc, res, rg, out2, og2,
                                         vt32, vt64, rvt32, rvt64, cvt32, cvt64)
                     else:  # a residual operand or copy the vector epilogue cannot take
-                        store_pixel(scratch, r * COLS, c0, nc, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2,
-                                    og2, rq2)
+                        store_pixel_called(scratch, r * COLS, c0, nc, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2,
+                                           og2, rq2)
                 ow += 1
                 if ow == wv:
                     ow = 0

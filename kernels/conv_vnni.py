@@ -26,7 +26,7 @@ from numba import njit, prange
 import numpy as np
 
 from .conv import COUT, N_, OH, OW, PL, PT, SH, SW, TAPS, CIN, _task, _task_count, _tile_pixels
-from .epilogue import offset, store_pixel, store_pixel_vec, store_tile_vec
+from .epilogue import offset, store_pixel_called, store_pixel_vec, store_tile_vec
 from .simd import vbroadcast4, vdpbusd, vepi_requant_rows, vload, vmadd_taps, vrows, vstore, vtaps4, vzero
 
 # Pixels per tile for tiles of 1, 2, 3 or 4 vectors of 16 channels (24 accumulators each).
@@ -473,8 +473,8 @@ def conv_vnni(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
                                rvt64, cvt32, cvt64)
             else:  # a residual operand or copy the vector epilogue cannot take (see `store_pixel_vec`)
                 for p in range(rows_here):
-                    store_pixel(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res, rg,
-                                rrq, out2, og2, rq2)
+                    store_pixel_called(tile, p * tn, c0, nc, pix[p, 0], pix[p, 1], pix[p, 2], rq, out, og, sc, res,
+                                       rg, rrq, out2, og2, rq2)
 
 
 def pack_depthwise(w: np.ndarray) -> np.ndarray:
@@ -518,7 +518,7 @@ def conv_depthwise_vnni(x, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2,
                 store_pixel_vec(acc, 0, 0, c, n, oh, ow, out, og, sc, res, rg, out2, og2, vt32, vt64, rvt32,
                                 rvt64, cvt32, cvt64)
             else:
-                store_pixel(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+                store_pixel_called(acc, 0, 0, c, n, oh, ow, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
 
 
 def pack_depthwise_dot4(w: np.ndarray) -> np.ndarray:

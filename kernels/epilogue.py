@@ -134,6 +134,17 @@ def store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og
                 y2[j] = min(max(v + z2, lo2), hi2)
 
 
+@njit(cache=True)
+def store_pixel_called(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og2, rq2):
+    """`store_pixel` as a function of its own, not inlined: for the kernels whose epilogue
+    is the vector one (`store_pixel_vec`, `store_tile_vec`) and that take this one only
+    where it cannot (a wide residual operand with a zero point, a wide copied output).
+    Inlined into their parallel bodies, its loops cost seconds of compile time in every
+    variant of them; called, it compiles once per operand types and only that path pays
+    for the call."""
+    store_pixel(acc, t, c0, nc, n, h, w, rq, out, og, sc, res, rg, rrq, out2, og2, rq2)
+
+
 def shifts(rq: np.ndarray, count: int | None = None) -> np.ndarray:
     """The shifts c of a `dn_table`'s first `count` channels (all without a count): the
     table stores them as SHIFT1 + SHIFT2."""
