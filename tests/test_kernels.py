@@ -392,6 +392,59 @@ def test_amx_conv_equals_reference(case):
         assert Plan(g, "amx").steps[1].amx
 
 
+# Compiles, in a process of its own, the AMX kernel for the AMX steps of a saved model, for
+# a Sapphire Rapids target, without running it: the kernels are typed and lowered with the
+# AMX features, nothing jitted runs, and the compiled code goes to a cache folder of its own.
+_AMX_CROSS_COMPILE = """
+import sys
+from numba import typeof
+import intq
+from intq.kernels import conv_amx
+from intq.kernels.plan import ConvStep, Plan
+
+plan = Plan(intq.load(sys.argv[1]).integer, "amx")
+steps = [i for i, s in enumerate(plan.steps) if isinstance(s, ConvStep) and s.amx]
+signatures = set()
+for i in steps:  # each step hands its arguments' types to this recorder instead of running
+    plan.steps[i].kernel = lambda *args: signatures.add(tuple(typeof(a) for a in args))
+env, calls = plan.bind(1)
+for i in steps:
+    calls[i]()
+for sig in signatures:
+    conv_amx.conv_amx.compile(sig)
+asm = "".join(conv_amx.conv_amx.inspect_asm(sig) for sig in conv_amx.conv_amx.signatures)
+print(len(steps), len(signatures), "tdpbusd" in asm, "ldtilecfg" in asm)
+"""
+
+
+@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
+def test_amx_kernel_compiles_for_sapphire_rapids(tmp_path):
+    """On CPUs without AMX the AMX kernel's own test is skipped, so an edit to the code it
+    shares (the vector epilogue, the scalar fallback) could break it unseen. This compiles
+    `conv_amx` for the bundled ResNet's AMX steps with LLVM told the CPU is a Sapphire
+    Rapids: it checks that the kernel types and lowers and that the tile instructions are
+    in its code, not what it computes (that is `test_amx_conv_equals_reference`'s, where
+    AMX runs)."""
+    import os
+    import subprocess
+    import sys
+
+    import intq
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = str(tmp_path / "resnet.intq")
+    intq.compile(os.path.join(root, "models", "resnet.onnx"), os.path.join(root, "models", "digits_calib.npz"),
+                 bits=8).save(path)
+    env = dict(os.environ, NUMBA_CPU_NAME="sapphirerapids", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               NUMBA_CPU_FEATURES="+amx-tile,+amx-int8,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,"
+                                  "+avx512vnni,+avx2,+fma,+bmi2,+popcnt,+sse4.2")
+    done = subprocess.run([sys.executable, "-c", _AMX_CROSS_COMPILE, path], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps, signatures, tdpbusd, ldtilecfg = done.stdout.split()
+    assert int(steps) >= 2 and int(signatures) >= 1 and tdpbusd == ldtilecfg == "True", done.stdout
+
+
 @SETTINGS
 @given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 9), st.sampled_from(["conv", "wide", "both"]),
        st.sampled_from(["int16", "int8", "uint16", "int32"]), st.booleans(), st.integers(0, 2**16))
