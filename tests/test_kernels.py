@@ -430,11 +430,10 @@ def test_amx_kernel_compiles_for_sapphire_rapids(tmp_path):
     import sys
 
     import intq
+    from conftest import MODELS
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = str(tmp_path / "resnet.intq")
-    intq.compile(os.path.join(root, "models", "resnet.onnx"), os.path.join(root, "models", "digits_calib.npz"),
-                 bits=8).save(path)
+    intq.compile(MODELS / "resnet.onnx", MODELS / "digits_calib.npz", bits=8).save(path)
     env = dict(os.environ, NUMBA_CPU_NAME="sapphirerapids", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
                NUMBA_CPU_FEATURES="+amx-tile,+amx-int8,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,"
                                   "+avx512vnni,+avx2,+fma,+bmi2,+popcnt,+sse4.2")
