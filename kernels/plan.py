@@ -263,13 +263,13 @@ class ConvStep(Step):
         # The channel block of a dense kernel's tile (`conv_vnni.tile_vectors` fits it to
         # the layer); tables are padded to whole blocks and to the portable 64.
         self.vnni = self.kind == "dense" and path in ("vnni", "amx")
-        # AVX2: uint8 activations only (`conv_avx2`); INT8 weights split in two halves.
+        # AVX2: uint8 activations only (`conv_avx2`); INT8 weights as 16-bit pairs.
         self.avx2 = self.kind == "dense" and path == "avx2" and x.dtype == np.uint8
-        self.split = self.avx2 and conv_avx2.needs_split(w)
+        self.wide = self.avx2 and conv_avx2.needs_wide(w)
         self.tile_n = (16 * conv_vnni.tile_vectors(m) if self.vnni else conv_avx2.TILE_N if self.avx2
                        else conv.TILE_N)
         self.tile_m = (conv_vnni.TILE_PIXELS[self.tile_n // 16] if self.vnni else
-                       conv_avx2.TILE_PIXELS[self.split] if self.avx2 else conv.TILE_M)
+                       conv_avx2.TILE_PIXELS[self.wide] if self.avx2 else conv.TILE_M)
         self.nblk = -(-m // self.tile_n)
         padded = max(self.nblk * self.tile_n, -(-m // conv.TILE_N) * conv.TILE_N)
         self.rq = dn_table(epilogue.b, epilogue.c, m, padded, bias)
@@ -303,12 +303,11 @@ class ConvStep(Step):
                 w, self.cin = wr.reshape(m, kh, kw * x.cb).transpose(0, 2, 1)[..., None], kw * x.cb
             else:
                 self.cin = x.cb
-            if self.split:
-                wh, wl = conv_avx2.split_weights(w)
-                self.w, self.w_low = pack(wh, self.cin), pack(wl, self.cin)
+            if self.wide:
+                self.w, self.w_odd = conv_avx2.pack_avx2_wide(w, self.cin)
             else:
                 self.w = pack(w, self.cin)
-                self.w_low = self.w[:0]
+                self.w_odd = self.w[:0]
         elif self.kind == "depthwise":
             self.dw_vnni = path in ("vnni", "amx")
             # four taps per vpdpbusd: uint8 activations into a plain Requantize
@@ -437,7 +436,7 @@ class ConvStep(Step):
             # The AMX kernel also takes its tile configuration; AMX and VNNI kernels take
             # the vector epilogue's tables.
             extra = ((conv_amx.TILE_CONFIG,) if self.amx else ()) + (
-                (self.w_low, self.split) if self.avx2 else
+                (self.vector_tables(), self.w_odd, self.wide) if self.avx2 else
                 (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)
@@ -907,7 +906,7 @@ class Plan:
             if self.chunk() == 1:
                 acts = [sum(self.layouts[t].nbytes(1) for t in set(s.reads + s.writes) if t in self.layouts)
                         for s in self.steps]
-                weights = [sum(a.nbytes for a in (getattr(s, "w", None), getattr(s, "w_low", None))
+                weights = [sum(a.nbytes for a in (getattr(s, "w", None), getattr(s, "w_odd", None))
                                if isinstance(a, np.ndarray)) for s in self.steps]
                 costs = [sum(weights[:k]) + sum(acts[k:]) for k in range(len(self.steps) + 1)]
                 self._split = int(np.argmin(costs))

@@ -1,23 +1,26 @@
 """AVX2 building blocks for Numba: an 8 x int32 vector type in one ymm register and the
 byte dot products the AVX2 convolution (`conv_avx2`) is made of.
 
-AVX2 has no `vpdpbusd`. Its byte multiply-add, `vpmaddubsw`, multiplies unsigned bytes
-by signed bytes and adds adjacent pairs into int16 *with saturation*; `vpmaddwd` then
-adds adjacent int16 pairs into int32 (exactly: its only overflow, both pairs
--2^15 * -2^15, cannot arise from the values below). So one int32 lane gets the sum of
-4 products, as with VNNI, provided no int16 pair sum saturates:
+AVX2 has no `vpdpbusd`. Each int32 lane must still get the sum of 4 products x . w of
+unsigned activations x in [0, 255] (uint8 containers; a signed int8 container never
+reaches these kernels, see `conv_avx2`) and signed weights w, exactly. Two forms:
 
-* **No-saturation argument.** A pair sum is x0 w0 + x1 w1 with activations x in
-  [0, 255] (uint8 containers; a signed int8 container never reaches these kernels, see
-  `conv_avx2`) and weights w. With |w| <= 64 it is at most 2 * 255 * 64 = 32640 <= 32767
-  in absolute value: exact. INT4 weights (|w| <= 8) always qualify (`dot4`).
-* **INT8 weights** (|w| up to 128) are split per weight into w = 64 h + l with
-  h = floor((w + 32) / 64) in [-2, 2] and l = w - 64 h in [-32, 31]; both halves meet
-  the bound above, and the lane gets 64 * (x . h) + (x . l) = x . w, each int16 pair sum
-  widened by `vpmaddwd` with 64 or 1 before the int32 add (`dot4_split`). The int32 sums
-  are partial sums of the layer's accumulator, bounded inside int32 by the validator.
+* **`dot4`, weights in [-64, 64]** (every INT4 layer): `vpmaddubsw` multiplies the bytes
+  and adds adjacent pairs into int16 *with saturation*, `vpmaddwd` by ones adds adjacent
+  int16 pairs into int32. No-saturation argument: a pair sum x0 w0 + x1 w1 is at most
+  2 * 255 * 64 = 32640 <= 32767 in absolute value, so no int16 step saturates.
+* **`dot4_wide`, any int8 weights** (INT8 layers): no byte step at all. The 4 activation
+  bytes of a lane are taken as two 16-bit halves: masked with 0x00ff00ff they are
+  (x0, x2), shifted right by 8 per 16-bit half they are (x1, x3), zero-extended either
+  way. The weights are packed as 16-bit pairs (w0, w2) and (w1, w3) (`conv_avx2.
+  pack_avx2_wide`), and `vpmaddwd` multiplies 16-bit pairs into an int32 sum, exactly:
+  |x w| <= 255 * 128, and its only overflow, both products -2^15 * -2^15, needs x = -2^15.
+  Two `vpmaddwd` per 8 lanes of 4 products, as many multiplies as `dot4` (where the
+  earlier form split each INT8 weight into two `vpmaddubsw` halves, twice as many).
 
-Only kernels chosen on the "avx2" path (see `intq.kernels.cpu`) compile code using these.
+The int32 sums are partial sums of the layer's accumulator, bounded inside int32 by the
+validator. Only kernels chosen on the "avx2" path (see `intq.kernels.cpu`) compile code
+using these.
 """
 from __future__ import annotations
 
@@ -90,10 +93,15 @@ def _maddubs(builder, a, w):
     return builder.call(fn, [builder.bitcast(a, _B32), builder.bitcast(w, _B32)])
 
 
-def _maddwd(builder, a, factor):
+def _maddwd(builder, a, b):
+    """vpmaddwd: int32 lanes of a0 b0 + a1 b1 over adjacent int16 pairs of `a` and `b`."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_W16, _W16]),
                                         "llvm.x86.avx2.pmadd.wd")
-    return builder.call(fn, [a, ir.Constant(_W16, [factor] * 16)])
+    return builder.call(fn, [builder.bitcast(a, _W16), builder.bitcast(b, _W16)])
+
+
+_ONES16 = ir.Constant(_W16, [1] * 16)
+_LOW_BYTES = ir.Constant(_V8, [0x00FF00FF] * 8)
 
 
 @intrinsic
@@ -101,18 +109,20 @@ def dot4(typingctx, acc, a, w):
     """acc + the 4-byte dot products of unsigned bytes `a` and signed bytes `w` per lane,
     exact when every |w| <= 64 (see the module docstring)."""
     def codegen(context, builder, sig, args):
-        return builder.add(args[0], _maddwd(builder, _maddubs(builder, args[1], args[2]), 1))
+        return builder.add(args[0], _maddwd(builder, _maddubs(builder, args[1], args[2]), _ONES16))
     return i32x8(i32x8, i32x8, i32x8), codegen
 
 
 @intrinsic
-def dot4_split(typingctx, acc, a, wh, wl):
-    """acc + the 4-byte dot products of `a` with w = 64 wh + wl per lane (INT8 weights
-    split as in the module docstring)."""
+def dot4_wide(typingctx, acc, a, we, wo):
+    """acc + the 4-byte dot products of unsigned bytes `a` with int8 weights per lane,
+    given as the 16-bit pairs `we` = (w0, w2) and `wo` = (w1, w3) (see the module
+    docstring): exact for every uint8 activation and int8 weight."""
     def codegen(context, builder, sig, args):
-        hi = _maddwd(builder, _maddubs(builder, args[1], args[2]), 64)
-        lo = _maddwd(builder, _maddubs(builder, args[1], args[3]), 1)
-        return builder.add(args[0], builder.add(hi, lo))
+        acc, a, we, wo = args
+        even = builder.and_(a, _LOW_BYTES)                                          # (x0, x2)
+        odd = builder.lshr(builder.bitcast(a, _W16), ir.Constant(_W16, [8] * 16))  # (x1, x3)
+        return builder.add(acc, builder.add(_maddwd(builder, even, we), _maddwd(builder, odd, wo)))
     return i32x8(i32x8, i32x8, i32x8, i32x8), codegen
 
 

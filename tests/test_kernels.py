@@ -18,6 +18,7 @@ from intq.kernels import cpu
 from intq.kernels.simd import (vepi_raw_rows, vepi_requant_rows, vepi_requant_split_rows, vepi_residual_rows,
                                vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden)
 from intq.kernels.plan import Plan
+from intq.kernels.simd_avx2 import dot4, dot4_wide, ybroadcast4, yload, ystore, yzero
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
 from intq.ops.window import output_size
@@ -27,6 +28,10 @@ PATHS = ["portable"] + (["avx2"] if cpu.has_avx2() else []) + (["vnni"] if cpu.h
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 INT32_MAX = 2**31 - 1
+# The vector epilogue (`simd.vepi_*`) is written in plain LLVM vectors of 16 lanes: with
+# AVX-512 they are zmm registers, on an AVX2-only CPU LLVM splits them into ymm halves
+# (and the AVX2 kernel runs it there), so its tests run on both.
+VECTOR_EPILOGUE = pytest.mark.skipif(not (cpu.has_vnni() or cpu.has_avx2()), reason="no AVX2 or AVX-512 here")
 
 
 def check(graph: Graph, x: np.ndarray, paths=PATHS):
@@ -162,7 +167,7 @@ def _vector_raw(acc, t32, t64, out, nl):
     vepi_raw_rows(vload(acc, 0), vrows(t32, t64, 0), out, 0, nl)
 
 
-@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
+@VECTOR_EPILOGUE
 @SETTINGS
 @given(st.integers(0, 2**16), st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
        st.sampled_from(["random", "ties", "c0", "c62", "bmax", "narrow", "narrow-edge"]),
@@ -239,7 +244,7 @@ def _vector_residual_split(acc, t32, t64, res, st_, out, zo, lo, hi, m, nl):
                              zo, lo, hi, m, nl)
 
 
-@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 here")
+@VECTOR_EPILOGUE
 @SETTINGS
 @given(st.integers(0, 2**16), st.sampled_from(["uint8", "uint16"]),
        st.sampled_from(["uint8", "int8", "int16", "uint16", "int32"]),
@@ -806,19 +811,42 @@ def test_fused_node_equals_its_reference(case):
             assert bad.size == 0, f"{path}: {len(bad)} elements differ, first at {bad[0]}"
 
 
-@SETTINGS
-@given(st.lists(st.integers(-128, 127), min_size=1, max_size=64))
-def test_avx2_weight_split(ws):
-    """INT8 weights split for `vpmaddubsw` (`simd_avx2`): w = 64 h + l with both halves in
-    [-64, 64], so no int16 pair sum 255 * (|a| + |b|) can pass 32767."""
-    from intq.kernels.conv_avx2 import needs_split, split_weights
+@njit
+def _avx2_dots(x4, wp, wodd, wide, out):
+    """The 16 channels of one `pack_avx2(_wide)` block times the 4 activation bytes x4,
+    broadcast as the AVX2 kernel does, through `dot4_wide` (wide) or `dot4`."""
+    v = ybroadcast4(x4, 0)
+    for j in range(2):
+        if wide:
+            ystore(out, 8 * j, dot4_wide(yzero(), v, yload(wp, 32 * j), yload(wodd, 32 * j)))
+        else:
+            ystore(out, 8 * j, dot4(yzero(), v, yload(wp, 32 * j)))
 
-    w = np.array(ws)
-    h, lo = split_weights(w)
-    assert np.array_equal(64 * h + lo, w)
-    assert np.abs(h).max() <= 2 and lo.min() >= -32 and lo.max() <= 31
-    assert 2 * 255 * max(np.abs(h).max(), np.abs(lo).max()) <= 32767
-    assert needs_split(w) == bool((w < -64).any() or (w > 64).any())
+
+@pytest.mark.skipif(not cpu.has_avx2(), reason="no AVX2 here")
+@SETTINGS
+@given(st.lists(st.integers(0, 255), min_size=4, max_size=4),
+       st.lists(st.integers(-128, 127), min_size=64, max_size=64), st.sampled_from(["any", "255", "-128", "64"]))
+def test_avx2_dot_products_equal_exact(xs, ws, kind):
+    """`simd_avx2.dot4_wide` on weights packed by `conv_avx2.pack_avx2_wide`, and `dot4` on
+    weights in [-64, 64] packed by `pack_avx2`, equal the exact int64 dot products, the
+    extremes included: activations all 255 with weights all -128 (each product -32640,
+    the 16-bit pair sum a `vpmaddubsw` would saturate at -65280), and all 64 (the largest
+    weight `dot4` takes; its pair sums reach 32640). `needs_wide` says which form."""
+    from intq.kernels.conv_avx2 import needs_wide, pack_avx2, pack_avx2_wide
+
+    x, w = np.array(xs, np.int64), np.array(ws, np.int64).reshape(16, 4, 1, 1)
+    if kind != "any":
+        x[:], w[:] = 255, int(kind)
+    want = w[:, :, 0, 0] @ x
+    out = np.zeros(16, np.int32)
+    _avx2_dots(x.astype(np.uint8), *pack_avx2_wide(w, 4), True, out)
+    assert np.array_equal(out, want), (out, want)
+    assert needs_wide(w) == bool((w < -64).any() or (w > 64).any())
+    if not needs_wide(w):
+        out[:] = 0
+        _avx2_dots(x.astype(np.uint8), pack_avx2(w, 4), pack_avx2(w, 4)[:0], False, out)
+        assert np.array_equal(out, want), (out, want)
 
 
 @pytest.mark.skipif(not cpu.has_avx2(), reason="no AVX2 here")
@@ -826,8 +854,8 @@ def test_avx2_weight_split(ws):
 def test_avx2_saturation_extremes(weight):
     """The AVX2 kernel at the extremes of its no-saturation argument: activations all 255
     (and all 0 in a second image), every weight at the given value, so each int16 pair
-    sum of an unsplit `vpmaddubsw` would be 2 * 255 * weight: 65 and beyond must take the
-    split form and still equal the reference; 64 is the largest that needs none."""
+    sum of a `vpmaddubsw` would be 2 * 255 * weight: 65 and beyond must take the wide
+    form (`dot4_wide`) and still equal the reference; 64 is the largest that needs none."""
     g = Graph("sat")
     xq = quantized_input(g, (2, 8, 3, 3), "uint8")
     wn = g.add_constant("w", np.full((20, 8, 1, 1), weight, np.int8))
@@ -839,4 +867,4 @@ def test_avx2_saturation_extremes(weight):
     x = np.zeros((2, 8, 3, 3), np.float32)
     x[0] = 255
     check(g, x, paths=["avx2"])
-    assert Plan(g, "avx2").steps[1].split == (abs(weight) > 64)
+    assert Plan(g, "avx2").steps[1].wide == (abs(weight) > 64)

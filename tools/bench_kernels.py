@@ -144,7 +144,7 @@ def worker_intq_layers(shapes, repeat):
             step, layer = [(st, c) for st, c in zip(plan.steps, calls) if st.name == "layer"][0]
             kernel = ("amx" if getattr(step, "amx", False) else step.kind if step.kind != "dense"
                       else "vnni" if plan.path in ("vnni", "amx")
-                      else ("avx2 split" if step.split else "avx2") if step.avx2 else "portable")
+                      else ("avx2 wide" if step.wide else "avx2") if step.avx2 else "portable")
             res.append({"shape": s, "bits": bits, "seconds": timeit(layer, repeat), "kernel": kernel})
     return res
 
@@ -226,54 +226,58 @@ def worker_peak(_shapes, _repeat):
 
 def _avx2_peaks():
     """Measured AVX2 issue rates: GOPS of register-only `simd_avx2.dot4` (vpmaddubsw +
-    vpmaddwd + vpaddd, 32 multiply-adds per ymm; the INT4 kernel) and `dot4_split` (the
-    INT8 kernel's two-halves form, 32 multiply-adds of the weights it stands for) on all
-    threads, 12 independent accumulators each, laid out as a 6-pixel x 16-channel tile: six
-    activation words broadcast from L1 each iteration, each against two weight vectors, so
-    no two products share both operands. (Unlike vpdpbusd, the products do not take the
-    accumulator: an earlier version of this loop used one activation and one weight vector
-    for all 12, LLVM computed the product once and added it 12 times, and the "peak" it
-    printed was the vpaddd rate, several times too high.)"""
+    vpmaddwd + vpaddd, 32 multiply-adds per ymm; the INT4 kernel) and `dot4_wide` (two
+    vpmaddwd on 16-bit pairs, the INT8 kernel's form) on all threads, laid out as the
+    kernels' tiles: 6 pixels x 16 channels (12 accumulators) for `dot4`, 4 x 16 (8
+    accumulators: the activation word's two 16-bit halves take registers too) for
+    `dot4_wide`. The activation words are broadcast from L1 each iteration, each against
+    two weight vectors, so no two products share both operands. (Unlike vpdpbusd, the
+    products do not take the accumulator: an earlier version of this loop used one
+    activation and one weight vector for all accumulators, LLVM computed the product
+    once and added it 12 times, and the "peak" it printed was the vpaddd rate, several
+    times too high.)"""
     from numba import njit, prange
 
-    from intq.kernels.simd_avx2 import dot4, dot4_split, ybroadcast4, yload, ystore, yzero
+    from intq.kernels.simd_avx2 import dot4, dot4_wide, ybroadcast4, yload, ystore, yzero
 
     @njit(parallel=True)
-    def spin(a, w, out, iters, split):
+    def spin(a, w, out, iters):
         for t in prange(out.shape[0] // 96):
-            w0, w1, w2, w3 = yload(w, 0), yload(w, 32), yload(w, 64), yload(w, 96)
+            w0, w1 = yload(w, 0), yload(w, 32)
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = yzero()
-            if split:
-                for i in range(iters):
-                    o = (i & 7) * 24
-                    v = ybroadcast4(a, o)
-                    a0, a1 = dot4_split(a0, v, w0, w2), dot4_split(a1, v, w1, w3)
-                    v = ybroadcast4(a, o + 4)
-                    a2, a3 = dot4_split(a2, v, w0, w2), dot4_split(a3, v, w1, w3)
-                    v = ybroadcast4(a, o + 8)
-                    a4, a5 = dot4_split(a4, v, w0, w2), dot4_split(a5, v, w1, w3)
-                    v = ybroadcast4(a, o + 12)
-                    a6, a7 = dot4_split(a6, v, w0, w2), dot4_split(a7, v, w1, w3)
-                    v = ybroadcast4(a, o + 16)
-                    a8, a9 = dot4_split(a8, v, w0, w2), dot4_split(a9, v, w1, w3)
-                    v = ybroadcast4(a, o + 20)
-                    a10, a11 = dot4_split(a10, v, w0, w2), dot4_split(a11, v, w1, w3)
-            else:
-                for i in range(iters):
-                    o = (i & 7) * 24
-                    v = ybroadcast4(a, o)
-                    a0, a1 = dot4(a0, v, w0), dot4(a1, v, w1)
-                    v = ybroadcast4(a, o + 4)
-                    a2, a3 = dot4(a2, v, w0), dot4(a3, v, w1)
-                    v = ybroadcast4(a, o + 8)
-                    a4, a5 = dot4(a4, v, w0), dot4(a5, v, w1)
-                    v = ybroadcast4(a, o + 12)
-                    a6, a7 = dot4(a6, v, w0), dot4(a7, v, w1)
-                    v = ybroadcast4(a, o + 16)
-                    a8, a9 = dot4(a8, v, w0), dot4(a9, v, w1)
-                    v = ybroadcast4(a, o + 20)
-                    a10, a11 = dot4(a10, v, w0), dot4(a11, v, w1)
+            for i in range(iters):
+                o = (i & 7) * 24
+                v = ybroadcast4(a, o)
+                a0, a1 = dot4(a0, v, w0), dot4(a1, v, w1)
+                v = ybroadcast4(a, o + 4)
+                a2, a3 = dot4(a2, v, w0), dot4(a3, v, w1)
+                v = ybroadcast4(a, o + 8)
+                a4, a5 = dot4(a4, v, w0), dot4(a5, v, w1)
+                v = ybroadcast4(a, o + 12)
+                a6, a7 = dot4(a6, v, w0), dot4(a7, v, w1)
+                v = ybroadcast4(a, o + 16)
+                a8, a9 = dot4(a8, v, w0), dot4(a9, v, w1)
+                v = ybroadcast4(a, o + 20)
+                a10, a11 = dot4(a10, v, w0), dot4(a11, v, w1)
             for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+                ystore(out, t * 96 + k * 8, acc)
+
+    @njit(parallel=True)
+    def spin_wide(a, w, out, iters):
+        for t in prange(out.shape[0] // 96):
+            e0, e1, o0, o1 = yload(w, 0), yload(w, 32), yload(w, 64), yload(w, 96)
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = yzero()
+            for i in range(iters):
+                o = (i & 7) * 24
+                v = ybroadcast4(a, o)
+                a0, a1 = dot4_wide(a0, v, e0, o0), dot4_wide(a1, v, e1, o1)
+                v = ybroadcast4(a, o + 4)
+                a2, a3 = dot4_wide(a2, v, e0, o0), dot4_wide(a3, v, e1, o1)
+                v = ybroadcast4(a, o + 8)
+                a4, a5 = dot4_wide(a4, v, e0, o0), dot4_wide(a5, v, e1, o1)
+                v = ybroadcast4(a, o + 12)
+                a6, a7 = dot4_wide(a6, v, e0, o0), dot4_wide(a7, v, e1, o1)
+            for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
                 ystore(out, t * 96 + k * 8, acc)
 
     a = np.arange(256).astype(np.uint8)
@@ -281,10 +285,10 @@ def _avx2_peaks():
     out = np.zeros(96 * 32, np.int32)
     iters = 200_000
     res = {}
-    for key, split in (("avx2_gops", False), ("avx2_split_gops", True)):
-        spin(a, w, out, 10, split)
-        sec = timeit(lambda: spin(a, w, out, iters, split), 5)
-        res[key] = 32 * iters * 12 * 32 * 2 / sec / 1e9
+    for key, fn, accs in (("avx2_gops", spin, 12), ("avx2_wide_gops", spin_wide, 8)):
+        fn(a, w, out, 10)
+        sec = timeit(lambda: fn(a, w, out, iters), 5)
+        res[key] = 32 * iters * accs * 32 * 2 / sec / 1e9
     return res
 
 
@@ -521,17 +525,17 @@ def shape_label(s):
 
 def tables(result) -> str:
     amx = result.get("amx_peak_gops")
-    a2, a2s = result.get("avx2_peak_gops"), result.get("avx2_split_peak_gops")
+    a2, a2w = result.get("avx2_peak_gops"), result.get("avx2_wide_peak_gops")
     # the peak a layer is measured against: the issue rate of the instructions its path runs
     if result.get("kernel_path") == "avx2":
-        peak, peak4, name = a2s, a2, "AVX2"
+        peak, peak4, name = a2w, a2, "AVX2"
     else:
         peak = peak4 = result["vnni_peak_gops"]
         name = "VNNI"
     vnni = result["vnni_peak_gops"]
     lines = [f"CPU: {result['cpu']} ({THREADS} threads)"
              + (f", VNNI issue rate measured: {vnni:.0f} GOPS" if vnni else "")
-             + (f", AVX2 issue rates measured: {a2:.0f} GOPS (dot4), {a2s:.0f} GOPS (dot4_split)" if a2 else ""),
+             + (f", AVX2 issue rates measured: {a2:.0f} GOPS (dot4), {a2w:.0f} GOPS (dot4_wide)" if a2 else ""),
              f"AMX issue rate measured: {amx:.0f} GOPS" if amx else "",
              f"Kernel path: {result.get('kernel_path')}", "",
              "| layer (nets) | intq kernel | intq INT8 GOPS | intq INT4 GOPS | torch x86 GOPS | "
@@ -635,7 +639,7 @@ def main():
                        "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
     result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
               "amx_peak_gops": peaks.get("amx_gops"), "avx2_peak_gops": peaks.get("avx2_gops"),
-              "avx2_split_peak_gops": peaks.get("avx2_split_gops"),
+              "avx2_wide_peak_gops": peaks.get("avx2_wide_gops"),
               "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals,
               "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     with open(args.output, "w") as f:
