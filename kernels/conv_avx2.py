@@ -1,21 +1,22 @@
 """The AVX2 convolution kernel: `conv.conv_portable`'s contract on 256-bit registers, for
 CPUs without AVX-512 VNNI (`intq.kernels.cpu`'s "avx2" path).
 
-Each int32 lane sums 4 byte products, as `vpdpbusd` would (`simd_avx2` says how, and
-why exactly). A layer whose weights all lie in [-64, 64] (every INT4 layer) takes
-`dot4`: `vpmaddubsw` then `vpmaddwd` on int8 weights. Any other (INT8) takes
-`dot4_wide`: its weights are packed at plan time as 16-bit pairs (`pack_avx2_wide`, twice
-the bytes) and `vpmaddwd` multiplies them by the activations' bytes zero-extended in
-the register, as many multiplies as `dot4`.
+Each int32 lane sums 4 byte products, as `vpdpbusd` would, through `simd_avx2.dot4_wide`
+(which says how, and why exactly): the weights are packed at plan time as 16-bit pairs
+(`pack_avx2_wide`, twice the bytes of int8) and `vpmaddwd` multiplies them by the
+activation bytes zero-extended in the register. INT4 layers take the same form: the byte
+form (`vpmaddubsw`, exact for weights in [-64, 64]) issues as many multiplies, and its
+5-pixel tile ran ResNet18's INT4 3x3 layers at 70 GOPS against this one's 85 on an
+AVX2-only AMD EPYC, so INT4 would have been slower than INT8.
 
-Tiles are 16 output channels (2 ymm) by 5 pixels (10 accumulators, `_tile_plain`) or 4
-pixels (8 accumulators, 4 weight registers and the activation word's two halves,
-`_tile_wide`): what 16 ymm registers hold beside the broadcast operand. Weights are
-packed by `pack_avx2` into [block of 16 channels][tap][input channel / 4][2 vectors]
-[8 lanes][4 bytes], one 32-byte load per vector (`pack_avx2_wide`: the same order, each
-lane's 4 weights as two arrays of 16-bit pairs); activations are read in place, as in
-the other paths (uint8 containers only: `ConvStep` sends anything else to the portable
-kernel). The epilogue is `epilogue.store_pixel`'s plain loops.
+Tiles are 16 output channels (2 ymm) by 4 pixels: 8 accumulators, 4 weight registers,
+the broadcast activation word and its two 16-bit halves, what 16 ymm registers hold
+(3 and 6 pixels measured slower). Weights are in `pack_avx2`'s order, [block of 16
+channels][tap][input channel / 4][2 vectors][8 lanes][4 weights], split into the two
+arrays of 16-bit pairs; activations are read in place, as in the other paths (uint8
+containers only: `ConvStep` sends anything else to the portable kernel). The epilogue is
+the vector one (`epilogue.store_tile_vec`: LLVM splits its 16-lane vectors into ymm
+halves), or the scalar one called where that cannot take the operands.
 """
 from __future__ import annotations
 
@@ -24,21 +25,15 @@ from numba import njit, prange
 
 from .conv import COUT, TAPS, CIN, _task, _task_count, _tile_pixels, pack_vnni
 from .epilogue import store_pixel_called, store_tile_vec
-from .simd_avx2 import dot4, dot4_wide, ybroadcast4, yload, ystore, yzero
+from .simd_avx2 import dot4_wide, ybroadcast4, yload, ystore, yzero
 
 TILE_N = 16
-TILE_PIXELS = {False: 5, True: 4}  # by wide
+TILE_PIXELS = 4
 PIXELS = 13  # cp index of the tile's pixels (as `conv_vnni.PIXELS`)
 
 
-def needs_wide(w: np.ndarray) -> bool:
-    """Whether some weight lies outside [-64, 64], where `dot4` could saturate (see
-    `simd_avx2`), so that the layer takes `dot4_wide`."""
-    return bool(w.size) and (int(w.min()) < -64 or int(w.max()) > 64)
-
-
 def pack_avx2(w: np.ndarray, cin_pad: int) -> np.ndarray:
-    """(M, C, KH, KW) integer weights (each in [-64, 64]) -> flat int8 [block of 16][tap]
+    """(M, C, KH, KW) int8 weights -> flat int8 [block of 16][tap]
     [input channel / 4][2 vectors][8 lanes][4 bytes]; input channels padded with zeros."""
     return pack_vnni(w, cin_pad, TILE_N, lanes=8)
 
@@ -53,56 +48,8 @@ def pack_avx2_wide(w: np.ndarray, cin_pad: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @njit(cache=True)
-def _tile_plain(x, wh, wbase, toff, taps, c4n, bases, tile):
-    """5 pixels x 16 channels: 10 accumulators."""
-    b0 = bases[0]
-    b1 = bases[1]
-    b2 = bases[2]
-    b3 = bases[3]
-    b4 = bases[4]
-    a0_0 = a0_1 = yzero()
-    a1_0 = a1_1 = yzero()
-    a2_0 = a2_1 = yzero()
-    a3_0 = a3_1 = yzero()
-    a4_0 = a4_1 = yzero()
-    for t in range(taps):
-        xo = toff[t]
-        wo = wbase + t * c4n * 64
-        for c4 in range(c4n):
-            wi = wo + c4 * 64
-            h0 = yload(wh, wi)
-            h1 = yload(wh, wi + 32)
-            k = xo + c4 * 4
-            v = ybroadcast4(x, b0 + k)
-            a0_0 = dot4(a0_0, v, h0)
-            a0_1 = dot4(a0_1, v, h1)
-            v = ybroadcast4(x, b1 + k)
-            a1_0 = dot4(a1_0, v, h0)
-            a1_1 = dot4(a1_1, v, h1)
-            v = ybroadcast4(x, b2 + k)
-            a2_0 = dot4(a2_0, v, h0)
-            a2_1 = dot4(a2_1, v, h1)
-            v = ybroadcast4(x, b3 + k)
-            a3_0 = dot4(a3_0, v, h0)
-            a3_1 = dot4(a3_1, v, h1)
-            v = ybroadcast4(x, b4 + k)
-            a4_0 = dot4(a4_0, v, h0)
-            a4_1 = dot4(a4_1, v, h1)
-    ystore(tile, 0, a0_0)
-    ystore(tile, 8, a0_1)
-    ystore(tile, 16, a1_0)
-    ystore(tile, 24, a1_1)
-    ystore(tile, 32, a2_0)
-    ystore(tile, 40, a2_1)
-    ystore(tile, 48, a3_0)
-    ystore(tile, 56, a3_1)
-    ystore(tile, 64, a4_0)
-    ystore(tile, 72, a4_1)
-
-
-@njit(cache=True)
 def _tile_wide(x, we, wo, wbase, toff, taps, c4n, bases, tile):
-    """4 pixels x 16 channels: 8 accumulators, INT8 weights as 16-bit pairs (even, odd)."""
+    """4 pixels x 16 channels: 8 accumulators, the weights as 16-bit pairs (even, odd)."""
     b0 = bases[0]
     b1 = bases[1]
     b2 = bases[2]
@@ -144,10 +91,9 @@ def _tile_wide(x, we, wo, wbase, toff, taps, c4n, bases, tile):
 
 
 @njit(parallel=True, cache=True)
-def conv_avx2(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt, wodd, wide):
-    """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp packed by
-    `pack_avx2`, or when wide the even pairs of `pack_avx2_wide` and wodd its odd pairs
-    (else anything); vt the vector epilogue's tables (`epilogue.store_tile_vec`, empty
+def conv_avx2(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt, wodd):
+    """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp and wodd the
+    even and odd 16-bit pairs of `pack_avx2_wide`; vt the vector epilogue's tables (`epilogue.store_tile_vec`, empty
     where it does not apply); other arguments as `conv.conv_portable`, cp[PIXELS] the
     tile's pixels."""
     taps, c4n, tm = cp[TAPS], cp[CIN] // 4, cp[PIXELS]
@@ -159,10 +105,7 @@ def conv_avx2(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2
         nc = min(TILE_N, cp[COUT] - c0)
         for i in range(first, end):
             rows_here = _tile_pixels(i * tm, cp, xg, pix, bases, tm)
-            if wide:
-                _tile_wide(x, wp, wodd, wbase, toff, taps, c4n, bases, tile)
-            else:
-                _tile_plain(x, wp, wbase, toff, taps, c4n, bases, tile)
+            _tile_wide(x, wp, wodd, wbase, toff, taps, c4n, bases, tile)
             if vec:
                 store_tile_vec(tile, TILE_N, rows_here, pix, c0, nc, out, og, sc, res, rg, out2, og2, vt32, vt64,
                                rvt32, rvt64, cvt32, cvt64)

@@ -263,13 +263,12 @@ class ConvStep(Step):
         # The channel block of a dense kernel's tile (`conv_vnni.tile_vectors` fits it to
         # the layer); tables are padded to whole blocks and to the portable 64.
         self.vnni = self.kind == "dense" and path in ("vnni", "amx")
-        # AVX2: uint8 activations only (`conv_avx2`); INT8 weights as 16-bit pairs.
+        # AVX2: uint8 activations only (`conv_avx2`), the weights as 16-bit pairs.
         self.avx2 = self.kind == "dense" and path == "avx2" and x.dtype == np.uint8
-        self.wide = self.avx2 and conv_avx2.needs_wide(w)
         self.tile_n = (16 * conv_vnni.tile_vectors(m) if self.vnni else conv_avx2.TILE_N if self.avx2
                        else conv.TILE_N)
         self.tile_m = (conv_vnni.TILE_PIXELS[self.tile_n // 16] if self.vnni else
-                       conv_avx2.TILE_PIXELS[self.wide] if self.avx2 else conv.TILE_M)
+                       conv_avx2.TILE_PIXELS if self.avx2 else conv.TILE_M)
         self.nblk = -(-m // self.tile_n)
         padded = max(self.nblk * self.tile_n, -(-m // conv.TILE_N) * conv.TILE_N)
         self.rq = dn_table(epilogue.b, epilogue.c, m, padded, bias)
@@ -296,18 +295,17 @@ class ConvStep(Step):
                 width = self.tile_n
                 self.kernel, pack = conv_vnni.conv_vnni, lambda w, cin: conv.pack_vnni(w, cin, width)
             elif self.avx2:
-                self.kernel, pack = conv_avx2.conv_avx2, conv_avx2.pack_avx2
+                self.kernel, pack = conv_avx2.conv_avx2, conv_avx2.pack_avx2_wide
             if self.row_taps:
                 wr = np.zeros((m, kh, kw, x.cb), np.int64)
                 wr[..., :cg] = w.transpose(0, 2, 3, 1)
                 w, self.cin = wr.reshape(m, kh, kw * x.cb).transpose(0, 2, 1)[..., None], kw * x.cb
             else:
                 self.cin = x.cb
-            if self.wide:
-                self.w, self.w_odd = conv_avx2.pack_avx2_wide(w, self.cin)
+            if self.avx2:
+                self.w, self.w_odd = pack(w, self.cin)   # the even and odd 16-bit pairs
             else:
                 self.w = pack(w, self.cin)
-                self.w_odd = self.w[:0]
         elif self.kind == "depthwise":
             self.dw_vnni = path in ("vnni", "amx")
             # four taps per vpdpbusd: uint8 activations into a plain Requantize
@@ -436,7 +434,7 @@ class ConvStep(Step):
             # The AMX kernel also takes its tile configuration; AMX and VNNI kernels take
             # the vector epilogue's tables.
             extra = ((conv_amx.TILE_CONFIG,) if self.amx else ()) + (
-                (self.vector_tables(), self.w_odd, self.wide) if self.avx2 else
+                (self.vector_tables(), self.w_odd) if self.avx2 else
                 (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)

@@ -1,22 +1,21 @@
 """AVX2 building blocks for Numba: an 8 x int32 vector type in one ymm register and the
-byte dot products the AVX2 convolution (`conv_avx2`) is made of.
+byte dot product the AVX2 convolution (`conv_avx2`) is made of.
 
 AVX2 has no `vpdpbusd`. Each int32 lane must still get the sum of 4 products x . w of
 unsigned activations x in [0, 255] (uint8 containers; a signed int8 container never
-reaches these kernels, see `conv_avx2`) and signed weights w, exactly. Two forms:
+reaches these kernels, see `conv_avx2`) and int8 weights w, exactly.
 
-* **`dot4`, weights in [-64, 64]** (every INT4 layer): `vpmaddubsw` multiplies the bytes
-  and adds adjacent pairs into int16 *with saturation*, `vpmaddwd` by ones adds adjacent
-  int16 pairs into int32. No-saturation argument: a pair sum x0 w0 + x1 w1 is at most
-  2 * 255 * 64 = 32640 <= 32767 in absolute value, so no int16 step saturates.
-* **`dot4_wide`, any int8 weights** (INT8 layers): no byte step at all. The 4 activation
-  bytes of a lane are taken as two 16-bit halves: masked with 0x00ff00ff they are
-  (x0, x2), shifted right by 8 per 16-bit half they are (x1, x3), zero-extended either
-  way. The weights are packed as 16-bit pairs (w0, w2) and (w1, w3) (`conv_avx2.
-  pack_avx2_wide`), and `vpmaddwd` multiplies 16-bit pairs into an int32 sum, exactly:
-  |x w| <= 255 * 128, and its only overflow, both products -2^15 * -2^15, needs x = -2^15.
-  Two `vpmaddwd` per 8 lanes of 4 products, as many multiplies as `dot4` (where the
-  earlier form split each INT8 weight into two `vpmaddubsw` halves, twice as many).
+* **Why not `vpmaddubsw`.** It multiplies unsigned by signed bytes and adds adjacent
+  pairs into int16 *with saturation*: x0 w0 + x1 w1 reaches 2 * 255 * 128 = 65280, past
+  32767, for INT8 weights (it is exact only for |w| <= 64). Splitting each weight into
+  two halves that cannot saturate, as intq once did, doubles the multiplies.
+* **`dot4_wide`: no byte step at all.** The 4 activation bytes of a lane are taken as two
+  16-bit halves: masked with 0x00ff00ff they are (x0, x2), shifted right by 8 per 16-bit
+  half they are (x1, x3), zero-extended either way. The weights are packed as 16-bit
+  pairs (w0, w2) and (w1, w3) (`conv_avx2.pack_avx2_wide`), and `vpmaddwd` multiplies
+  16-bit pairs into an int32 sum, exactly: |x w| <= 255 * 128, and its only overflow
+  (both products -2^15 * -2^15) needs x = -2^15. Two `vpmaddwd` per 8 lanes of 4
+  products: as many multiplies as `vpmaddubsw` + `vpmaddwd`, and no saturation.
 
 The int32 sums are partial sums of the layer's accumulator, bounded inside int32 by the
 validator. Only kernels chosen on the "avx2" path (see `intq.kernels.cpu`) compile code
@@ -29,9 +28,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-_I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_I16, _I32 = ir.IntType(16), ir.IntType(32)
 _V8 = ir.VectorType(_I32, 8)
-_B32 = ir.VectorType(_I8, 32)
 _W16 = ir.VectorType(_I16, 16)
 
 
@@ -87,12 +85,6 @@ def ybroadcast4(typingctx, ary, index):
     return i32x8(ary, types.intp), codegen
 
 
-def _maddubs(builder, a, w):
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_W16, [_B32, _B32]),
-                                        "llvm.x86.avx2.pmadd.ub.sw")
-    return builder.call(fn, [builder.bitcast(a, _B32), builder.bitcast(w, _B32)])
-
-
 def _maddwd(builder, a, b):
     """vpmaddwd: int32 lanes of a0 b0 + a1 b1 over adjacent int16 pairs of `a` and `b`."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_W16, _W16]),
@@ -100,17 +92,7 @@ def _maddwd(builder, a, b):
     return builder.call(fn, [builder.bitcast(a, _W16), builder.bitcast(b, _W16)])
 
 
-_ONES16 = ir.Constant(_W16, [1] * 16)
 _LOW_BYTES = ir.Constant(_V8, [0x00FF00FF] * 8)
-
-
-@intrinsic
-def dot4(typingctx, acc, a, w):
-    """acc + the 4-byte dot products of unsigned bytes `a` and signed bytes `w` per lane,
-    exact when every |w| <= 64 (see the module docstring)."""
-    def codegen(context, builder, sig, args):
-        return builder.add(args[0], _maddwd(builder, _maddubs(builder, args[1], args[2]), _ONES16))
-    return i32x8(i32x8, i32x8, i32x8), codegen
 
 
 @intrinsic

@@ -18,7 +18,7 @@ from intq.kernels import cpu
 from intq.kernels.simd import (vepi_raw_rows, vepi_requant_rows, vepi_requant_split_rows, vepi_residual_rows,
                                vepi_residual_split_rows, vload, vrows, vsplit_rows, vwiden)
 from intq.kernels.plan import Plan
-from intq.kernels.simd_avx2 import dot4, dot4_wide, ybroadcast4, yload, ystore, yzero
+from intq.kernels.simd_avx2 import dot4_wide, ybroadcast4, yload, ystore, yzero
 from intq.ops import infer_shapes
 from intq.ops.integer import dtype_range
 from intq.ops.window import output_size
@@ -812,41 +812,32 @@ def test_fused_node_equals_its_reference(case):
 
 
 @njit
-def _avx2_dots(x4, wp, wodd, wide, out):
-    """The 16 channels of one `pack_avx2(_wide)` block times the 4 activation bytes x4,
-    broadcast as the AVX2 kernel does, through `dot4_wide` (wide) or `dot4`."""
+def _avx2_dots(x4, we, wo, out):
+    """The 16 channels of one `pack_avx2_wide` block times the 4 activation bytes x4,
+    broadcast as the AVX2 kernel does, through `dot4_wide`."""
     v = ybroadcast4(x4, 0)
     for j in range(2):
-        if wide:
-            ystore(out, 8 * j, dot4_wide(yzero(), v, yload(wp, 32 * j), yload(wodd, 32 * j)))
-        else:
-            ystore(out, 8 * j, dot4(yzero(), v, yload(wp, 32 * j)))
+        ystore(out, 8 * j, dot4_wide(yzero(), v, yload(we, 32 * j), yload(wo, 32 * j)))
 
 
 @pytest.mark.skipif(not cpu.has_avx2(), reason="no AVX2 here")
 @SETTINGS
 @given(st.lists(st.integers(0, 255), min_size=4, max_size=4),
-       st.lists(st.integers(-128, 127), min_size=64, max_size=64), st.sampled_from(["any", "255", "-128", "64"]))
+       st.lists(st.integers(-128, 127), min_size=64, max_size=64), st.sampled_from(["any", "-128", "127", "0"]))
 def test_avx2_dot_products_equal_exact(xs, ws, kind):
-    """`simd_avx2.dot4_wide` on weights packed by `conv_avx2.pack_avx2_wide`, and `dot4` on
-    weights in [-64, 64] packed by `pack_avx2`, equal the exact int64 dot products, the
-    extremes included: activations all 255 with weights all -128 (each product -32640,
-    the 16-bit pair sum a `vpmaddubsw` would saturate at -65280), and all 64 (the largest
-    weight `dot4` takes; its pair sums reach 32640). `needs_wide` says which form."""
-    from intq.kernels.conv_avx2 import needs_wide, pack_avx2, pack_avx2_wide
+    """`simd_avx2.dot4_wide` on weights packed by `conv_avx2.pack_avx2_wide` equals the
+    exact int64 dot products, the extremes included: activations all 255 with weights all
+    -128 (each product -32640, a pair sum of -65280 where `vpmaddubsw` would saturate at
+    -32768) or all 127, and all 0."""
+    from intq.kernels.conv_avx2 import pack_avx2_wide
 
     x, w = np.array(xs, np.int64), np.array(ws, np.int64).reshape(16, 4, 1, 1)
     if kind != "any":
         x[:], w[:] = 255, int(kind)
     want = w[:, :, 0, 0] @ x
     out = np.zeros(16, np.int32)
-    _avx2_dots(x.astype(np.uint8), *pack_avx2_wide(w, 4), True, out)
+    _avx2_dots(x.astype(np.uint8), *pack_avx2_wide(w, 4), out)
     assert np.array_equal(out, want), (out, want)
-    assert needs_wide(w) == bool((w < -64).any() or (w > 64).any())
-    if not needs_wide(w):
-        out[:] = 0
-        _avx2_dots(x.astype(np.uint8), pack_avx2(w, 4), pack_avx2(w, 4)[:0], False, out)
-        assert np.array_equal(out, want), (out, want)
 
 
 @pytest.mark.skipif(not cpu.has_avx2(), reason="no AVX2 here")
@@ -854,8 +845,8 @@ def test_avx2_dot_products_equal_exact(xs, ws, kind):
 def test_avx2_saturation_extremes(weight):
     """The AVX2 kernel at the extremes of its no-saturation argument: activations all 255
     (and all 0 in a second image), every weight at the given value, so each int16 pair
-    sum of a `vpmaddubsw` would be 2 * 255 * weight: 65 and beyond must take the wide
-    form (`dot4_wide`) and still equal the reference; 64 is the largest that needs none."""
+    sum of a `vpmaddubsw` would be 2 * 255 * weight (saturating from 65 on, which
+    `dot4_wide` must not), and the layer must equal the reference."""
     g = Graph("sat")
     xq = quantized_input(g, (2, 8, 3, 3), "uint8")
     wn = g.add_constant("w", np.full((20, 8, 1, 1), weight, np.int8))
@@ -867,4 +858,4 @@ def test_avx2_saturation_extremes(weight):
     x = np.zeros((2, 8, 3, 3), np.float32)
     x[0] = 255
     check(g, x, paths=["avx2"])
-    assert Plan(g, "avx2").steps[1].wide == (abs(weight) > 64)
+    assert Plan(g, "avx2").steps[1].avx2

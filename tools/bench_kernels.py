@@ -144,7 +144,7 @@ def worker_intq_layers(shapes, repeat):
             step, layer = [(st, c) for st, c in zip(plan.steps, calls) if st.name == "layer"][0]
             kernel = ("amx" if getattr(step, "amx", False) else step.kind if step.kind != "dense"
                       else "vnni" if plan.path in ("vnni", "amx")
-                      else ("avx2 wide" if step.wide else "avx2") if step.avx2 else "portable")
+                      else "avx2" if step.avx2 else "portable")
             res.append({"shape": s, "bits": bits, "seconds": timeit(layer, repeat), "kernel": kernel})
     return res
 
@@ -225,50 +225,25 @@ def worker_peak(_shapes, _repeat):
 
 
 def _avx2_peaks():
-    """Measured AVX2 issue rates: GOPS of register-only `simd_avx2.dot4` (vpmaddubsw +
-    vpmaddwd + vpaddd, 32 multiply-adds per ymm; the INT4 kernel) and `dot4_wide` (two
-    vpmaddwd on 16-bit pairs, the INT8 kernel's form) on all threads, laid out as the
-    kernels' tiles: 6 pixels x 16 channels (12 accumulators) for `dot4`, 4 x 16 (8
-    accumulators: the activation word's two 16-bit halves take registers too) for
-    `dot4_wide`. The activation words are broadcast from L1 each iteration, each against
-    two weight vectors, so no two products share both operands. (Unlike vpdpbusd, the
-    products do not take the accumulator: an earlier version of this loop used one
-    activation and one weight vector for all accumulators, LLVM computed the product
-    once and added it 12 times, and the "peak" it printed was the vpaddd rate, several
-    times too high.)"""
+    """Measured AVX2 issue rate: GOPS of register-only `simd_avx2.dot4_wide` (two vpmaddwd
+    on 16-bit pairs and two vpaddd per 32 multiply-adds; the AVX2 kernel's form) on all
+    threads, laid out as the kernel's tile: 4 pixels x 16 channels, 8 accumulators. The
+    activation words are broadcast from L1 each iteration, each against two weight
+    vectors, so no two products share both operands. (Unlike vpdpbusd, the products do
+    not take the accumulator: an earlier version of this loop used one activation and
+    one weight vector for all accumulators, LLVM computed the product once and added it
+    12 times, and the "peak" it printed was the vpaddd rate, several times too high.)"""
     from numba import njit, prange
 
-    from intq.kernels.simd_avx2 import dot4, dot4_wide, ybroadcast4, yload, ystore, yzero
+    from intq.kernels.simd_avx2 import dot4_wide, ybroadcast4, yload, ystore, yzero
 
     @njit(parallel=True)
     def spin(a, w, out, iters):
-        for t in prange(out.shape[0] // 96):
-            w0, w1 = yload(w, 0), yload(w, 32)
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = yzero()
-            for i in range(iters):
-                o = (i & 7) * 24
-                v = ybroadcast4(a, o)
-                a0, a1 = dot4(a0, v, w0), dot4(a1, v, w1)
-                v = ybroadcast4(a, o + 4)
-                a2, a3 = dot4(a2, v, w0), dot4(a3, v, w1)
-                v = ybroadcast4(a, o + 8)
-                a4, a5 = dot4(a4, v, w0), dot4(a5, v, w1)
-                v = ybroadcast4(a, o + 12)
-                a6, a7 = dot4(a6, v, w0), dot4(a7, v, w1)
-                v = ybroadcast4(a, o + 16)
-                a8, a9 = dot4(a8, v, w0), dot4(a9, v, w1)
-                v = ybroadcast4(a, o + 20)
-                a10, a11 = dot4(a10, v, w0), dot4(a11, v, w1)
-            for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
-                ystore(out, t * 96 + k * 8, acc)
-
-    @njit(parallel=True)
-    def spin_wide(a, w, out, iters):
-        for t in prange(out.shape[0] // 96):
+        for t in prange(out.shape[0] // 64):
             e0, e1, o0, o1 = yload(w, 0), yload(w, 32), yload(w, 64), yload(w, 96)
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = yzero()
             for i in range(iters):
-                o = (i & 7) * 24
+                o = (i & 7) * 16
                 v = ybroadcast4(a, o)
                 a0, a1 = dot4_wide(a0, v, e0, o0), dot4_wide(a1, v, e1, o1)
                 v = ybroadcast4(a, o + 4)
@@ -278,18 +253,15 @@ def _avx2_peaks():
                 v = ybroadcast4(a, o + 12)
                 a6, a7 = dot4_wide(a6, v, e0, o0), dot4_wide(a7, v, e1, o1)
             for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
-                ystore(out, t * 96 + k * 8, acc)
+                ystore(out, t * 64 + k * 8, acc)
 
     a = np.arange(256).astype(np.uint8)
     w = (np.arange(128) % 7 - 3).astype(np.int8)
-    out = np.zeros(96 * 32, np.int32)
+    out = np.zeros(64 * 32, np.int32)
     iters = 200_000
-    res = {}
-    for key, fn, accs in (("avx2_gops", spin, 12), ("avx2_wide_gops", spin_wide, 8)):
-        fn(a, w, out, 10)
-        sec = timeit(lambda: fn(a, w, out, iters), 5)
-        res[key] = 32 * iters * accs * 32 * 2 / sec / 1e9
-    return res
+    spin(a, w, out, 10)
+    sec = timeit(lambda: spin(a, w, out, iters), 5)
+    return {"avx2_gops": 32 * iters * 8 * 32 * 2 / sec / 1e9}
 
 
 def _amx_peak():
@@ -525,17 +497,18 @@ def shape_label(s):
 
 def tables(result) -> str:
     amx = result.get("amx_peak_gops")
-    a2, a2w = result.get("avx2_peak_gops"), result.get("avx2_wide_peak_gops")
+    a2 = result.get("avx2_peak_gops")
     # the peak a layer is measured against: the issue rate of the instructions its path runs
     if result.get("kernel_path") == "avx2":
-        peak, peak4, name = a2w, a2, "AVX2"
+        peak = peak4 = a2
+        name = "AVX2"
     else:
         peak = peak4 = result["vnni_peak_gops"]
         name = "VNNI"
     vnni = result["vnni_peak_gops"]
     lines = [f"CPU: {result['cpu']} ({THREADS} threads)"
              + (f", VNNI issue rate measured: {vnni:.0f} GOPS" if vnni else "")
-             + (f", AVX2 issue rates measured: {a2:.0f} GOPS (dot4), {a2w:.0f} GOPS (dot4_wide)" if a2 else ""),
+             + (f", AVX2 issue rate measured: {a2:.0f} GOPS (dot4_wide)" if a2 else ""),
              f"AMX issue rate measured: {amx:.0f} GOPS" if amx else "",
              f"Kernel path: {result.get('kernel_path')}", "",
              "| layer (nets) | intq kernel | intq INT8 GOPS | intq INT4 GOPS | torch x86 GOPS | "
@@ -639,7 +612,6 @@ def main():
                        "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
     result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
               "amx_peak_gops": peaks.get("amx_gops"), "avx2_peak_gops": peaks.get("avx2_gops"),
-              "avx2_wide_peak_gops": peaks.get("avx2_wide_gops"),
               "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals,
               "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     with open(args.output, "w") as f:
