@@ -11,9 +11,8 @@ AVX2-only AMD EPYC, so INT4 would have been slower than INT8.
 
 Tiles are 16 output channels (2 ymm) by 4 pixels: 8 accumulators, 4 weight registers,
 the broadcast activation word and its two 16-bit halves, what 16 ymm registers hold
-(3 and 6 pixels measured slower). Weights are in `pack_avx2`'s order, [block of 16
-channels][tap][input channel / 4][2 vectors][8 lanes][4 weights], split into the two
-arrays of 16-bit pairs; activations are read in place, as in the other paths (uint8
+(3 and 6 pixels measured slower). Weights are in `conv.pack_vnni`'s order with 8 lanes
+per vector, split into the two arrays of 16-bit pairs (`pack_avx2_wide`); activations are read in place, as in the other paths (uint8
 containers only: `ConvStep` sends anything else to the portable kernel). The epilogue is
 the vector one (`epilogue.store_tile_vec`: LLVM splits its 16-lane vectors into ymm
 halves), or the scalar one called where that cannot take the operands.
@@ -32,18 +31,13 @@ TILE_PIXELS = 4
 PIXELS = 13  # cp index of the tile's pixels (as `conv_vnni.PIXELS`)
 
 
-def pack_avx2(w: np.ndarray, cin_pad: int) -> np.ndarray:
-    """(M, C, KH, KW) int8 weights -> flat int8 [block of 16][tap]
-    [input channel / 4][2 vectors][8 lanes][4 bytes]; input channels padded with zeros."""
-    return pack_vnni(w, cin_pad, TILE_N, lanes=8)
-
-
 def pack_avx2_wide(w: np.ndarray, cin_pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """(M, C, KH, KW) int8 weights -> `pack_avx2`'s layout with each lane's 4 weights
-    (w0, w1, w2, w3) as the 16-bit pairs (w0, w2) and (w1, w3), in two arrays; each is
-    returned as its bytes (int8), so that a vector sits at the same byte offset in both
-    as in `pack_avx2`'s, and the kernel indexes them alike."""
-    lanes = pack_avx2(w, cin_pad).reshape(-1, 4).astype(np.int16)
+    """(M, C, KH, KW) int8 weights -> `conv.pack_vnni`'s layout with 8 lanes per vector,
+    [block of 16][tap][input channel / 4][2 vectors][8 lanes][4 weights], each lane's 4
+    weights (w0, w1, w2, w3) as the 16-bit pairs (w0, w2) and (w1, w3), in two arrays;
+    input channels padded with zeros. Each array is returned as its bytes (int8), so that
+    a vector sits at the same byte offset in both and the kernel indexes them alike."""
+    lanes = pack_vnni(w, cin_pad, TILE_N, lanes=8).reshape(-1, 4).astype(np.int16)
     return tuple(np.ascontiguousarray(lanes[:, k::2]).reshape(-1).view(np.int8) for k in (0, 1))
 
 
@@ -93,9 +87,9 @@ def _tile_wide(x, we, wo, wbase, toff, taps, c4n, bases, tile):
 @njit(parallel=True, cache=True)
 def conv_avx2(x, xg, wp, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, vt, wodd):
     """Convolution (groups = 1) or Linear with fused epilogue; x uint8, wp and wodd the
-    even and odd 16-bit pairs of `pack_avx2_wide`; vt the vector epilogue's tables (`epilogue.store_tile_vec`, empty
-    where it does not apply); other arguments as `conv.conv_portable`, cp[PIXELS] the
-    tile's pixels."""
+    even and odd 16-bit pairs of `pack_avx2_wide`; vt the vector epilogue's tables
+    (`epilogue.store_tile_vec`, empty where it does not apply); other arguments as
+    `conv.conv_portable`, cp[PIXELS] the tile's pixels."""
     taps, c4n, tm = cp[TAPS], cp[CIN] // 4, cp[PIXELS]
     vt32, vt64, rvt32, rvt64, cvt32, cvt64 = vt
     vec = vt32.size > 0
