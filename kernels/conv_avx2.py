@@ -12,8 +12,9 @@ AVX2-only AMD EPYC, so INT4 would have been slower than INT8.
 Tiles are 16 output channels (2 ymm) by 4 pixels: 8 accumulators, 4 weight registers,
 the broadcast activation word and its two 16-bit halves, what 16 ymm registers hold
 (3 and 6 pixels measured slower). Weights are in `conv.pack_vnni`'s order with 8 lanes
-per vector, split into the two arrays of 16-bit pairs (`pack_avx2_wide`); activations are read in place, as in the other paths (uint8
-containers only: `ConvStep` sends anything else to the portable kernel). The epilogue is
+per vector, split into the two arrays of 16-bit pairs (`pack_avx2_wide`); activations
+are read in place, as in the other paths (uint8 containers only: `ConvStep` sends
+anything else to the portable kernel). The epilogue is
 the vector one (`epilogue.store_tile_vec`: LLVM splits its 16-lane vectors into ymm
 halves), or the scalar one called where that cannot take the operands.
 """

@@ -109,6 +109,15 @@ def dot4_wide(typingctx, acc, a, we, wo):
 
 
 @intrinsic
+def madd_acc(typingctx, acc, a, w):
+    """acc + `vpmaddwd`(a, w): per int32 lane a0 w0 + a1 w1 over its two int16 pairs,
+    exact unless both pairs are -2^15 * -2^15 (a uint8 activation zero-extended never is)."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], _maddwd(builder, args[1], args[2]))
+    return i32x8(i32x8, i32x8, i32x8), codegen
+
+
+@intrinsic
 def ystore(typingctx, ary, index, vec):
     """Store the 8 lanes of `vec` into the int32 1-D array `ary` at `index`."""
     def codegen(context, builder, sig, args):

@@ -21,7 +21,9 @@ are compiled and quantized once; then `--rounds` rounds alternate an intq proces
 onnxruntime process. Within an intq round the three bit configurations are timed in turn,
 repeat by repeat, so INT4 / INT8 compares runs made moments apart; each ratio is taken
 within a round and its median reported, with every round's milliseconds beside it (the
-spread says how noisy the machine was). Evaluation: the integer executor on 64 images,
+spread says how noisy the machine was). Where intq chose a faster kernel path than the
+portable one, each round also times ResNet18 INT8 batch 1 with `INTQ_KERNELS=portable` in
+a process of its own, for the portable / chosen-path ratio. Evaluation: the integer executor on 64 images,
 numba against the reference backend, for the bundled digits nets and full-size ResNet18.
 
 Each peer runs in its own process (Numba's and onnxruntime's thread pools fight inside
@@ -50,7 +52,8 @@ THREADS = 2
 E2E_MODELS = ["resnet18", "resnet50", "mobilenet_v2"]
 BATCHES = [1, 8]
 EVAL_MODELS = ["resnet", "inception", "mobilenet", "mobilenetv3", "resnet18"]
-NEEDS_WORKDIR = ("intq-prepare", "intq-e2e", "ort-prepare", "ort-e2e", "eval")  # workers that read the exported models
+# workers that read the exported models
+NEEDS_WORKDIR = ("intq-prepare", "intq-e2e", "ort-prepare", "ort-e2e", "eval", "intq-portable")
 
 
 # -- shapes --------------------------------------------------------------------------
@@ -225,43 +228,61 @@ def worker_peak(_shapes, _repeat):
 
 
 def _avx2_peaks():
-    """Measured AVX2 issue rate: GOPS of register-only `simd_avx2.dot4_wide` (two vpmaddwd
-    on 16-bit pairs and two vpaddd per 32 multiply-adds; the AVX2 kernel's form) on all
-    threads, laid out as the kernel's tile: 4 pixels x 16 channels, 8 accumulators. The
-    activation words are broadcast from L1 each iteration, each against two weight
-    vectors, so no two products share both operands. (Unlike vpdpbusd, the products do
-    not take the accumulator: an earlier version of this loop used one activation and
-    one weight vector for all accumulators, LLVM computed the product once and added it
-    12 times, and the "peak" it printed was the vpaddd rate, several times too high.)"""
+    """Measured AVX2 issue rates on all threads, from register-only loops with 10
+    accumulators, each product taking its accumulator as an operand (as the VNNI loop's
+    `vpdpbusd` does) so that LLVM can neither hoist nor share it:
+    * `avx2_gops`: `simd_avx2.madd_acc`, one `vpmaddwd` and one `vpaddd` per 16 int16
+      multiply-adds, the exact form the AVX2 kernel is made of (`dot4_wide` is two of
+      them, plus the mask and shift that split the activation bytes);
+    * `avx2_maddubs_gops`: `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd` per 32 byte
+      multiply-adds, the form onnxruntime's AVX2 u8s8 kernel runs, which saturates its
+      int16 pair sums (so intq does not use it; printed to show what exactness costs)."""
+    from llvmlite import ir
     from numba import njit, prange
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
-    from intq.kernels.simd_avx2 import dot4_wide, ybroadcast4, yload, ystore, yzero
+    from intq.kernels.simd_avx2 import i32x8, madd_acc, yload, ystore
 
-    @njit(parallel=True)
-    def spin(a, w, out, iters):
-        for t in prange(out.shape[0] // 64):
-            e0, e1, o0, o1 = yload(w, 0), yload(w, 32), yload(w, 64), yload(w, 96)
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = yzero()
-            for i in range(iters):
-                o = (i & 7) * 16
-                v = ybroadcast4(a, o)
-                a0, a1 = dot4_wide(a0, v, e0, o0), dot4_wide(a1, v, e1, o1)
-                v = ybroadcast4(a, o + 4)
-                a2, a3 = dot4_wide(a2, v, e0, o0), dot4_wide(a3, v, e1, o1)
-                v = ybroadcast4(a, o + 8)
-                a4, a5 = dot4_wide(a4, v, e0, o0), dot4_wide(a5, v, e1, o1)
-                v = ybroadcast4(a, o + 12)
-                a6, a7 = dot4_wide(a6, v, e0, o0), dot4_wide(a7, v, e1, o1)
-            for k, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
-                ystore(out, t * 64 + k * 8, acc)
+    @intrinsic
+    def maddubs_acc(typingctx, acc, a, w):
+        """acc + vpmaddwd(vpmaddubsw(a, w), ones): the saturating byte form."""
+        def codegen(context, builder, sig, args):
+            b32, w16, v8 = (ir.VectorType(ir.IntType(n), k) for n, k in ((8, 32), (16, 16), (32, 8)))
+            ubs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(w16, [b32, b32]),
+                                                 "llvm.x86.avx2.pmadd.ub.sw")
+            wd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [w16, w16]),
+                                                "llvm.x86.avx2.pmadd.wd")
+            pairs = builder.call(ubs, [builder.bitcast(args[1], b32), builder.bitcast(args[2], b32)])
+            return builder.add(args[0], builder.call(wd, [pairs, ir.Constant(w16, [1] * 16)]))
+        return i32x8(i32x8, i32x8, i32x8), codegen
 
-    a = np.arange(256).astype(np.uint8)
-    w = (np.arange(128) % 7 - 3).astype(np.int8)
-    out = np.zeros(64 * 32, np.int32)
-    iters = 200_000
-    spin(a, w, out, 10)
-    sec = timeit(lambda: spin(a, w, out, iters), 5)
-    return {"avx2_gops": 32 * iters * 8 * 32 * 2 / sec / 1e9}
+    def make(step):
+        @njit(parallel=True)
+        def spin(w, out, iters):
+            for t in prange(out.shape[0] // 80):
+                a = yload(w, 0)
+                c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = yload(w, 32)
+                for _ in range(iters):
+                    c0, c1, c2, c3, c4 = (step(c0, c0, a), step(c1, c1, a), step(c2, c2, a), step(c3, c3, a),
+                                          step(c4, c4, a))
+                    c5, c6, c7, c8, c9 = (step(c5, c5, a), step(c6, c6, a), step(c7, c7, a), step(c8, c8, a),
+                                          step(c9, c9, a))
+                for k, acc in enumerate((c0, c1, c2, c3, c4, c5, c6, c7, c8, c9)):
+                    ystore(out, t * 80 + k * 8, acc)
+        return spin
+
+    from numba import get_num_threads
+    w = (np.arange(64) % 7 - 3).astype(np.int8)
+    out = np.zeros(80 * get_num_threads(), np.int32)
+    iters = 2_000_000
+    res = {}
+    for key, step, macs in (("avx2_gops", madd_acc, 16), ("avx2_maddubs_gops", maddubs_acc, 32)):
+        spin = make(step)
+        spin(w, out, 10)
+        sec = timeit(lambda: spin(w, out, iters), 5)
+        res[key] = get_num_threads() * iters * 10 * macs * 2 / sec / 1e9
+    return res
 
 
 def _amx_peak():
@@ -361,6 +382,28 @@ def worker_intq_e2e(models, repeat, workdir):
     return res
 
 
+def worker_intq_portable(models, repeat, workdir):
+    """ResNet18 INT8 at batch 1 on the portable kernels (run with INTQ_KERNELS=portable),
+    for the portable / chosen-path ratio: with its first-use time, which on a cold Numba
+    cache is mostly compilation."""
+    import intq
+    from intq.bench import _input
+    from intq.executor import make_executor
+
+    g = intq.load(os.path.join(workdir, "resnet18.INT8.intq")).integer
+    x = _input(g, 1)
+    t = time.perf_counter()
+    ex = make_executor(g, "numba")
+    ex.run(x)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        ex.run(x)
+        times.append(time.perf_counter() - t)
+    return {"seconds": float(np.median(times)), "first_run_s": first}
+
+
 def worker_eval(models, repeat, workdir):
     """The integer executor on 64 images, numba against the reference backend (what `intq
     eval` spends on the integer side): the four bundled digits nets and full-size ResNet18."""
@@ -439,16 +482,17 @@ def worker_ort_e2e(models, repeat, workdir):
 WORKERS = {"intq-layers": worker_intq_layers,
            "torch-layers": worker_torch_layers, "peak": worker_peak,
            "intq-prepare": worker_intq_prepare, "intq-e2e": worker_intq_e2e,
-           "ort-prepare": worker_ort_prepare, "ort-e2e": worker_ort_e2e, "eval": worker_eval}
+           "ort-prepare": worker_ort_prepare, "ort-e2e": worker_ort_e2e, "eval": worker_eval,
+           "intq-portable": worker_intq_portable}
 
 
-def run_worker(kind, payload, repeat, workdir):
+def run_worker(kind, payload, repeat, workdir, env_extra=None):
     """Run one worker in a fresh process and return its JSON result."""
     spec = os.path.join(workdir, f"{kind}.in.json")
     out = os.path.join(workdir, f"{kind}.out.json")
     with open(spec, "w") as f:
         json.dump(payload, f)
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "NUMBA_NUM_THREADS": str(THREADS)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "NUMBA_NUM_THREADS": str(THREADS), **(env_extra or {})}
     t = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--worker", kind, spec, out, str(repeat), workdir],
                    check=True, env=env)
@@ -508,7 +552,8 @@ def tables(result) -> str:
     vnni = result["vnni_peak_gops"]
     lines = [f"CPU: {result['cpu']} ({THREADS} threads)"
              + (f", VNNI issue rate measured: {vnni:.0f} GOPS" if vnni else "")
-             + (f", AVX2 issue rate measured: {a2:.0f} GOPS (dot4_wide)" if a2 else ""),
+             + (f", AVX2 issue rate measured: {a2:.0f} GOPS (exact vpmaddwd + vpaddd; onnxruntime's saturating "
+                f"vpmaddubsw form: {result.get('avx2_maddubs_peak_gops') or 0:.0f})" if a2 else ""),
              f"AMX issue rate measured: {amx:.0f} GOPS" if amx else "",
              f"Kernel path: {result.get('kernel_path')}", "",
              "| layer (nets) | intq kernel | intq INT8 GOPS | intq INT4 GOPS | torch x86 GOPS | "
@@ -552,6 +597,15 @@ def tables(result) -> str:
                 lines.append(f"| {m} | {b} | {rows['ort']['seconds'] * 1e3:.2f} | {rows['qdq INT8']['seconds'] * 1e3:.2f} | "
                              f"{rows['qdq INT4']['seconds'] * 1e3:.2f} | {rows['qdq INT8']['per_ort']:.2f} | "
                              f"{rows['qdq INT4']['per_ort']:.2f} |")
+    p = result.get("portable")
+    if p:
+        per = lambda ts: " / ".join(f"{t * 1e3:.1f}" for t in ts)  # noqa: E731
+        lines += ["", f"ResNet18 INT8, batch 1, `INTQ_KERNELS=portable` against the {result['kernel_path']} path "
+                  "in the same rounds:", "",
+                  f"| portable ms | {result['kernel_path']} ms | portable / {result['kernel_path']} | "
+                  "portable ms per round | portable first run s per round |", "|---|---|---|---|---|",
+                  f"| {p['seconds'] * 1e3:.1f} | {np.median(p['path_rounds']) * 1e3:.1f} | {p['per_path']:.2f} | "
+                  f"{per(p['rounds'])} | {' / '.join(f'{t:.1f}' for t in p['first_run_s'])} |"]
     lines += ["", "| model (64 images) | numba s | reference s | reference / numba |", "|---|---|---|---|"]
     for r in result.get("eval", []):
         lines.append(f"| {r['model']} | {r['numba']:.4f} | {r['reference']:.3f} | "
@@ -598,11 +652,24 @@ def main():
         run_worker("ort-prepare", models, 1, workdir)
         # Rounds alternate the two sides, each round a fresh process: a slow spell of this
         # shared machine then shows as a spread between rounds, not as a bias to one side.
+        # Where intq chose a faster path, each round also times the portable kernels on
+        # ResNet18 batch 1, for the portable / chosen-path ratio within the round.
         rounds = []
         for _ in range(args.rounds):
             rounds.append({"intq": run_worker("intq-e2e", models, max(5, args.repeat // 2), workdir),
                            "ort": run_worker("ort-e2e", models, max(5, args.repeat // 2), workdir)})
+            if PATH != "portable":
+                rounds[-1]["portable"] = run_worker("intq-portable", [], max(5, args.repeat // 4), workdir,
+                                                    {"INTQ_KERNELS": "portable"})
         e2e, ort_e2e = combine_rounds(rounds, sizes)
+        portable = None
+        if PATH != "portable":
+            mine = [next(x["seconds"] for x in rd["intq"]
+                         if (x["model"], x["batch"], x["bits"]) == ("resnet18", 1, "INT8")) for rd in rounds]
+            theirs = [rd["portable"]["seconds"] for rd in rounds]
+            portable = {"seconds": float(np.median(theirs)), "rounds": theirs, "path_rounds": mine,
+                        "per_path": float(np.median([a / c for a, c in zip(theirs, mine)])),
+                        "first_run_s": [rd["portable"]["first_run_s"] for rd in rounds]}
         evals = run_worker("eval", EVAL_MODELS if not args.quick else ["resnet"], 1, workdir)
     layers = []
     for i, s in enumerate(shapes):
@@ -612,7 +679,8 @@ def main():
                        "torch_q": tq[i]["quantized"], "torch_f": tq[i]["float32"]})
     result = {"cpu": cpu_name(), "threads": THREADS, "kernel_path": PATH, "vnni_peak_gops": peak,
               "amx_peak_gops": peaks.get("amx_gops"), "avx2_peak_gops": peaks.get("avx2_gops"),
-              "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals,
+              "avx2_maddubs_peak_gops": peaks.get("avx2_maddubs_gops"),
+              "layers": layers, "e2e": e2e, "ort_e2e": ort_e2e, "eval": evals, "portable": portable,
               "seconds": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
