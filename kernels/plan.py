@@ -307,12 +307,15 @@ class ConvStep(Step):
             else:
                 self.w = pack(w, self.cin)
         elif self.kind == "depthwise":
-            self.dw_vnni = path in ("vnni", "amx")
-            # four taps per vpdpbusd: uint8 activations into a plain Requantize
-            self.dw_dot4 = (self.dw_vnni and x.dtype == np.uint8 and epilogue.mode == REQUANT
-                            and epilogue.copy is None)
+            # 16-lane vector kernels (`conv_vnni`'s; LLVM splits them into ymm halves on AVX2)
+            self.dw_vector = path in ("vnni", "amx", "avx2")
+            # uint8 activations into a plain Requantize: row tasks with the tables held
+            # along the row, four taps per vpdpbusd where the CPU has it
+            rows = x.dtype == np.uint8 and epilogue.mode == REQUANT and epilogue.copy is None
+            self.dw_dot4 = rows and path in ("vnni", "amx")
+            self.dw_rows = rows and path == "avx2"
             self.w = (conv_vnni.pack_depthwise_dot4(w) if self.dw_dot4 else
-                      conv_vnni.pack_depthwise(w) if self.dw_vnni else
+                      conv_vnni.pack_depthwise(w) if self.dw_vector else
                       np.ascontiguousarray(w.reshape(m, kh * kw).T, dtype=np.int32))
             self.cin = 1
         else:
@@ -438,10 +441,11 @@ class ConvStep(Step):
                 (self.vector_tables(),) if self.kernel is not conv.conv_portable else ())
             kernel = self.kernel
             return lambda: kernel(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq, out2, og2, rq2, *extra)
-        if self.kind == "depthwise" and self.dw_dot4:
+        if self.kind == "depthwise" and (self.dw_dot4 or self.dw_rows):
             vt32, vt64 = self.vector_tables()[:2]
-            return lambda: conv_vnni.conv_depthwise_dot4(xb, xg, w, toff, cp, out, og, sc, vt32, vt64)
-        if self.kind == "depthwise" and self.dw_vnni:
+            rows_kernel = conv_vnni.conv_depthwise_dot4 if self.dw_dot4 else conv_avx2.conv_depthwise_rows
+            return lambda: rows_kernel(xb, xg, w, toff, cp, out, og, sc, vt32, vt64)
+        if self.kind == "depthwise" and self.dw_vector:
             vt = self.vector_tables()
             return lambda: conv_vnni.conv_depthwise_vnni(xb, xg, w, toff, cp, rq, out, og, sc, res, rg, rrq,
                                                          out2, og2, rq2, vt)

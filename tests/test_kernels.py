@@ -306,16 +306,22 @@ depthwise_cases = st.fixed_dictionaries({
 })
 
 
-@pytest.mark.skipif(not cpu.has_vnni(), reason="no AVX-512 VNNI here")
+# the row depthwise kernels: four taps per vpdpbusd with VNNI, int32 products on AVX2
+ROW_DEPTHWISE = {"vnni": "dw_dot4", "avx2": "dw_rows"}
+ROW_DEPTHWISE_PATHS = [p for p in ROW_DEPTHWISE if p in PATHS]
+
+
+@pytest.mark.skipif(not ROW_DEPTHWISE_PATHS, reason="no AVX2 or AVX-512 VNNI here")
 @settings(SETTINGS, max_examples=80)  # cheap cases, one compiled kernel: more of them
 @given(depthwise_cases)
-def test_depthwise_dot4_equals_reference(case):
-    """The four-taps-per-vpdpbusd depthwise kernel (`conv_vnni.conv_depthwise_dot4`) equals
-    the reference: every remainder of taps over 4 (kernels 1x1 to 5x5, rectangular),
-    channel counts that leave a ragged last group, strides, dilations, asymmetric pads,
-    weights at -128 and 127 and inputs at 0 and 255, both DN forms (narrow: shifts of 33
-    and more; "narrow-edge": c = 33 with b = 2^31 - 1), ties, and every output width it
-    takes. The plan must pick that kernel here, or the test would check another."""
+def test_depthwise_rows_equal_reference(case):
+    """The row depthwise kernels (`conv_vnni.conv_depthwise_dot4`, four taps per
+    vpdpbusd; `conv_avx2.conv_depthwise_rows`) equal the reference: every remainder of
+    taps over 4 (kernels 1x1 to 5x5, rectangular), channel counts that leave a ragged last
+    group, strides, dilations, asymmetric pads, weights at -128 and 127 and inputs at 0
+    and 255, both DN forms (narrow: shifts of 33 and more; "narrow-edge": c = 33 with
+    b = 2^31 - 1), ties, and every output width they take. The plan must pick the kernel
+    on each path, or the test would check another."""
     rng = np.random.default_rng(case["seed"])
     n, c, h, w, kh, kw = case["n"], case["c"], case["h"], case["w"], case["kh"], case["kw"]
     s, d = case["stride"], case["dil"]
@@ -345,9 +351,11 @@ def test_depthwise_dot4_equals_reference(case):
     add_requantize(g, "acc", "y", b, cc, 0, case["out"], zero_point(rng, lo, hi))
     g.outputs = ["y"]
     infer_shapes(g)
-    plan = Plan(g, "vnni")
-    assert [st_.dw_dot4 for st_ in plan.steps if getattr(st_, "kind", None) == "depthwise"] == [True]
-    check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32), ["vnni"])
+    for path in ROW_DEPTHWISE_PATHS:
+        plan = Plan(g, path)
+        assert [getattr(st_, ROW_DEPTHWISE[path]) for st_ in plan.steps
+                if getattr(st_, "kind", None) == "depthwise"] == [True]
+    check(g, extreme_ints(rng, (n, c, h, w), xlo, xhi).astype(np.float32), ROW_DEPTHWISE_PATHS)
 
 
 amx_cases = st.fixed_dictionaries({
