@@ -25,8 +25,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv import CIN, COUT, N_, OH, OW, PL, PT, SH, SW, TAPS, _task, _task_count, _tile_pixels, pack_vnni
-from .epilogue import offset, store_pixel_called, store_tile_vec
+from .conv import CIN, COUT, N_, OH, OW, SW, TAPS, _task, _task_count, _tile_pixels, pack_vnni
+from .conv_vnni import depthwise_row_task
+from .epilogue import store_pixel_called, store_tile_vec
 from .simd import vepi_requant_rows, vmadd_taps, vrows, vzero
 from .simd_avx2 import dot4_wide, ybroadcast4, yload, ystore, yzero
 
@@ -144,12 +145,7 @@ def conv_depthwise_rows(x, xg, w, toff, cp, out, og, sc, vt32, vt64):
     zo, lo, hi = sc[1], sc[2], sc[3]
     xstep, ostep = xg[2] * cp[SW], og[2]
     for task in prange(n_ * oh_ * groups):
-        row = task // groups
-        g = task - row * groups
-        n = row // oh_
-        oh = row - n * oh_
-        xb = offset(xg, n, oh * cp[SH] - cp[PT], -cp[PL])
-        ob = offset(og, n, oh, 0)
+        g, xb, ob = depthwise_row_task(task, groups, cp, xg, og)
         # literal lane counts and narrow flags: each call compiles its own masks and DN form
         if g < full:
             if sc[10]:

@@ -558,6 +558,17 @@ def _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt3
         vepi_requant_rows(a, rows, out, ob + ow * ostep + 16 * g, zo, lo, hi, nl, narrow)
 
 
+@njit(cache=True, inline="always")
+def depthwise_row_task(task, groups, cp, xg, og):
+    """(channel group, offset of its input row's first pixel, of its output row's) of
+    task `task` of a depthwise kernel by rows: tasks are (image, output row, group)."""
+    row = task // groups
+    g = task - row * groups
+    n = row // cp[OH]
+    oh = row - n * cp[OH]
+    return g, offset(xg, n, oh * cp[SH] - cp[PT], -cp[PL]), offset(og, n, oh, 0)
+
+
 @njit(parallel=True, cache=True)
 def conv_depthwise_dot4(x, xg, w, toff, cp, out, og, sc, vt32, vt64):
     """Depthwise convolution (multiplier 1) of uint8 activations into a Requantize (no
@@ -573,12 +584,7 @@ def conv_depthwise_dot4(x, xg, w, toff, cp, out, og, sc, vt32, vt64):
     zo, lo, hi = sc[1], sc[2], sc[3]
     xstep, ostep = xg[2] * cp[SW], og[2]
     for task in prange(n_ * oh_ * groups):
-        row = task // groups
-        g = task - row * groups
-        n = row // oh_
-        oh = row - n * oh_
-        xb = offset(xg, n, oh * cp[SH] - cp[PT], -cp[PL])
-        ob = offset(og, n, oh, 0)
+        g, xb, ob = depthwise_row_task(task, groups, cp, xg, og)
         # literal lane counts and narrow flags: each call compiles its own masks and DN form
         if g < full:
             if sc[10]:

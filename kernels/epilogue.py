@@ -151,11 +151,12 @@ def shifts(rq: np.ndarray, count: int | None = None) -> np.ndarray:
     return rq[SHIFT1, :count] + rq[SHIFT2, :count]
 
 
-def narrow_ok(rq: np.ndarray, count: int) -> bool:
+def narrow_ok(rq: np.ndarray, count: int, residual: bool = False) -> bool:
     """Whether the first `count` channels of `rq` allow the narrow vector epilogue: every
-    shift c at least `simd.NARROW_MIN_SHIFT`."""
-    from .simd import NARROW_MIN_SHIFT
-    return bool(np.all(shifts(rq, count) >= NARROW_MIN_SHIFT))
+    shift c at least `simd.NARROW_MIN_SHIFT`, or `NARROW_MIN_SHIFT_RESIDUAL` for either
+    table of a residual add (which sums two results)."""
+    from .simd import NARROW_MIN_SHIFT, NARROW_MIN_SHIFT_RESIDUAL
+    return bool(np.all(shifts(rq, count) >= (NARROW_MIN_SHIFT_RESIDUAL if residual else NARROW_MIN_SHIFT)))
 
 
 def vector_tables(rq: np.ndarray, bias=None, narrow: bool = False) -> tuple[np.ndarray, np.ndarray]:

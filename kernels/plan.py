@@ -383,8 +383,10 @@ class ConvStep(Step):
         """Whether the vector epilogue runs in its int32 form (`simd.NARROW_MIN_SHIFT`):
         every table it reads allows it (a RAW layer reads none)."""
         ep = self.epilogue
-        tables = [self.rq] + ([self.rrq] if ep.mode == RESIDUAL else []) + ([self.rq2] if ep.copy else [])
-        return ep.mode != RAW and all(narrow_ok(t, self.cout) for t in tables)
+        residual = ep.mode == RESIDUAL
+        tables = [self.rq] + ([self.rrq] if residual else [])
+        return (ep.mode != RAW and all(narrow_ok(t, self.cout, residual) for t in tables)
+                and (not ep.copy or narrow_ok(self.rq2, self.cout)))
 
     def output_hw(self):
         from intq.ops.window import spatial_output

@@ -180,8 +180,9 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     c = 1 on odd values, negative ones included), c = 0 and c = 62, b = 2^31 - 1,
     a residual operand of 8, 16 or 32 bits (an accumulator, zero point 0); the last
     group of a layer masked to its first nl lanes, the others left as they were; the
-    narrow int32 form on shifts from 33 to 62 ("narrow-edge": c = 33 and b = 2^31 - 1,
-    the largest results it can meet, in both branches of the residual add)."""
+    narrow int32 form on shifts from 32 to 62, 33 to 62 in both tables of the residual
+    add ("narrow-edge": b = 2^31 - 1 with c = 32, and c = 33 in both branches of the
+    residual add, the largest results each can meet)."""
     from intq.dyadic import requantize
     from intq.kernels.epilogue import dn_table, vector_tables
 
@@ -197,9 +198,9 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     elif kind == "bmax":
         b[:] = 2**31 - 1
     elif kind == "narrow":
-        c = rng.integers(33, 63, 16)
+        c = rng.integers(32, 63, 16)
     elif kind == "narrow-edge":
-        b[:], c[:] = 2**31 - 1, 33
+        b[:], c[:] = 2**31 - 1, 32
     narrow = kind.startswith("narrow")
     tables = lambda b, c, bias=None, z=None: vector_tables(dn_table(b, c, 16, 16, bias),  # noqa: E731
                                                            None if z is None else -z, narrow=narrow)
@@ -222,7 +223,8 @@ def test_vector_epilogue_equals_dn(seed, out_dtype, kind, res_dtype):
     r = extreme_ints(rng, 16, rlo, rhi)
     zr = zero_point(rng, rlo, rhi) if res_dtype != "int32" else 0
     rb, rc = multipliers(rng, 16, ties=kind == "ties")
-    if narrow:
+    if narrow:   # the residual add's narrow form needs c >= 33 in both tables
+        c = np.maximum(c, 33)
         rb, rc = (b, c) if kind == "narrow-edge" else (rb, rng.integers(33, 63, 16))
     total = requantize(acc + bias, b, c, -2**62, 2**62) + requantize(r - zr, rb, rc, -2**62, 2**62)
     for literal in (True, False):
@@ -319,7 +321,7 @@ def test_depthwise_rows_equal_reference(case):
     vpdpbusd; `conv_avx2.conv_depthwise_rows`) equal the reference: every remainder of
     taps over 4 (kernels 1x1 to 5x5, rectangular), channel counts that leave a ragged last
     group, strides, dilations, asymmetric pads, weights at -128 and 127 and inputs at 0
-    and 255, both DN forms (narrow: shifts of 33 and more; "narrow-edge": c = 33 with
+    and 255, both DN forms (narrow: shifts of 32 and more; "narrow-edge": c = 32 with
     b = 2^31 - 1), ties, and every output width they take. The plan must pick the kernel
     on each path, or the test would check another."""
     rng = np.random.default_rng(case["seed"])
@@ -345,9 +347,9 @@ def test_depthwise_rows_equal_reference(case):
         cc = rng.integers(33, 45, count)
         b = np.clip(np.round((hi - lo) / (4 * max(bound, 1)) * 2.0 ** cc), 1, 2**31 - 1).astype(np.int64)
     elif case["mult"] == "narrow":
-        cc = rng.integers(33, 63, count)
+        cc = rng.integers(32, 63, count)
     elif case["mult"] == "narrow-edge":
-        b, cc = np.full(count, 2**31 - 1), np.full(count, 33)
+        b, cc = np.full(count, 2**31 - 1), np.full(count, 32)
     add_requantize(g, "acc", "y", b, cc, 0, case["out"], zero_point(rng, lo, hi))
     g.outputs = ["y"]
     infer_shapes(g)
