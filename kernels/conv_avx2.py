@@ -16,9 +16,9 @@ the broadcast activation word and its two 16-bit halves, what 16 ymm registers h
 (3 and 6 pixels measured slower). Weights are in `conv.pack_vnni`'s order with 8 lanes
 per vector, split into the two arrays of 16-bit pairs (`pack_avx2_wide`); activations
 are read in place, as in the other paths (uint8 containers only: `ConvStep` sends
-anything else to the portable kernel). The epilogue is
-the vector one (`epilogue.store_tile_vec`: LLVM splits its 16-lane vectors into ymm
-halves), or the scalar one called where that cannot take the operands.
+anything else to the portable kernel). The epilogue is the vector one
+(`epilogue.store_tile_vec`: LLVM splits its 16-lane vectors into ymm halves), or the
+scalar one called where that cannot take the operands.
 """
 from __future__ import annotations
 

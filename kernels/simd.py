@@ -277,10 +277,10 @@ def _dn_rows(builder, v, bias, mul, rows, narrow):
 # 2^62 + 2^61, so |DN| < 1.5 * 2^(62-c): at c = 32 below 1.5 * 2^30, and one result plus
 # a zero point below 2^16 stays inside int32, so the clamp runs in int32 lanes, one
 # instruction per bound instead of two. The residual add sums two results, which needs
-# c >= 33 in both tables (each then below 0.75 * 2^30). The table's third int64 row then holds
-# c - 32 as 16 int32 lanes (`epilogue.vector_tables(narrow=True)`). INT4 layers, whose
-# coarser scales give larger multipliers, meet c = 32 often: on MobileNetV2 at 4 bits the
-# narrow form covers 37 of 53 layers from c = 32 on, against 20 from c = 33 on.
+# c >= 33 in both tables (each then below 0.75 * 2^30). The table's third int64 row then
+# holds c - 32 as 16 int32 lanes (`epilogue.vector_tables(narrow=True)`). INT4 layers,
+# whose coarser scales give larger multipliers, meet c = 32 often: on MobileNetV2 at 4
+# bits the narrow form covers 37 of 53 layers from c = 32 on, against 20 from c = 33 on.
 NARROW_MIN_SHIFT = 32
 NARROW_MIN_SHIFT_RESIDUAL = 33
 
