@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv import CIN, COUT, N_, OH, OW, SW, TAPS, _task, _task_count, _tile_pixels, pack_vnni
-from .conv_vnni import depthwise_row_task
+from .conv import CIN, COUT, OW, TAPS, _task, _task_count, _tile_pixels, pack_vnni
+from .conv_vnni import depthwise_row_setup, depthwise_row_task
 from .epilogue import store_pixel_called, store_tile_vec
 from .simd import vepi_requant_rows, vmadd_taps, vrows, vzero
 from .simd_avx2 import dot4_wide, ybroadcast4, yload, ystore, yzero
@@ -138,13 +138,9 @@ def conv_depthwise_rows(x, xg, w, toff, cp, out, og, sc, vt32, vt64):
     `conv_vnni.conv_depthwise_vnni`'s per-pixel epilogue and 3.50 ms on the portable
     kernel. w from `conv_vnni.pack_depthwise`; vt32, vt64 from `epilogue.vector_tables`;
     other arguments as `conv.conv_depthwise`."""
-    n_, oh_, ow_ = cp[N_], cp[OH], cp[OW]
-    c, taps = cp[COUT], cp[TAPS]
-    full, rest = c // 16, c % 16
-    groups = full + (rest > 0)
-    zo, lo, hi = sc[1], sc[2], sc[3]
-    xstep, ostep = xg[2] * cp[SW], og[2]
-    for task in prange(n_ * oh_ * groups):
+    tasks, groups, full, rest, zo, lo, hi, xstep, ostep = depthwise_row_setup(cp, sc, xg, og)
+    taps, ow_ = cp[TAPS], cp[OW]
+    for task in prange(tasks):
         g, xb, ob = depthwise_row_task(task, groups, cp, xg, og)
         # literal lane counts and narrow flags: each call compiles its own masks and DN form
         if g < full:

@@ -559,6 +559,17 @@ def _depthwise_dot4_row(x, xb, xstep, w, toff, taps, g, ow_, out, ob, ostep, vt3
 
 
 @njit(cache=True, inline="always")
+def depthwise_row_setup(cp, sc, xg, og):
+    """The loop constants of a depthwise kernel by rows: (task count, channel groups of
+    16, whole groups, channels in the last, zo, lo, hi, input and output steps from one
+    output pixel to the next)."""
+    c = cp[COUT]
+    full, rest = c // 16, c % 16
+    groups = full + (rest > 0)
+    return (cp[N_] * cp[OH] * groups, groups, full, rest, sc[1], sc[2], sc[3], xg[2] * cp[SW], og[2])
+
+
+@njit(cache=True, inline="always")
 def depthwise_row_task(task, groups, cp, xg, og):
     """(channel group, offset of its input row's first pixel, of its output row's) of
     task `task` of a depthwise kernel by rows: tasks are (image, output row, group)."""
@@ -577,13 +588,9 @@ def conv_depthwise_dot4(x, xg, w, toff, cp, out, og, sc, vt32, vt64):
     keeps each channel group's tables in registers along an output row. Tasks are (row,
     channel group) pairs. w from `pack_depthwise_dot4`; vt32, vt64 from
     `epilogue.vector_tables`; other arguments as `conv.conv_depthwise`."""
-    n_, oh_, ow_ = cp[N_], cp[OH], cp[OW]
-    c, taps = cp[COUT], cp[TAPS]
-    full, rest = c // 16, c % 16
-    groups = full + (rest > 0)
-    zo, lo, hi = sc[1], sc[2], sc[3]
-    xstep, ostep = xg[2] * cp[SW], og[2]
-    for task in prange(n_ * oh_ * groups):
+    tasks, groups, full, rest, zo, lo, hi, xstep, ostep = depthwise_row_setup(cp, sc, xg, og)
+    taps, ow_ = cp[TAPS], cp[OW]
+    for task in prange(tasks):
         g, xb, ob = depthwise_row_task(task, groups, cp, xg, og)
         # literal lane counts and narrow flags: each call compiles its own masks and DN form
         if g < full:
